@@ -1,0 +1,304 @@
+"""Run configuration: presets (TOML), ``section.key=value`` overrides, validation, one frozen config.
+
+Every key is declared once below with its type, default and what it accepts. A bad value never
+gets past ``load_config``: the error is one line naming the file, the key, the value and what
+would be accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from engine.errors import ConfigError
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+PRESET_NAMES = ("sample", "quick", "medium", "full")
+
+
+def _key(default: Any, *, doc: str, min: float | None = None, max: float | None = None,
+         choices: tuple[str, ...] | None = None, is_file: bool = False) -> Any:
+    meta = {"doc": doc, "min": min, "max": max, "choices": choices, "is_file": is_file}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = _key("sample", doc="where pairs come from", choices=("sample", "wmt14", "local"))
+    train_size: int = _key(0, doc="training pairs to use, 0 = all", min=0)
+    valid_size: int = _key(0, doc="validation pairs to use, 0 = all", min=0)
+    test_size: int = _key(0, doc="test pairs to use, 0 = all", min=0)
+    src_lang: str = _key("en", doc="source language code")
+    tgt_lang: str = _key("de", doc="target language code")
+    train_src: str = _key("", doc="local source: training source file", is_file=True)
+    train_tgt: str = _key("", doc="local source: training target file", is_file=True)
+    valid_src: str = _key("", doc="local source: validation source file", is_file=True)
+    valid_tgt: str = _key("", doc="local source: validation target file", is_file=True)
+    test_src: str = _key("", doc="local source: test source file (optional)", is_file=True)
+    test_tgt: str = _key("", doc="local source: test target file (optional)", is_file=True)
+    seed: int = _key(1234, doc="sample source: generator seed", min=0)
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    kind: str = _key("bpe", doc="subword model", choices=("bpe", "wordpiece"))
+    vocab_size: int = _key(8000, doc="target vocabulary size, specials included", min=8)
+    shared: bool = _key(True, doc="one vocabulary for both languages (the paper)")
+    min_frequency: int = _key(2, doc="pairs seen fewer times are never merged", min=0)
+    path: str = _key("", doc="use this tokenizer.json instead of training one", is_file=True)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    d_model: int = _key(512, doc="model width", min=8)
+    ffn_hidden: int = _key(2048, doc="feed-forward inner width", min=8)
+    n_head: int = _key(8, doc="attention heads (must divide d_model)", min=1)
+    n_layers: int = _key(6, doc="encoder and decoder layers each", min=1)
+    dropout: float = _key(0.1, doc="dropout probability", min=0.0, max=0.9)
+    max_len: int = _key(256, doc="longest sentence in tokens; longer pairs are dropped", min=8)
+    pre_norm: bool = _key(False, doc="layer norm before each sublayer (paper: after)")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = _key(10, doc="passes over the training data", min=1)
+    max_tokens: int = _key(4096, doc="padded source or target tokens per batch", min=16)
+    update_freq: int = _key(1, doc="batches accumulated per optimizer step", min=1)
+    warmup: int = _key(4000, doc="learning-rate warmup steps", min=1)
+    lr_factor: float = _key(1.0, doc="scale of the paper's learning-rate schedule", min=0.0)
+    label_smoothing: float = _key(0.1, doc="label smoothing epsilon", min=0.0, max=0.99)
+    clip_norm: float = _key(0.0, doc="gradient clipping max norm, 0 = off", min=0.0)
+    precision: str = _key("auto", doc="arithmetic", choices=("auto", "fp32", "bf16", "fp16"))
+    device: str = _key("auto", doc="where to train", choices=("auto", "cpu", "cuda"))
+    checkpoint_every: int = _key(10, doc="epochs between model_epoch_N.pt checkpoints", min=1)
+    keep_last: int = _key(5, doc="periodic checkpoints kept, 0 = all", min=0)
+    seed: int = _key(1, doc="random seed for initialisation and batch order", min=0)
+    max_bad_batches: int = _key(5, doc="NaN/OOM batches in a row before the run stops", min=1)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    beam: int = _key(4, doc="beam size, 1 = greedy", min=1)
+    length_penalty: float = _key(0.6, doc="length penalty alpha", min=0.0)
+    max_len_offset: int = _key(50, doc="longest output = input length + this", min=1)
+    bleu_every: int = _key(1, doc="epochs between validation BLEU, 0 = never", min=0)
+    bleu_samples: int = _key(500, doc="validation pairs decoded for BLEU, 0 = all", min=0)
+    best_by: str = _key("loss", doc="what chooses checkpoint_best.pt", choices=("loss", "bleu"))
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "tokenizer": TokenizerConfig,
+    "model": ModelConfig,
+    "training": TrainingConfig,
+    "eval": EvalConfig,
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str  # the preset's name (or file stem); the default run directory is saved/<name>
+    source: str  # where the preset came from, for messages
+    data: DataConfig = DataConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def to_toml(self) -> str:
+        lines = [f"# resolved configuration of run {self.name!r} (from {self.source})"]
+        for section, values in self.to_dict().items():
+            lines.append(f"\n[{section}]")
+            lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+        return "\n".join(lines) + "\n"
+
+    def replace(self, section: str, **changes: Any) -> "RunConfig":
+        """A copy with some keys of one section changed (validated)."""
+        values = self.to_dict()
+        values[section].update(changes)
+        return config_from_dict(values, name=self.name, source=self.source)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def resolve_preset(preset: str) -> Path:
+    """A preset name (sample, quick, ...) or a path to a TOML file."""
+    if preset in PRESET_NAMES:
+        return PRESETS_DIR / f"{preset}.toml"
+    path = Path(preset).expanduser()
+    if path.suffix == ".toml" or path.exists() or "/" in preset:
+        if not path.is_file():
+            raise ConfigError(f"{preset}: preset file not found (give a name among "
+                              f"{', '.join(PRESET_NAMES)} or the path of a .toml file)")
+        return path
+    hint = _did_you_mean(preset, PRESET_NAMES)
+    raise ConfigError(f"unknown preset {preset!r}{hint}: use one of {', '.join(PRESET_NAMES)} "
+                      "or the path of a .toml file")
+
+
+def load_config(preset: str = "sample", overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    path = resolve_preset(preset)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read preset: {exc}") from None
+    for item in overrides:
+        _apply_override(raw, item)
+    config = config_from_dict(raw, name=path.stem, source=str(path))
+    _check_files(config)
+    return config
+
+
+def config_from_dict(raw: dict[str, Any], name: str = "custom", source: str = "<dict>") -> RunConfig:
+    sections: dict[str, Any] = {}
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            hint = _did_you_mean(section, SECTIONS)
+            raise ConfigError(f"{source}: unknown section [{section}]{hint} "
+                              f"(sections: {', '.join(SECTIONS)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: {section} must be a table [{section}], not a value")
+        sections[section] = _build_section(section, values, source)
+    config = RunConfig(name=name, source=source, **sections)
+    _check_consistency(config)
+    return config
+
+
+def _build_section(section: str, values: dict[str, Any], source: str) -> Any:
+    cls = SECTIONS[section]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    checked = {}
+    for key, value in values.items():
+        if key not in fields:
+            hint = _did_you_mean(key, fields)
+            raise ConfigError(f"{source}: unknown key [{section}] {key}{hint} "
+                              f"(keys: {', '.join(fields)})")
+        checked[key] = _check_value(section, fields[key], value, source)
+    return cls(**checked)
+
+
+def _check_value(section: str, f: dataclasses.Field, value: Any, source: str) -> Any:
+    where = f"{source}: [{section}] {f.name} = {value!r}"
+    kind = type(f.default)
+    meta = f.metadata
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: must be true or false")
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: must be an integer{_range_text(meta)}")
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: must be a number{_range_text(meta)}")
+        value = float(value)
+    elif kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: must be a string")
+    if meta["choices"] and value not in meta["choices"]:
+        hint = _did_you_mean(str(value), meta["choices"])
+        raise ConfigError(f"{where}: must be one of {', '.join(meta['choices'])}{hint}")
+    if meta["min"] is not None and value < meta["min"]:
+        raise ConfigError(f"{where}: must be{_range_text(meta)}")
+    if meta["max"] is not None and value > meta["max"]:
+        raise ConfigError(f"{where}: must be{_range_text(meta)}")
+    return value
+
+
+def _range_text(meta: Any) -> str:
+    lo, hi = meta["min"], meta["max"]
+    if lo is not None and hi is not None:
+        return f" between {lo} and {hi}"
+    if lo is not None:
+        return f" >= {lo}"
+    return ""
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    """``section.key=value``; the value is parsed as a TOML value, else taken as a string."""
+    target, sep, text = item.partition("=")
+    section, dot, key = target.strip().partition(".")
+    if not sep or not dot or not section or not key:
+        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. training.epochs=3")
+    if section not in SECTIONS:
+        hint = _did_you_mean(section, SECTIONS)
+        raise ConfigError(f"--set {item!r}: unknown section {section!r}{hint} "
+                          f"(sections: {', '.join(SECTIONS)})")
+    text = text.strip()
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # a bare word or a path
+    raw.setdefault(section, {})
+    if not isinstance(raw[section], dict):
+        raise ConfigError(f"--set {item!r}: [{section}] in the preset is not a table")
+    raw[section][key] = value
+
+
+def _check_consistency(config: RunConfig) -> None:
+    m, d = config.model, config.data
+    where = config.source
+    if m.d_model % m.n_head:
+        raise ConfigError(f"{where}: [model] n_head = {m.n_head} must divide d_model = {m.d_model}")
+    if m.d_model % 2:
+        raise ConfigError(f"{where}: [model] d_model = {m.d_model} must be even "
+                          "(sinusoidal positions)")
+    if d.src_lang == d.tgt_lang:
+        raise ConfigError(f"{where}: [data] src_lang and tgt_lang are both {d.src_lang!r}")
+    if d.source == "local":
+        for key in ("train_src", "train_tgt", "valid_src", "valid_tgt"):
+            if not getattr(d, key):
+                raise ConfigError(f"{where}: [data] {key} is required when source = \"local\"")
+        if bool(d.test_src) != bool(d.test_tgt):
+            raise ConfigError(f"{where}: [data] test_src and test_tgt must be given together")
+    if d.source == "wmt14" and {d.src_lang, d.tgt_lang} != {"en", "de"}:
+        raise ConfigError(f"{where}: [data] source = \"wmt14\" has en and de only, "
+                          f"not {d.src_lang}-{d.tgt_lang}")
+
+
+def _check_files(config: RunConfig) -> None:
+    """Files named in the config must exist (relative paths are from the current directory)."""
+    for section in SECTIONS:
+        values = getattr(config, section)
+        for f in dataclasses.fields(values):
+            value = getattr(values, f.name)
+            if f.metadata.get("is_file") and value and not Path(value).expanduser().is_file():
+                raise ConfigError(f"{config.source}: [{section}] {f.name} = {value!r}: "
+                                  "file not found")
+
+
+def _did_you_mean(word: str, options: Any) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def describe_keys() -> str:
+    """Every section and key with its default and meaning, for ``--help`` and the README."""
+    lines = []
+    for section, cls in SECTIONS.items():
+        lines.append(f"[{section}]")
+        for f in dataclasses.fields(cls):
+            lines.append(f"  {f.name} = {_toml_value(f.default)}  # {f.metadata['doc']}")
+    return "\n".join(lines)

@@ -1,0 +1,243 @@
+"""Events: the only way the engine reports what it does.
+
+Every event is a small frozen dataclass. Consumers (the headless printer, the JSONL writer, the
+TUI) receive them through one ``emit(event)`` callable. ``to_json``/``from_json`` round-trip an
+event through one JSON object a line, which is what ``events.jsonl`` holds and ``--attach`` reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+Emit = Callable[["Event"], None]
+
+EVENT_TYPES: dict[str, type["Event"]] = {}
+
+
+class Event:
+    """Base class; subclasses register themselves by class name for ``from_json``."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        EVENT_TYPES[cls.__name__] = cls
+
+
+# --- run lifecycle -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    run_dir: str
+    preset: str
+    stages: list[str]
+
+
+@dataclass(frozen=True)
+class Preflight(Event):
+    device: str  # "cuda" or "cpu"
+    device_names: list[str]  # GPU names, or the CPU model
+    device_memory_gb: list[float]  # per GPU; empty on CPU
+    threads: int
+    disk_free_gb: float
+    disk_needed_gb: float
+    warning: str = ""  # non-empty when something looks wrong (low disk, ...)
+
+
+@dataclass(frozen=True)
+class StageStarted(Event):
+    stage: str
+    index: int  # 1-based position among the stages of this run
+    total: int
+
+
+@dataclass(frozen=True)
+class StageFinished(Event):
+    stage: str
+    seconds: float
+    reused: bool = False
+    info: dict[str, Any] = field(default_factory=dict)  # stage totals, for display
+
+
+@dataclass(frozen=True)
+class Notice(Event):
+    """A human-readable line: a warning, or something worth knowing (dropped pairs, ...)."""
+
+    text: str
+    level: str = "info"  # info | warning
+
+
+@dataclass(frozen=True)
+class RunPaused(Event):
+    stage: str
+
+
+@dataclass(frozen=True)
+class RunResumed(Event):
+    stage: str
+    paused_seconds: float
+
+
+@dataclass(frozen=True)
+class RunFailed(Event):
+    stage: str
+    message: str  # one line, names what was wrong
+    details: list[str] = field(default_factory=list)  # e.g. a child process's last stderr lines
+
+
+@dataclass(frozen=True)
+class RunFinished(Event):
+    status: str  # finished | stopped
+    seconds: float
+
+
+# --- tokenizer stage -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WordCountProgress(Event):
+    done: int  # sentences counted so far
+    total: int
+    per_second: float
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class MergeProgress(Event):
+    merges: int
+    target_merges: int  # vocab_size minus alphabet and specials
+    vocab_size: int
+    target_vocab: int
+    per_second: float  # over a short window
+    eta: float  # seconds, excluding paused time
+    elapsed: float
+    language: str = ""  # "" for a shared tokenizer, else the language being trained
+
+
+# --- training stage ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchProgress(Event):
+    epoch: int
+    epochs: int
+    batch: int  # 1-based, within the epoch
+    batches: int
+    step: int  # optimizer updates so far
+    loss: float
+    avg_loss: float  # running average over the epoch
+    lr: float
+    batches_per_second: float
+    tokens_per_second: float  # target tokens
+    eta: float  # seconds to the end of the epoch
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class EpochSummary(Event):
+    epoch: int
+    epochs: int
+    step: int
+    train_loss: float
+    train_ppl: float
+    val_loss: float
+    val_ppl: float
+    bleu: float | None
+    epoch_seconds: float
+    total_seconds: float
+
+
+@dataclass(frozen=True)
+class CheckpointSaved(Event):
+    path: str
+    name: str
+    epoch: int
+    step: int
+    val_loss: float | None
+    bleu: float | None
+    size_bytes: int
+    saved_at: float  # unix time
+
+
+@dataclass(frozen=True)
+class BatchSkipped(Event):
+    reason: str  # "oom" | "nan"
+    epoch: int
+    batch: int
+    tokens: int
+    in_a_row: int
+
+
+@dataclass(frozen=True)
+class MemorySample(Event):
+    devices: list[dict[str, Any]]  # NVML per GPU: name, used, total, util (None = n/a)
+    torch_allocated: int | None  # bytes, this process, None without CUDA
+    torch_reserved: int | None
+    torch_peak: int | None
+    process_rss: int
+    system_used: int
+    system_total: int
+    max_tokens: int
+
+
+# --- serialisation -------------------------------------------------------------------------
+
+
+def to_json(event: Event) -> str:
+    payload = {"event": type(event).__name__, **dataclasses.asdict(event)}
+    return json.dumps(payload, separators=(",", ":"))
+
+
+def from_json(line: str) -> Event:
+    payload = json.loads(line)
+    name = payload.pop("event")
+    payload.pop("time", None)
+    cls = EVENT_TYPES.get(name)
+    if cls is None:
+        raise ValueError(f"unknown event type {name!r}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in payload.items() if k in known})
+
+
+class JsonlWriter:
+    """Appends every event to ``events.jsonl`` with a wall-clock time; safe across threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Event) -> None:
+        payload = to_json(event)
+        line = payload[:-1] + f',"time":{time.time():.3f}}}\n'
+        with self._lock:
+            self._file.write(line)
+            self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+def read_events(path: Path) -> Iterator[Event]:
+    """Events of a finished (or growing) file, skipping a last line still being written."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.endswith("\n"):
+                yield from_json(line)
+
+
+def fan_out(*consumers: Emit) -> Emit:
+    """One emit that hands each event to several consumers, in order."""
+
+    def emit(event: Event) -> None:
+        for consumer in consumers:
+            consumer(event)
+
+    return emit
