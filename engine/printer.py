@@ -1,0 +1,171 @@
+"""The headless consumer: turns events into the progress lines people know from the seed scripts.
+
+Progress events arrive a few times a second; on a terminal the current line is rewritten in place,
+elsewhere (a log file under nohup) a line is printed at most every ``log_interval`` seconds. Final
+states (100%) are always printed.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from engine import events as ev
+
+
+def _fmt_seconds(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _fmt_size(size: int) -> str:
+    return f"{size / 2**20:.1f} MB" if size < 2**30 else f"{size / 2**30:.2f} GB"
+
+
+class HeadlessPrinter:
+    def __init__(self, stream: TextIO | None = None, log_interval: float = 5.0) -> None:
+        self.stream = stream or sys.stdout
+        self.live = self.stream.isatty()
+        self.log_interval = 0.0 if self.live else log_interval
+        self._last_progress: float | None = None  # monotonic time of the last progress line
+        self._open_line = False  # a progress line is on screen without its newline
+        self._merge_header = False  # the "[Step 4/4]" line was printed for this merge phase
+        self._count_header = False
+
+    def __call__(self, event: ev.Event) -> None:
+        handler = getattr(self, f"_on_{type(event).__name__}", None)
+        if handler is not None:
+            handler(event)
+
+    # --- output helpers ---
+
+    def _line(self, text: str) -> None:
+        if self._open_line:
+            self.stream.write("\n")
+            self._open_line = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def _progress(self, text: str, final: bool) -> None:
+        now = time.monotonic()
+        if (not final and self._last_progress is not None
+                and now - self._last_progress < self.log_interval):
+            return
+        self._last_progress = now
+        if self.live:
+            self.stream.write("\r\x1b[2K" + text + ("\n" if final else ""))
+            self._open_line = not final
+            self.stream.flush()
+        else:
+            self._line(text)
+
+    # --- run lifecycle ---
+
+    def _on_RunStarted(self, e: ev.RunStarted) -> None:
+        self._line(f"Run {e.preset!r} in {e.run_dir} | stages: {', '.join(e.stages)}")
+
+    def _on_Preflight(self, e: ev.Preflight) -> None:
+        if e.device == "cuda":
+            gpus = ", ".join(f"{n} ({m:.0f} GB)" for n, m in zip(e.device_names, e.device_memory_gb))
+            self._line(f"Device: CUDA | {gpus}")
+        else:
+            self._line(f"Device: CPU | {e.device_names[0]} | {e.threads} threads")
+        self._line(f"Disk: {e.disk_free_gb:.1f} GB free, about {e.disk_needed_gb:.1f} GB needed")
+        if e.warning:
+            self._line(f"WARNING: {e.warning}")
+
+    def _on_StageStarted(self, e: ev.StageStarted) -> None:
+        self._merge_header = self._count_header = False
+        self._line(f"== Stage {e.index}/{e.total}: {e.stage}")
+
+    def _on_StageFinished(self, e: ev.StageFinished) -> None:
+        if e.stage == "tokenizer" and not e.reused:
+            self._line("Training Complete!")
+            for key, label in (("vocab_size", "Final vocab size"), ("merges", "Total merges"),
+                               ("unique_words", "Unique words"), ("alphabet", "Alphabet size")):
+                if key in e.info:
+                    self._line(f"  {label}: {e.info[key]:,}")
+            self._line(f"  Total time: {e.seconds:.1f}s")
+        details = " | ".join(f"{k}: {_fmt_info(v)}" for k, v in e.info.items())
+        state = "reused" if e.reused else "done"
+        self._line(f"   {e.stage} {state} in {_fmt_seconds(e.seconds)}" + (f" | {details}" if details else ""))
+
+    def _on_Notice(self, e: ev.Notice) -> None:
+        self._line(("WARNING: " if e.level == "warning" else "  ") + e.text)
+
+    def _on_RunPaused(self, e: ev.RunPaused) -> None:
+        self._line(f"Paused ({e.stage})")
+
+    def _on_RunResumed(self, e: ev.RunResumed) -> None:
+        self._line(f"Resumed ({e.stage}) after {_fmt_seconds(e.paused_seconds)} paused in total")
+
+    def _on_RunFailed(self, e: ev.RunFailed) -> None:
+        for detail in e.details:
+            self._line(f"  | {detail}")
+        self._line(f"FAILED in stage {e.stage or '-'}: {e.message}")
+
+    def _on_RunFinished(self, e: ev.RunFinished) -> None:
+        self._line(f"Run {e.status} in {_fmt_seconds(e.seconds)}")
+
+    # --- tokenizer ---
+
+    def _on_WordCountProgress(self, e: ev.WordCountProgress) -> None:
+        if not self._count_header:
+            self._count_header = True
+            self._line("[Step 1/4] Computing word frequencies...")
+        final = e.done >= e.total
+        pct = 100.0 * e.done / e.total if e.total else 100.0
+        tail = "Done!" if final else f"{e.per_second:,.0f} sentences/s"
+        self._progress(f"  Progress: {e.done:,}/{e.total:,} ({pct:.1f}%) | "
+                       f"Elapsed: {e.elapsed:.1f}s | {tail}", final)
+
+    def _on_MergeProgress(self, e: ev.MergeProgress) -> None:
+        if not self._merge_header:
+            self._merge_header = True
+            lang = f" ({e.language})" if e.language else ""
+            self._line(f"[Step 4/4] Performing BPE merges{lang}...")
+        final = e.merges >= e.target_merges
+        pct = 100.0 * e.merges / e.target_merges if e.target_merges else 100.0
+        self._progress(f"  Merges: {e.merges:,}/{e.target_merges:,} ({pct:.1f}%) | "
+                       f"Vocab: {e.vocab_size:,}/{e.target_vocab:,} | "
+                       f"Speed: {e.per_second:,.0f} merges/s | ETA: {e.eta:.1f}s", final)
+        if final:
+            self._merge_header = self._count_header = False
+
+    # --- training ---
+
+    def _on_BatchProgress(self, e: ev.BatchProgress) -> None:
+        final = e.batch >= e.batches
+        pct = 100.0 * e.batch / e.batches if e.batches else 100.0
+        self._progress(f"  Epoch {e.epoch}/{e.epochs} | Batch {e.batch:,}/{e.batches:,} ({pct:.1f}%) | "
+                       f"Loss: {e.loss:.4f} (avg: {e.avg_loss:.4f}) | LR: {e.lr:.6f} | "
+                       f"Speed: {e.batches_per_second:.1f} batch/s, {e.tokens_per_second:,.0f} tok/s | "
+                       f"ETA: {_fmt_seconds(e.eta)}", final)
+
+    def _on_EpochSummary(self, e: ev.EpochSummary) -> None:
+        self._line(f"  Epoch {e.epoch}/{e.epochs} Summary:")
+        self._line(f"    Train Loss: {e.train_loss:.4f} | Train PPL: {e.train_ppl:.2f}")
+        self._line(f"    Val Loss:   {e.val_loss:.4f} | Val PPL:   {e.val_ppl:.2f}")
+        if e.bleu is not None:
+            self._line(f"    Val BLEU:   {e.bleu:.2f}")
+        self._line(f"    Time: {_fmt_seconds(e.epoch_seconds)} (total {_fmt_seconds(e.total_seconds)})")
+
+    def _on_CheckpointSaved(self, e: ev.CheckpointSaved) -> None:
+        self._line(f"  Checkpoint saved: {e.path} ({_fmt_size(e.size_bytes)})")
+
+    def _on_BatchSkipped(self, e: ev.BatchSkipped) -> None:
+        what = "out of memory" if e.reason == "oom" else "non-finite loss"
+        self._line(f"WARNING: skipped batch {e.batch} of epoch {e.epoch} ({what}, {e.tokens:,} tokens; "
+                   f"{e.in_a_row} in a row)")
+
+
+def _fmt_info(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)

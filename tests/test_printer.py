@@ -1,0 +1,65 @@
+"""The headless printer writes the seed's progress lines from events."""
+
+import io
+
+from engine import events as ev
+from engine.printer import HeadlessPrinter
+
+
+def printed(events, log_interval=0.0) -> str:
+    stream = io.StringIO()
+    printer = HeadlessPrinter(stream, log_interval=log_interval)
+    for event in events:
+        printer(event)
+    return stream.getvalue()
+
+
+def test_tokenizer_lines():
+    text = printed([
+        ev.StageStarted(stage="tokenizer", index=2, total=6),
+        ev.WordCountProgress(done=4_508_785, total=4_508_785, per_second=36_000.0, elapsed=123.5),
+        ev.MergeProgress(merges=15_234, target_merges=36_687, vocab_size=15_547, target_vocab=37_000,
+                         per_second=45.0, eta=476.3, elapsed=300.0),
+        ev.StageFinished(stage="tokenizer", seconds=800.0,
+                         info={"vocab_size": 37000, "merges": 36687, "alphabet": 309}),
+    ])
+    assert "[Step 1/4] Computing word frequencies..." in text
+    assert "Progress: 4,508,785/4,508,785 (100.0%) | Elapsed: 123.5s | Done!" in text
+    assert "[Step 4/4] Performing BPE merges..." in text
+    assert ("Merges: 15,234/36,687 (41.5%) | Vocab: 15,547/37,000 | Speed: 45 merges/s | "
+            "ETA: 476.3s") in text
+    assert "Training Complete!" in text and "Final vocab size: 37,000" in text
+
+
+def test_training_lines():
+    text = printed([
+        ev.BatchProgress(epoch=1, epochs=100, batch=5400, batches=5412, step=5400, loss=3.2145,
+                         avg_loss=4.5231, lr=0.000234, batches_per_second=2.1,
+                         tokens_per_second=52_000.0, eta=6.0, elapsed=2570.0),
+        ev.EpochSummary(epoch=1, epochs=100, step=5412, train_loss=4.5231, train_ppl=92.15,
+                        val_loss=4.2341, val_ppl=68.92, bleu=None, epoch_seconds=2576.0,
+                        total_seconds=2576.0),
+        ev.CheckpointSaved(path="saved/run/model_epoch_10.pt", name="model_epoch_10.pt", epoch=10,
+                           step=54120, val_loss=4.2, bleu=None, size_bytes=700 * 2**20,
+                           saved_at=0.0),
+    ])
+    assert ("Batch 5,400/5,412 (99.8%) | Loss: 3.2145 (avg: 4.5231) | LR: 0.000234 | "
+            "Speed: 2.1 batch/s") in text
+    assert "Epoch 1/100 Summary:" in text
+    assert "Train Loss: 4.5231 | Train PPL: 92.15" in text
+    assert "Val Loss:   4.2341 | Val PPL:   68.92" in text
+    assert "Checkpoint saved: saved/run/model_epoch_10.pt" in text
+
+
+def test_progress_is_throttled_off_a_terminal_but_the_final_state_always_prints():
+    events = [ev.MergeProgress(merges=i, target_merges=100, vocab_size=10 + i, target_vocab=110,
+                               per_second=1.0, eta=1.0, elapsed=1.0) for i in range(1, 101)]
+    text = printed(events, log_interval=3600)
+    lines = [line for line in text.splitlines() if "Merges:" in line]
+    assert len(lines) == 2  # the first, then nothing until the final 100/100
+    assert "100/100 (100.0%)" in lines[-1]
+
+
+def test_failure_names_the_stage_and_the_reason():
+    text = printed([ev.RunFailed(stage="data", message="train.en: 3 lines, train.de: 4 lines")])
+    assert "FAILED in stage data: train.en: 3 lines, train.de: 4 lines" in text
