@@ -11,3 +11,11 @@ class ConfigError(EngineError):
 
 class DataError(EngineError):
     """A corpus cannot be loaded: missing, empty, misaligned or undecodable."""
+
+
+class ChildProcessFailed(EngineError):
+    """A worker process died; ``details`` holds its last stderr lines for RunFailed."""
+
+    def __init__(self, message: str, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.details = list(details or [])
