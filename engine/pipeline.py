@@ -23,6 +23,11 @@ from engine.events import (Emit, JsonlWriter, RunFailed, RunFinished, RunPaused,
 # stage name -> "module:function"; the function takes a RunContext and returns a StageResult
 STAGES: dict[str, str] = {
     "data": "engine.data:run_data_stage",
+    "tokenizer": "engine.tokenizer:run_tokenizer_stage",
+    "encode": "engine.encode:run_encode_stage",
+    "batches": "engine.batching:run_batches_stage",
+    "model": "engine.train:run_model_stage",
+    "train": "engine.train:run_train_stage",
 }
 
 
@@ -102,7 +107,7 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
         status = "stopped"
     except EngineError as exc:
         status = "failed"
-        emit(RunFailed(stage=ctx.stage, message=str(exc)))
+        emit(RunFailed(stage=ctx.stage, message=str(exc), details=getattr(exc, "details", [])))
     except Exception as exc:  # a bug or an environment problem: keep the traceback in the log
         status = "failed"
         details = traceback.format_exc().splitlines()[-12:]
