@@ -1,0 +1,216 @@
+"""Checkpoints: plain dicts of tensors and plain values, written atomically, loaded safely.
+
+A checkpoint holds everything a run needs to continue at the next batch and everything
+``translate`` needs on its own:
+
+    model, optimizer, scheduler, scaler (or None)      state dicts
+    epoch            epochs completed
+    batch_in_epoch   batches of the next epoch already trained (a stop mid-epoch)
+    step             optimizer updates so far
+    epoch_nll, epoch_tokens   the unfinished epoch's loss sums, so its average is exact on resume
+    train_loss, val_loss, bleu, best   the latest measurements, and the best so far
+    rng              torch CPU/CUDA generator states (tensors), python and numpy states (lists)
+    config, run_name the resolved RunConfig as a dict
+    vocab            {"src_size", "tgt_size", "shared"}
+    tokenizers       {"src": tokenizer.json text, "tgt": ...}
+
+No pickled objects: ``torch.load(path, weights_only=True)`` reads it. Writing goes to a temporary
+file in the same directory, fsync, rename over the old file, fsync the directory: a crash or a
+``kill -9`` at any moment leaves either the old checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.errors import EngineError
+
+LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
+PERIODIC = re.compile(r"model_epoch_(\d+)\.pt$")
+TEMP_PREFIX = ".ckpt-"
+# model keys that decide the shapes of the weights (dropout does not)
+SHAPE_KEYS = ("d_model", "ffn_hidden", "n_head", "n_layers", "pre_norm")
+
+
+def periodic_name(epoch: int) -> str:
+    return f"model_epoch_{epoch}.pt"
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # some filesystems cannot open directories; the rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _temporary_name(path: Path) -> Path:
+    return path.parent / f"{TEMP_PREFIX}{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> int:
+    """Write ``state`` to ``path`` atomically; returns the file's size in bytes."""
+    path = Path(path)
+    tmp = _temporary_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)  # umask applies, as for open()
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path.stat().st_size
+
+
+def copy_checkpoint(source: Path, path: Path) -> int:
+    """``path`` becomes the same checkpoint as ``source``, atomically (a hard link where the
+    filesystem has them: no second write of a large file)."""
+    source, path = Path(source), Path(path)
+    tmp = _temporary_name(path)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        return save_checkpoint(load_checkpoint(source), path)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path.stat().st_size
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Temporary files a killed process left behind."""
+    for tmp in Path(directory).glob(f"{TEMP_PREFIX}*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def prune_periodic(directory: Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` model_epoch_N.pt (0 keeps all); returns removed."""
+    if keep_last <= 0:
+        return []
+    found = sorted((int(m.group(1)), p) for p in Path(directory).iterdir()
+                   if (m := PERIODIC.match(p.name)))
+    removed = [p for _, p in found[:-keep_last]]
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
+
+
+# --- random generator states ----------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "python": {"version": version, "state": list(mt), "gauss": gauss},
+             "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached": float(cached)},
+             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["kind"], np.array(npy["keys"], dtype=np.uint32), npy["pos"],
+                         npy["has_gauss"], npy["cached"]))
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint's dict; an EngineError with one line when it is missing or not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise EngineError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, or holds objects we do not load
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EngineError(f"{path}: not a loadable checkpoint ({first[:160]})") from None
+    required = ("model", "config", "vocab", "tokenizers")
+    missing = [k for k in required if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise EngineError(f"{path}: not a transformer-tui checkpoint "
+                          f"(missing {', '.join(missing)})")
+    return state
+
+
+def check_fits(state: dict[str, Any], path: Path | str, model_cfg, src_vocab: int,
+               tgt_vocab: int, shared: bool) -> None:
+    """Refuse, in one line, a checkpoint whose weights cannot fit the model this run builds."""
+    saved_model = state["config"].get("model", {})
+    for key in SHAPE_KEYS:
+        here = getattr(model_cfg, key)
+        if key in saved_model and saved_model[key] != here:
+            raise EngineError(f"{path}: checkpoint has model.{key} = {saved_model[key]!r}, this "
+                              f"run has {here!r} (resume with the config that trained it)")
+    vocab = state["vocab"]
+    for key, here in (("src_size", src_vocab), ("tgt_size", tgt_vocab), ("shared", shared)):
+        if vocab.get(key) != here:
+            raise EngineError(f"{path}: checkpoint has vocabulary {key} = {vocab.get(key)!r}, "
+                              f"this run's tokenizer has {here!r} (resume with the tokenizer "
+                              "that trained it)")
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: Path | str) -> None:
+    """load_state_dict, with a shape mismatch turned into one line instead of a traceback."""
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        detail = next((line.strip() for line in str(exc).splitlines()
+                       if "size mismatch" in line or "Missing key" in line
+                       or "Unexpected key" in line), str(exc).splitlines()[0])
+        raise EngineError(f"{path}: checkpoint weights do not fit the model "
+                          f"({detail[:200]})") from None
+
+
+def build_for_inference(path: Path | str, device: str | torch.device = "cpu"):
+    """(model in eval mode, src tokenizer, tgt tokenizer, RunConfig) from one checkpoint file."""
+    from tokenizers import Tokenizer
+
+    from engine.config import config_from_dict
+    from engine.errors import ConfigError
+    from engine.model import Transformer
+
+    state = load_checkpoint(path, map_location="cpu")
+    try:
+        config = config_from_dict(state["config"], name=state.get("run_name", Path(path).stem),
+                                  source=str(path))
+    except ConfigError as exc:
+        raise EngineError(f"{path}: checkpoint config is not valid here ({exc})") from None
+    try:
+        src_tok = Tokenizer.from_str(state["tokenizers"]["src"])
+        tgt_tok = Tokenizer.from_str(state["tokenizers"]["tgt"])
+    except Exception as exc:
+        raise EngineError(f"{path}: checkpoint tokenizers cannot be read ({exc})") from None
+    vocab = state["vocab"]
+    model = Transformer.from_config(config.model, vocab["src_size"], vocab["tgt_size"],
+                                    share_embeddings=vocab["shared"])
+    load_model_state(model, state, path)
+    return model.to(device).eval(), src_tok, tgt_tok, config

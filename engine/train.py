@@ -1,0 +1,620 @@
+"""Model and train stages: build (or restore) the Transformer, then train it epoch by epoch.
+
+One optimizer update = ``training.update_freq`` batches. Per batch: forward under autocast,
+label-smoothed cross entropy over the real target tokens, backward. Per update: gradient norm
+(and clipping), Adam (0.9, 0.98, 1e-9), the paper's learning-rate schedule
+
+    lr = lr_factor * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)
+
+Every loss the run reports (batch, epoch, validation) is the cross entropy per target token
+without label smoothing, so perplexity = exp(loss) and train and validation compare.
+
+Stops and resumes are exact: a stop is honoured at an update boundary, the checkpoint records how
+many batches of the epoch are done and every random generator's state, and batch order depends
+only on the seed and the epoch, so a resumed run continues with the very batch, dropout mask and
+weights that an uninterrupted run would have used next.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine import checkpoint as ckpt
+from engine.batching import Batches, collate
+from engine.control import RunStopped
+from engine.encode import PAD_ID, EncodedData
+from engine.errors import ConfigError, DataError, EngineError
+from engine.events import (BatchProgress, BatchSkipped, CheckpointSaved, EpochSummary,
+                           MemorySample, Notice)
+
+PROGRESS_SECONDS = 0.25  # at most ~4 BatchProgress events a second (plus each epoch's last)
+MEMORY_SECONDS = 5.0  # one MemorySample every few seconds
+
+
+# --- pieces --------------------------------------------------------------------------------
+
+
+def noam_lr(step: int, d_model: int, warmup: int, factor: float) -> float:
+    """The paper's schedule (section 5.3); ``step`` counts updates from 1."""
+    step = max(step, 1)
+    return factor * d_model ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)
+
+
+class NoamSchedule:
+    """Sets the optimizer's learning rate for the next update; its state is the update count."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, d_model: int, warmup: int,
+                 factor: float) -> None:
+        self.optimizer, self.d_model, self.warmup, self.factor = optimizer, d_model, warmup, factor
+        self.updates = 0
+        self._apply()
+
+    @property
+    def lr(self) -> float:
+        """The rate the next update uses."""
+        return noam_lr(self.updates + 1, self.d_model, self.warmup, self.factor)
+
+    def _apply(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+
+    def step(self) -> None:
+        self.updates += 1
+        self._apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.updates = int(state["updates"])
+        self._apply()
+
+
+def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, epsilon: float,
+                        pad_id: int = PAD_ID) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(smoothed loss summed, NLL summed, tokens) over the non-pad positions of ``target``.
+
+    Smoothing as in fairseq: (1 - eps) * NLL + eps * mean over the vocabulary of -log p.
+    Computed in float32 whatever the autocast dtype of ``logits``.
+    """
+    lprobs = F.log_softmax(logits.float(), dim=-1).view(-1, logits.size(-1))
+    target = target.reshape(-1)
+    keep = target.ne(pad_id)
+    lprobs, target = lprobs[keep], target[keep]
+    nll = -lprobs.gather(1, target.unsqueeze(1)).sum()
+    smooth = -lprobs.sum() / lprobs.size(-1)
+    return (1.0 - epsilon) * nll + epsilon * smooth, nll, int(target.numel())
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("[training] device = \"cuda\" but no CUDA device is available "
+                          "(use \"auto\" or \"cpu\")")
+    if choice == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Native bf16 matrix instructions (AVX512-BF16 or AMX); elsewhere bf16 is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(choice: str, device: torch.device) -> tuple[str, torch.dtype | None]:
+    """("fp32" | "bf16" | "fp16", autocast dtype or None)."""
+    if choice == "auto":
+        if device.type == "cuda":
+            choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            choice = "bf16" if cpu_has_fast_bf16() else "fp32"
+    if choice == "fp16" and device.type != "cuda":
+        raise ConfigError("[training] precision = \"fp16\" needs a CUDA device; on the CPU use "
+                          "\"bf16\" or \"fp32\"")
+    if choice == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("[training] precision = \"bf16\": this GPU has no bfloat16; use "
+                          "\"fp16\" or \"auto\"")
+    return choice, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+
+
+class MemoryProbe:
+    """Process, system and GPU memory. Every NVML call may fail: that value is None."""
+
+    def __init__(self, device: torch.device) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self._psutil = psutil
+        self._cuda = device.type == "cuda"
+        self._nvml = None
+        if self._cuda:
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                self._nvml = pynvml
+            except Exception:
+                self._nvml = None
+
+    def _gpus(self) -> list[dict[str, Any]]:
+        nvml = self._nvml
+        if nvml is None:
+            return []
+
+        def attempt(call, *args):
+            try:
+                return call(*args)
+            except Exception:
+                return None
+
+        devices = []
+        for index in range(attempt(nvml.nvmlDeviceGetCount) or 0):
+            handle = attempt(nvml.nvmlDeviceGetHandleByIndex, index)
+            memory = attempt(nvml.nvmlDeviceGetMemoryInfo, handle) if handle else None
+            util = attempt(nvml.nvmlDeviceGetUtilizationRates, handle) if handle else None
+            name = attempt(nvml.nvmlDeviceGetName, handle) if handle else None
+            devices.append({"index": index,
+                            "name": name.decode() if isinstance(name, bytes) else name,
+                            "used": int(memory.used) if memory else None,
+                            "total": int(memory.total) if memory else None,
+                            "util": int(util.gpu) if util else None})
+        return devices
+
+    def sample(self, max_tokens: int) -> MemorySample:
+        system = self._psutil.virtual_memory()
+        allocated = reserved = peak = None
+        if self._cuda:
+            allocated = torch.cuda.memory_allocated()
+            reserved = torch.cuda.memory_reserved()
+            peak = torch.cuda.max_memory_allocated()
+        return MemorySample(devices=self._gpus(), torch_allocated=allocated,
+                            torch_reserved=reserved, torch_peak=peak,
+                            process_rss=int(self._process.memory_info().rss),
+                            system_used=int(system.used), system_total=int(system.total),
+                            max_tokens=max_tokens)
+
+
+# --- model stage ---------------------------------------------------------------------------
+
+
+@dataclass
+class Trainer:
+    """What the model stage builds and the train stage advances; the checkpoint's contents."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: NoamSchedule
+    scaler: Any  # torch.amp.GradScaler for fp16, else None
+    device: torch.device
+    precision: str
+    amp_dtype: torch.dtype | None
+    epoch: int = 0  # epochs completed
+    batch_in_epoch: int = 0  # batches of epoch + 1 done
+    epoch_nll: float = 0.0  # NLL and target tokens of epoch + 1 so far
+    epoch_tokens: int = 0
+    train_loss: float | None = None
+    val_loss: float | None = None
+    bleu: float | None = None
+    best: float | None = None  # best val loss (or BLEU), what checkpoint_best.pt holds
+    seconds: float = 0.0  # training time so far, pauses excluded, across resumes
+    batches_per_epoch: int = 0
+    resumed_from: str = ""
+
+    @property
+    def step(self) -> int:
+        return self.schedule.updates
+
+    def state(self, config, tokenizers) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
+            "epoch_nll": self.epoch_nll, "epoch_tokens": self.epoch_tokens,
+            "train_loss": self.train_loss, "val_loss": self.val_loss, "bleu": self.bleu,
+            "best": self.best, "seconds": self.seconds,
+            "batches_per_epoch": self.batches_per_epoch,
+            "rng": ckpt.rng_state(),
+            "config": config.to_dict(), "run_name": config.name,
+            "precision": self.precision,
+            "vocab": {"src_size": tokenizers.src.get_vocab_size(),
+                      "tgt_size": tokenizers.tgt.get_vocab_size(),
+                      "shared": bool(tokenizers.shared)},
+            "tokenizers": {"src": tokenizers.src.to_str(), "tgt": tokenizers.tgt.to_str()},
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        for key in ("epoch", "batch_in_epoch", "epoch_nll", "epoch_tokens", "train_loss",
+                    "val_loss", "bleu", "best", "seconds", "batches_per_epoch"):
+            if key in state:
+                setattr(self, key, state[key])
+        ckpt.set_rng_state(state["rng"])
+
+
+def _resume_path(ctx) -> Path:
+    if ctx.resume == "last":
+        path = Path(ctx.run_dir) / ckpt.LAST
+        if not path.is_file():
+            raise EngineError(f"--resume last: no {ckpt.LAST} in {ctx.run_dir} (nothing to "
+                              "resume; give a checkpoint path or start without --resume)")
+        return path
+    return Path(ctx.resume).expanduser()
+
+
+def _check_same_tokenizers(state: dict[str, Any], tokenizers, path: Path) -> None:
+    from tokenizers import Tokenizer
+
+    for side in ("src", "tgt"):
+        saved = state["tokenizers"][side]
+        here = getattr(tokenizers, side)
+        if saved != here.to_str() and Tokenizer.from_str(saved).get_vocab() != here.get_vocab():
+            raise EngineError(f"{path}: checkpoint was trained with another {side} tokenizer "
+                              "than this run's (same size, different tokens); resume in the "
+                              "run directory that trained it")
+
+
+def run_model_stage(ctx):
+    from engine.model import Transformer
+    from engine.pipeline import StageResult
+
+    config = ctx.config
+    tokenizers = ctx.outputs["tokenizer"]
+    if config.eval.best_by == "bleu" and config.eval.bleu_every == 0:
+        raise ConfigError(f"{config.source}: [eval] best_by = \"bleu\" needs bleu_every >= 1")
+    device = pick_device(config.training.device)
+    precision, amp_dtype = resolve_precision(config.training.precision, device)
+    src_vocab, tgt_vocab = tokenizers.src.get_vocab_size(), tokenizers.tgt.get_vocab_size()
+
+    # same seed, same initial weights, same dropout masks
+    seed = config.training.seed
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    model = Transformer.from_config(config.model, src_vocab, tgt_vocab,
+                                    share_embeddings=bool(tokenizers.shared)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.0, betas=(0.9, 0.98), eps=1e-9)
+    schedule = NoamSchedule(optimizer, config.model.d_model, config.training.warmup,
+                            config.training.lr_factor)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    trainer = Trainer(model, optimizer, schedule, scaler, device, precision, amp_dtype)
+    ckpt.remove_stale_temporaries(ctx.run_dir)
+
+    if ctx.resume:
+        path = _resume_path(ctx)
+        state = ckpt.load_checkpoint(path)  # CPU: RNG states must stay there
+        ckpt.check_fits(state, path, config.model, src_vocab, tgt_vocab, bool(tokenizers.shared))
+        _check_same_tokenizers(state, tokenizers, path)
+        ckpt.load_model_state(model, state, path)
+        trainer.restore(state)
+        trainer.resumed_from = str(path)
+
+    parameters = sum(p.numel() for p in model.parameters())  # tied weights counted once
+    info = {"parameters": parameters, "device": device.type, "precision": precision}
+    if trainer.resumed_from:
+        info.update(resumed_from=trainer.resumed_from, epoch=trainer.epoch,
+                    batch_in_epoch=trainer.batch_in_epoch, step=trainer.step)
+    return StageResult(output=trainer, info=info)
+
+
+# --- train stage ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Clock:
+    """Seconds excluding pauses (RunControl keeps the paused total)."""
+
+    control: Any
+    started: float = field(default_factory=time.monotonic)
+    paused_at_start: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.paused_at_start = self.control.paused_so_far()
+
+    def seconds(self) -> float:
+        paused = self.control.paused_so_far() - self.paused_at_start
+        return max(time.monotonic() - self.started - paused, 0.0)
+
+
+class TrainLoop:
+    def __init__(self, ctx) -> None:
+        self.ctx = ctx
+        self.config = ctx.config
+        self.cfg = ctx.config.training
+        self.trainer: Trainer = ctx.outputs["model"]
+        self.data: EncodedData = ctx.outputs["encode"]
+        self.batches: Batches = ctx.outputs["batches"]
+        self.tokenizers = ctx.outputs["tokenizer"]
+        self.run_dir = Path(ctx.run_dir)
+        self.memory = MemoryProbe(self.trainer.device)
+        self.last_memory = 0.0
+        self.bad_in_a_row = 0
+        self.saved_position: tuple[int, int] | None = None  # (epoch, batch) of checkpoint_last
+        self.session = _Clock(ctx.control)
+        self.seconds_before = self.trainer.seconds
+
+    # -- helpers --
+
+    def autocast(self):
+        t = self.trainer
+        return torch.autocast(t.device.type, dtype=t.amp_dtype, enabled=t.amp_dtype is not None)
+
+    def total_seconds(self) -> float:
+        return self.seconds_before + self.session.seconds()
+
+    def maybe_memory(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last_memory >= MEMORY_SECONDS:
+            self.last_memory = now
+            self.ctx.emit(self.memory.sample(self.cfg.max_tokens))
+
+    def save_last(self) -> None:
+        t = self.trainer
+        position = (t.epoch, t.batch_in_epoch)
+        if self.saved_position == position:
+            return
+        t.seconds = self.total_seconds()
+        path = self.run_dir / ckpt.LAST
+        size = ckpt.save_checkpoint(t.state(self.config, self.tokenizers), path)
+        self.saved_position = position
+        self.announce(path, size)
+
+    def announce(self, path: Path, size: int) -> None:
+        t = self.trainer
+        self.ctx.emit(CheckpointSaved(path=str(path), name=path.name, epoch=t.epoch, step=t.step,
+                                      val_loss=t.val_loss, bleu=t.bleu, size_bytes=size,
+                                      saved_at=time.time()))
+
+    def stop(self) -> None:
+        self.save_last()
+        raise RunStopped()
+
+    def bad_batch(self, reason: str, epoch: int, batch: int, tokens: int) -> None:
+        self.bad_in_a_row += 1
+        self.ctx.emit(BatchSkipped(reason=reason, epoch=epoch, batch=batch, tokens=tokens,
+                                   in_a_row=self.bad_in_a_row))
+        if self.bad_in_a_row >= self.cfg.max_bad_batches:
+            last = self.run_dir / ckpt.LAST
+            kept = f"{last} holds the last good state" if last.is_file() else "no checkpoint yet"
+            if reason == "oom":
+                raise EngineError(
+                    f"training stopped: CUDA out of memory in {self.bad_in_a_row} batches in a "
+                    f"row (epoch {epoch}, batch {batch}, {tokens:,} padded tokens); {kept}; "
+                    f"lower training.max_tokens (now {self.cfg.max_tokens}) and raise "
+                    "training.update_freq to keep the batch size")
+            raise EngineError(
+                f"training stopped: loss or gradients were NaN/inf in {self.bad_in_a_row} "
+                f"batches in a row (epoch {epoch}, batch {batch}); {kept}; try a lower "
+                "training.lr_factor, training.clip_norm = 1.0 or training.precision = \"fp32\"")
+
+    # -- one batch, one update --
+
+    def forward_backward(self, batch) -> float | None:
+        """Adds this batch's gradients; its NLL per target token, or None when not finite."""
+        t = self.trainer
+        src, tgt_in = batch.src.to(t.device), batch.tgt_in.to(t.device)
+        tgt_out = batch.tgt_out.to(t.device)
+        with self.autocast():
+            logits = t.model(src, tgt_in)
+        loss, nll, tokens = label_smoothed_loss(logits, tgt_out, self.cfg.label_smoothing)
+        loss_value, nll_value = torch.stack([loss.detach(), nll.detach()]).tolist()  # one sync
+        if not (math.isfinite(loss_value) and math.isfinite(nll_value)):
+            return None
+        loss = loss / tokens / self.cfg.update_freq
+        (t.scaler.scale(loss) if t.scaler is not None else loss).backward()
+        return nll_value / tokens
+
+    def update(self) -> bool:
+        """Apply the accumulated gradients; False when they were not finite (update skipped)."""
+        t = self.trainer
+        params = [p for p in t.model.parameters() if p.grad is not None]
+        if not params:
+            return False
+        if t.scaler is not None:
+            t.scaler.unscale_(t.optimizer)
+        if self.cfg.clip_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_norm)
+        else:
+            norm = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(p.grad.detach()) for p in params]))
+        finite = bool(torch.isfinite(norm))
+        if t.scaler is not None:
+            scale = t.scaler.get_scale()
+            t.scaler.step(t.optimizer)  # skips the step itself when gradients overflowed
+            t.scaler.update()
+            applied = t.scaler.get_scale() >= scale
+        elif finite:
+            t.optimizer.step()
+            applied = True
+        else:
+            applied = False
+        t.optimizer.zero_grad(set_to_none=True)
+        if applied:
+            t.schedule.step()
+        # an fp16 overflow is the scaler's normal business; non-finite bf16/fp32 gradients are not
+        return applied or t.scaler is not None
+
+    # -- epochs --
+
+    def train_epoch(self, epoch: int) -> None:
+        t, cfg, control = self.trainer, self.cfg, self.ctx.control
+        order = self.batches.epoch_order(epoch)
+        n = len(order)
+        t.model.train()
+        clock = _Clock(control)
+        done_here = tokens_here = 0
+        last_progress = 0.0
+        for position in range(t.batch_in_epoch, n):
+            boundary = position % cfg.update_freq == 0
+            if control.checkpoint() and boundary:  # blocks while paused
+                self.stop()
+            batch = collate(self.data.train, self.batches.train[order[position]])
+            out_of_memory = False
+            try:
+                nll = self.forward_backward(batch)
+            except torch.cuda.OutOfMemoryError:
+                out_of_memory, nll = True, None
+            # outside the except block, whose traceback still holds the batch's tensors; the
+            # group's earlier gradients go too, the rest of the group still counts
+            if out_of_memory:
+                t.optimizer.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+                self.bad_batch("oom", epoch, position + 1, batch.padded_tokens)
+            elif nll is None:
+                self.bad_batch("nan", epoch, position + 1, batch.padded_tokens)
+            if nll is not None:
+                t.epoch_nll += nll * batch.tokens
+                t.epoch_tokens += batch.tokens
+                tokens_here += batch.tokens
+            last_in_group = (position + 1) % cfg.update_freq == 0 or position == n - 1
+            if last_in_group and not self.update() and nll is not None:
+                self.bad_batch("nan", epoch, position + 1, batch.padded_tokens)
+                nll = None
+            if nll is not None:
+                self.bad_in_a_row = 0
+            t.batch_in_epoch = position + 1
+            done_here += 1
+
+            now = time.monotonic()
+            if nll is not None and (now - last_progress >= PROGRESS_SECONDS or position == n - 1):
+                last_progress = now
+                seconds = max(clock.seconds(), 1e-9)
+                rate = done_here / seconds
+                self.ctx.emit(BatchProgress(
+                    epoch=epoch, epochs=cfg.epochs, batch=position + 1, batches=n, step=t.step,
+                    loss=nll, avg_loss=t.epoch_nll / max(t.epoch_tokens, 1),
+                    lr=t.schedule.lr, batches_per_second=round(rate, 3),
+                    tokens_per_second=round(tokens_here / seconds, 1),
+                    eta=round((n - position - 1) / rate, 1) if rate > 0 else 0.0,
+                    elapsed=round(seconds, 3)))
+            self.maybe_memory()
+
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        """Validation NLL per target token; None when a stop came in the middle."""
+        t = self.trainer
+        t.model.eval()
+        nll_sum, tokens_sum = 0.0, 0
+        for rows in self.batches.valid:
+            if self.ctx.control.checkpoint():
+                return None
+            batch = collate(self.data.valid, rows)
+            try:
+                with self.autocast():
+                    logits = t.model(batch.src.to(t.device), batch.tgt_in.to(t.device))
+            except torch.cuda.OutOfMemoryError:
+                raise EngineError(f"CUDA out of memory during validation ({batch.padded_tokens:,} "
+                                  "padded tokens); lower training.max_tokens "
+                                  f"(now {self.cfg.max_tokens})") from None
+            _, nll, tokens = label_smoothed_loss(logits, batch.tgt_out.to(t.device), 0.0)
+            nll_sum += nll.item()
+            tokens_sum += tokens
+        t.model.train()
+        return nll_sum / max(tokens_sum, 1)
+
+    def bleu(self) -> float:
+        import sacrebleu
+
+        from engine.decode import translate
+
+        t, ev = self.trainer, self.config.eval
+        corpus = self.ctx.outputs["data"]
+        pairs = corpus.valid[:ev.bleu_samples] if ev.bleu_samples else corpus.valid
+        t.model.eval()
+        with torch.no_grad(), self.autocast():
+            hypotheses = translate(t.model, self.tokenizers.src, self.tokenizers.tgt,
+                                   [src for src, _ in pairs], beam=ev.beam,
+                                   length_penalty=ev.length_penalty,
+                                   max_len_offset=ev.max_len_offset)
+        t.model.train()
+        return round(sacrebleu.corpus_bleu(hypotheses, [[tgt for _, tgt in pairs]]).score, 2)
+
+    def finish_epoch(self, epoch: int, epoch_clock: _Clock) -> None:
+        t, ev = self.trainer, self.config.eval
+        val_loss = self.validate()
+        if val_loss is None:
+            self.stop()  # every batch is done, validation is not: resume validates
+        t.train_loss = t.epoch_nll / max(t.epoch_tokens, 1)
+        t.val_loss = val_loss
+        t.bleu = self.bleu() if ev.bleu_every and epoch % ev.bleu_every == 0 else None
+        t.epoch, t.batch_in_epoch, t.epoch_nll, t.epoch_tokens = epoch, 0, 0.0, 0
+
+        if ev.best_by == "bleu":
+            improved = t.bleu is not None and (t.best is None or t.bleu > t.best)
+            if improved:
+                t.best = t.bleu
+        else:
+            improved = t.best is None or val_loss < t.best
+            if improved:
+                t.best = val_loss
+        self.ctx.emit(EpochSummary(
+            epoch=epoch, epochs=self.cfg.epochs, step=t.step, train_loss=t.train_loss,
+            train_ppl=_ppl(t.train_loss), val_loss=val_loss, val_ppl=_ppl(val_loss), bleu=t.bleu,
+            epoch_seconds=round(epoch_clock.seconds(), 3),
+            total_seconds=round(self.total_seconds(), 3)))
+
+        self.save_last()
+        last = self.run_dir / ckpt.LAST
+        if epoch % self.cfg.checkpoint_every == 0:
+            path = self.run_dir / ckpt.periodic_name(epoch)
+            self.announce(path, ckpt.copy_checkpoint(last, path))
+            ckpt.prune_periodic(self.run_dir, self.cfg.keep_last)
+        if improved:
+            path = self.run_dir / ckpt.BEST
+            self.announce(path, ckpt.copy_checkpoint(last, path))
+
+    def run(self) -> dict[str, Any]:
+        t, cfg = self.trainer, self.cfg
+        if len(self.data.valid) == 0:
+            raise DataError("no validation pairs are left after encoding (all longer than "
+                            f"model.max_len = {self.config.model.max_len}?)")
+        t.batches_per_epoch = t.batches_per_epoch or len(self.batches.train)
+        if t.batches_per_epoch != len(self.batches.train) and t.batch_in_epoch:
+            self.ctx.emit(Notice(level="warning", text=(
+                f"the checkpoint's run had {t.batches_per_epoch} batches per epoch, this one "
+                f"has {len(self.batches.train)} (max_tokens changed?): epoch {t.epoch + 1} "
+                f"continues at batch {t.batch_in_epoch + 1} of the new batches")))
+        t.batches_per_epoch = len(self.batches.train)
+        if t.epoch >= cfg.epochs:
+            self.ctx.emit(Notice(text=f"the checkpoint has already trained {t.epoch} epochs of "
+                                      f"{cfg.epochs}; raise training.epochs to train more"))
+        self.maybe_memory(force=True)
+        first_epoch = t.epoch + 1
+        for epoch in range(first_epoch, cfg.epochs + 1):
+            epoch_clock = _Clock(self.ctx.control)
+            self.train_epoch(epoch)
+            self.finish_epoch(epoch, epoch_clock)
+        self.maybe_memory(force=True)
+        t.seconds = self.total_seconds()
+        return {"epochs": t.epoch, "steps": t.step, "train_loss": t.train_loss,
+                "val_loss": t.val_loss, "val_ppl": _ppl(t.val_loss), "bleu": t.bleu,
+                "best": t.best, "seconds": round(t.seconds, 1)}
+
+
+def _ppl(loss: float | None) -> float:
+    if loss is None:
+        return float("nan")
+    return math.exp(min(loss, 50.0))  # exp(50) already says "untrained"; avoid overflow
+
+
+def run_train_stage(ctx):
+    from engine.pipeline import StageResult
+
+    info = TrainLoop(ctx).run()
+    return StageResult(output=ctx.outputs["model"], info=info)

@@ -1,0 +1,251 @@
+"""Training: the loss falls, checkpoints appear, stops resume exactly, bad batches stop the run.
+
+Every test runs the real pipeline (built-in sample data, a real tokenizer trained in its child
+process, a tiny Transformer) on the CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine import checkpoint as ckpt
+from engine import train
+from engine.config import config_from_dict
+from engine.control import RunControl
+from engine.events import (BatchProgress, BatchSkipped, CheckpointSaved, EpochSummary,
+                           MemorySample, Notice, RunFailed, RunFinished, RunPaused, RunResumed,
+                           StageFinished)
+from engine.pipeline import run
+from engine.train import label_smoothed_loss, noam_lr
+
+TINY = {
+    "data": {"source": "sample", "train_size": 400, "valid_size": 40, "test_size": 10},
+    "tokenizer": {"vocab_size": 300, "min_frequency": 1},
+    "model": {"d_model": 32, "ffn_hidden": 64, "n_head": 2, "n_layers": 1, "max_len": 48},
+    "training": {"epochs": 2, "max_tokens": 500, "warmup": 30, "lr_factor": 2.0,
+                 "precision": "fp32", "checkpoint_every": 1, "keep_last": 1, "seed": 3},
+    "eval": {"bleu_every": 0},
+}
+
+
+def tiny_config(**changes):
+    raw = copy.deepcopy(TINY)
+    for key, value in changes.items():
+        section, _, name = key.partition("__")
+        raw[section][name] = value
+    return config_from_dict(raw, name="tiny")
+
+
+def train_run(run_dir, config, control=None, resume=None, on_event=None):
+    events = []
+
+    def emit(event):
+        events.append(event)
+        if on_event:
+            on_event(event)
+
+    status = run(config, run_dir, emit, control or RunControl(), resume=resume)
+    return status, events
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared machine a busy second
+    core makes every small op wait for it: one thread keeps these tests fast and steady."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def of(events, kind):
+    return [e for e in events if isinstance(e, kind)]
+
+
+@pytest.fixture
+def every_batch(monkeypatch):
+    """A BatchProgress for every batch, not a few a second: per-step losses to compare."""
+    monkeypatch.setattr(train, "PROGRESS_SECONDS", 0.0)
+
+
+def test_the_learning_rate_warms_up_then_decays_as_in_the_paper():
+    rates = [noam_lr(step, d_model=512, warmup=4000, factor=1.0) for step in (1, 2000, 4000, 16000)]
+    assert rates[0] < rates[1] < rates[2] > rates[3]
+    assert rates[2] == pytest.approx(512 ** -0.5 * 4000 ** -0.5)
+    assert rates[3] == pytest.approx(rates[2] / 2)  # step^-0.5: four times the steps, half the rate
+
+
+def test_the_loss_ignores_padding_and_smooths_labels():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 7)
+    target = torch.tensor([[4, 5, 0], [6, 0, 0]])  # 0 = <pad>
+    smoothed, nll, tokens = label_smoothed_loss(logits, target, epsilon=0.0)
+    assert tokens == 3
+    expected = F.cross_entropy(logits.view(-1, 7), target.view(-1), ignore_index=0, reduction="sum")
+    assert nll.item() == pytest.approx(expected.item())
+    assert smoothed.item() == pytest.approx(nll.item())
+    smoothed, nll, _ = label_smoothed_loss(logits, target, epsilon=0.1)
+    torch_smoothed = F.cross_entropy(logits.view(-1, 7), target.view(-1), ignore_index=0,
+                                     reduction="sum", label_smoothing=0.1)
+    assert smoothed.item() == pytest.approx(torch_smoothed.item())
+
+
+def test_a_small_run_learns_and_leaves_the_checkpoints_the_seed_named(tmp_path, every_batch):
+    status, events = train_run(tmp_path, tiny_config(training__epochs=3))
+    assert status == "finished"
+    summaries = of(events, EpochSummary)
+    assert [s.epoch for s in summaries] == [1, 2, 3]
+    assert summaries[-1].val_loss < summaries[0].val_loss < math.log(300)
+    assert summaries[-1].val_ppl == pytest.approx(math.exp(summaries[-1].val_loss))
+
+    batches = {f.stage: f.info for f in of(events, StageFinished)}["batches"]
+    progress = of(events, BatchProgress)
+    assert len(progress) == 3 * batches["batches_per_epoch"]
+    assert progress[-1].step == 3 * batches["batches_per_epoch"] and progress[-1].lr > 0
+    assert 0.5 < batches["padding_efficiency"] <= 1.0
+
+    # keep_last = 1: only the newest periodic checkpoint stays
+    names = sorted(p.name for p in tmp_path.glob("*.pt"))
+    assert names == ["checkpoint_best.pt", "checkpoint_last.pt", "model_epoch_3.pt"]
+    saved = [(c.name, c.epoch) for c in of(events, CheckpointSaved)]
+    assert ("model_epoch_1.pt", 1) in saved and ("checkpoint_last.pt", 3) in saved
+    last = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)
+    assert (last["epoch"], last["batch_in_epoch"]) == (3, 0)
+    assert last["val_loss"] == summaries[-1].val_loss
+    assert last["best"] == min(s.val_loss for s in summaries)
+
+    memory = of(events, MemorySample)
+    assert memory and memory[0].process_rss > 0 and memory[0].devices == []  # no GPU here
+    assert not [n for n in of(events, Notice) if n.level == "warning"]
+
+    # a second run over the same data and tokenizer reuses the encoded ids
+    events = []
+    assert run(tiny_config(), tmp_path, events.append, until="batches") == "finished"
+    assert [f.reused for f in of(events, StageFinished) if f.stage == "encode"] == [True]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_stopped_and_resumed_run_repeats_the_uninterrupted_losses_exactly(tmp_path, every_batch,
+                                                                            precision):
+    # two batches per update, so the stop also has to respect accumulation groups
+    config = tiny_config(training__update_freq=2, training__precision=precision)
+    status, events = train_run(tmp_path / "straight", config)
+    assert status == "finished"
+    straight = [(p.epoch, p.batch, p.step, p.loss) for p in of(events, BatchProgress)]
+    straight_val = [s.val_loss for s in of(events, EpochSummary)]
+
+    control = RunControl()
+
+    def stop_mid_epoch_2(event):
+        if isinstance(event, BatchProgress) and (event.epoch, event.batch) == (2, 3):
+            control.stop()
+
+    status, first = train_run(tmp_path / "broken", config, control, on_event=stop_mid_epoch_2)
+    assert status == "stopped"
+    state = torch.load(tmp_path / "broken" / ckpt.LAST, weights_only=True)
+    assert (state["epoch"], state["batch_in_epoch"]) == (1, 4)  # finished its group of two
+
+    status, second = train_run(tmp_path / "broken", config, resume="last")
+    assert status == "finished"
+    model_info = [f.info for f in of(second, StageFinished) if f.stage == "model"][0]
+    assert model_info["resumed_from"].endswith(ckpt.LAST) and model_info["batch_in_epoch"] == 4
+    resumed = [(p.epoch, p.batch, p.step, p.loss) for p in of(first + second, BatchProgress)]
+    assert resumed == straight  # same batches, same dropout, same weights: bit for bit
+    assert [s.val_loss for s in of(first + second, EpochSummary)] == straight_val
+    assert of(second, EpochSummary)[0].train_loss == of(events, EpochSummary)[1].train_loss
+
+
+def test_pause_holds_training_between_batches(tmp_path):
+    control = RunControl()
+    paused = []
+
+    def pause_once(event):
+        if isinstance(event, BatchProgress) and not paused:
+            paused.append(event.batch)
+            control.pause()
+            threading.Timer(0.5, control.resume).start()
+
+    status, events = train_run(tmp_path, tiny_config(training__epochs=1), control,
+                               on_event=pause_once)
+    assert status == "finished"
+    assert len(of(events, RunPaused)) == 1 and of(events, RunResumed)[0].paused_seconds >= 0.4
+    assert of(events, EpochSummary)[0].epoch_seconds < of(events, RunFinished)[0].seconds
+
+
+def test_nan_losses_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path):
+    status, _ = train_run(tmp_path, tiny_config(training__epochs=1))
+    assert status == "finished"
+    good = ckpt.load_checkpoint(tmp_path / ckpt.LAST)
+
+    # the same run continued with an absurd learning rate: the weights blow up
+    config = tiny_config(training__epochs=3, training__lr_factor=1e12, training__max_bad_batches=3)
+    status, events = train_run(tmp_path, config, resume="last")
+    assert status == "failed"
+    skipped = of(events, BatchSkipped)
+    assert [s.in_a_row for s in skipped[-3:]] == [1, 2, 3] and skipped[-1].reason == "nan"
+    failure = of(events, RunFailed)[0]
+    assert "NaN/inf in 3 batches in a row" in failure.message and "\n" not in failure.message
+    kept = ckpt.load_checkpoint(tmp_path / ckpt.LAST)
+    assert (kept["epoch"], kept["step"]) == (good["epoch"], good["step"]) == (1, good["step"])
+    assert all(torch.isfinite(w).all() for w in kept["model"].values())
+
+
+def test_resuming_with_another_model_shape_fails_with_one_line(tmp_path):
+    status, _ = train_run(tmp_path, tiny_config(training__epochs=1))
+    assert status == "finished"
+    status, events = train_run(tmp_path, tiny_config(model__d_model=64), resume="last")
+    assert status == "failed"
+    message = of(events, RunFailed)[0].message
+    assert "model.d_model = 32, this run has 64" in message and "\n" not in message
+
+    status, events = train_run(tmp_path / "fresh", tiny_config(), resume="last")
+    assert status == "failed" and "no checkpoint_last.pt" in of(events, RunFailed)[0].message
+
+
+def test_bleu_is_measured_and_can_choose_the_best_checkpoint(tmp_path):
+    config = tiny_config(training__epochs=2, eval__bleu_every=1, eval__bleu_samples=6,
+                         eval__beam=1, eval__max_len_offset=5, eval__best_by="bleu")
+    status, events = train_run(tmp_path, config)
+    assert status == "finished"
+    bleus = [s.bleu for s in of(events, EpochSummary)]
+    assert all(b is not None and 0.0 <= b <= 100.0 for b in bleus)
+    best = torch.load(tmp_path / ckpt.BEST, weights_only=True)
+    assert best["bleu"] == max(bleus) and best["best"] == max(bleus)
+
+
+def test_a_dropped_ssh_session_stops_the_headless_command_cleanly_and_it_resumes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    preset = tmp_path / "tiny.toml"
+    preset.write_text(tiny_config(training__epochs=50).to_toml(), encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "engine.cli", "--preset", str(preset), "--run-dir",
+               str(tmp_path / "run")]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=env)
+    lines = []
+    for line in child.stdout:
+        lines.append(line)
+        if " | Batch " in line:  # training is under way
+            child.send_signal(signal.SIGHUP)
+            break
+    lines += child.stdout.readlines()
+    assert child.wait(timeout=60) == 0, "".join(lines)
+    assert any("Checkpoint saved:" in line and "checkpoint_last.pt" in line for line in lines)
+    stopped = ckpt.load_checkpoint(tmp_path / "run" / ckpt.LAST)
+    assert stopped["epoch"] < 50
+
+    resumed = subprocess.run(command + ["--resume", "last", "--set",
+                                        f"training.epochs={stopped['epoch'] + 1}"],
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"Epoch {stopped['epoch'] + 1}/{stopped['epoch'] + 1} Summary:" in resumed.stdout
