@@ -102,13 +102,18 @@ def remove_stale_temporaries(directory: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def periodic_checkpoints(directory: Path) -> list[Path]:
+    """A run directory's model_epoch_N.pt files, oldest epoch first."""
+    found = sorted((int(m.group(1)), p) for p in Path(directory).iterdir()
+                   if (m := PERIODIC.match(p.name)))
+    return [p for _, p in found]
+
+
 def prune_periodic(directory: Path, keep_last: int) -> list[Path]:
     """Delete all but the newest ``keep_last`` model_epoch_N.pt (0 keeps all); returns removed."""
     if keep_last <= 0:
         return []
-    found = sorted((int(m.group(1)), p) for p in Path(directory).iterdir()
-                   if (m := PERIODIC.match(p.name)))
-    removed = [p for _, p in found[:-keep_last]]
+    removed = periodic_checkpoints(directory)[:-keep_last]
     for p in removed:
         p.unlink(missing_ok=True)
     return removed
@@ -214,3 +219,31 @@ def build_for_inference(path: Path | str, device: str | torch.device = "cpu"):
                                     share_embeddings=vocab["shared"])
     load_model_state(model, state, path)
     return model.to(device).eval(), src_tok, tgt_tok, config
+
+
+def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
+    """A checkpoint whose model weights are the mean of those of ``paths`` (the paper averages
+    the last 5 of the base model). Optimizer and schedule are dropped: it is for translating."""
+    if not paths:
+        raise EngineError("no checkpoints to average")
+    states = [load_checkpoint(p) for p in paths]
+    first = states[0]
+    for path, state in zip(paths[1:], states[1:]):
+        same_shapes = state["model"].keys() == first["model"].keys() and all(
+            state["model"][k].shape == v.shape for k, v in first["model"].items())
+        if state["vocab"] != first["vocab"] or not same_shapes:
+            raise EngineError(f"{path}: other vocabulary or model shape than {paths[0]}; "
+                              "average checkpoints of one run")
+    model = {}
+    for key, value in first["model"].items():
+        if value.is_floating_point():
+            total = sum(s["model"][key].double() for s in states)
+            model[key] = (total / len(states)).to(value.dtype)
+        else:  # integer buffers (none today) are taken from the newest checkpoint
+            model[key] = states[-1]["model"][key]
+    last = states[-1]
+    averaged = {k: last[k] for k in ("config", "vocab", "tokenizers", "epoch", "step", "run_name")
+                if k in last}
+    averaged.update(model=model, averaged_from=[str(p) for p in paths],
+                    val_loss=None, bleu=None, train_loss=None)
+    return averaged

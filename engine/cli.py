@@ -19,6 +19,9 @@ from engine.control import RunControl
 from engine.errors import EngineError
 
 COMMANDS = {  # subcommand -> "module:function(argv) -> exit status"
+    "translate": "engine.commands:translate_main",
+    "evaluate": "engine.commands:evaluate_main",
+    "average": "engine.commands:average_main",
 }
 
 

@@ -6,6 +6,8 @@ import os
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import engine  # noqa: E402,F401  (sets OMP_WAIT_POLICY before any test module imports torch)
+
 import gzip  # noqa: E402
 from pathlib import Path  # noqa: E402
 

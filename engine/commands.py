@@ -1,0 +1,118 @@
+"""The subcommands of `transformer-train` that use a trained checkpoint.
+
+    transformer-train translate --checkpoint PATH [TEXT ...]      (no TEXT: stdin, line by line)
+    transformer-train evaluate --checkpoint PATH --src FILE --ref FILE [--beam N] [--out FILE]
+    transformer-train average --out PATH CKPT [CKPT ...]  |  average --out PATH --last N RUN_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from engine.errors import EngineError
+
+
+def _decode_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, type=Path, help="a .pt file of a run")
+    parser.add_argument("--beam", type=int, help="beam size, 1 = greedy (default: the run's eval.beam)")
+    parser.add_argument("--length-penalty", type=float, help="alpha (default: the run's)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+
+def _load(args: argparse.Namespace):
+    from engine.checkpoint import build_for_inference
+    from engine.train import pick_device
+
+    if args.beam is not None and args.beam < 1:
+        raise EngineError(f"--beam {args.beam}: must be 1 (greedy) or more")
+    model, src_tok, tgt_tok, config = build_for_inference(args.checkpoint, pick_device(args.device))
+    beam = args.beam or config.eval.beam
+    alpha = config.eval.length_penalty if args.length_penalty is None else args.length_penalty
+
+    def translate(lines: list[str]) -> list[str]:
+        from engine.decode import translate as decode
+
+        return decode(model, src_tok, tgt_tok, lines, beam=beam, length_penalty=alpha,
+                      max_len_offset=config.eval.max_len_offset, batch_size=args.batch_size)
+
+    return translate
+
+
+def translate_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="transformer-train translate",
+                                     description="Translate the arguments, or stdin line by line.")
+    _decode_options(parser)
+    parser.add_argument("text", nargs="*", help="sentences to translate (default: read stdin)")
+    args = parser.parse_args(argv)
+    translate = _load(args)
+    if args.text:
+        for line in translate(args.text):
+            print(line)
+        return 0
+    for line in sys.stdin:  # streaming: one output line per input line, as it comes
+        print(translate([line.rstrip("\n")])[0], flush=True)
+    return 0
+
+
+def corpus_bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
+    """sacreBLEU on detokenized, cased text: (score, signature)."""
+    from sacrebleu.metrics import BLEU
+
+    bleu = BLEU()
+    score = bleu.corpus_score(hypotheses, [references])
+    return score.score, str(bleu.get_signature())
+
+
+def evaluate_main(argv: list[str]) -> int:
+    from engine.data import read_lines
+
+    parser = argparse.ArgumentParser(prog="transformer-train evaluate",
+                                     description="sacreBLEU of a checkpoint on a test set.")
+    _decode_options(parser)
+    parser.add_argument("--src", required=True, type=Path, help="source sentences, one a line")
+    parser.add_argument("--ref", required=True, type=Path, help="reference translations, aligned")
+    parser.add_argument("--out", type=Path, help="write the hypotheses here, one a line")
+    args = parser.parse_args(argv)
+    sources, references = read_lines(args.src), read_lines(args.ref)
+    if len(sources) != len(references):
+        raise EngineError(f"{args.src} has {len(sources):,} lines but {args.ref} has "
+                          f"{len(references):,}: they must be aligned line by line")
+    if not sources:
+        raise EngineError(f"{args.src}: no sentences to evaluate")
+    hypotheses = _load(args)(sources)
+    if args.out:
+        args.out.write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
+    score, signature = corpus_bleu(hypotheses, references)
+    print(f"BLEU = {score:.2f} | {len(sources):,} sentences | {signature}")
+    return 0
+
+
+def average_main(argv: list[str]) -> int:
+    from engine.checkpoint import average_checkpoints, periodic_checkpoints, save_checkpoint
+
+    parser = argparse.ArgumentParser(
+        prog="transformer-train average",
+        description="Average the model weights of several checkpoints (the paper averages the "
+                    "last 5 of the base model).")
+    parser.add_argument("--out", required=True, type=Path, help="the averaged checkpoint")
+    parser.add_argument("--last", type=int, metavar="N",
+                        help="average the last N model_epoch_*.pt of the run dir given")
+    parser.add_argument("checkpoints", nargs="+", type=Path,
+                        help="checkpoint files, or with --last one run directory")
+    args = parser.parse_args(argv)
+    paths = args.checkpoints
+    if args.last is not None:
+        if args.last < 1 or len(paths) != 1 or not paths[0].is_dir():
+            raise EngineError("--last N takes N >= 1 and exactly one run directory")
+        paths = periodic_checkpoints(paths[0])[-args.last:]
+        if len(paths) < args.last:
+            raise EngineError(f"{args.checkpoints[0]}: {len(paths)} model_epoch_*.pt found, "
+                              f"--last {args.last} needs that many")
+    state = average_checkpoints(paths)
+    size = save_checkpoint(state, args.out)
+    print(f"Averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) "
+          f"into {args.out} ({size / 2**20:.1f} MB)")
+    return 0
