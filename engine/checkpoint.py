@@ -13,6 +13,8 @@ A checkpoint holds everything a run needs to continue at the next batch and ever
     config, run_name the resolved RunConfig as a dict
     vocab            {"src_size", "tgt_size", "shared"}
     tokenizers       {"src": tokenizer.json text, "tgt": ...}
+    world_size       processes that trained it (torchrun); batch_in_epoch counts each one's
+    rank_rng         with several processes: each rank's torch generator state, in rank order
 
 No pickled objects: ``torch.load(path, weights_only=True)`` reads it. Writing goes to a temporary
 file in the same directory, fsync, rename over the old file, fsync the directory: a crash or a

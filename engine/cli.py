@@ -4,6 +4,9 @@
                       [--until STAGE] [--resume last|PATH]
     transformer-train translate|evaluate|average ...   (see `transformer-train COMMAND --help`)
 
+Under torchrun (WORLD_SIZE > 1 in the environment) every process joins one distributed job:
+    torchrun --nproc_per_node=N -m engine --preset NAME ...   (see engine/distributed.py)
+
 Exit status: 0 finished or stopped on request, 1 the run failed, 2 bad input.
 """
 
@@ -66,6 +69,7 @@ def install_stop_signals(control: RunControl) -> None:
 
 
 def run_train(argv: list[str]) -> int:
+    from engine import distributed
     from engine.pipeline import run, stage_names
     from engine.printer import HeadlessPrinter
 
@@ -79,7 +83,19 @@ def run_train(argv: list[str]) -> int:
     run_dir = args.run_dir or default_run_dir(config.name)
     control = RunControl()
     install_stop_signals(control)
-    status = run(config, run_dir, HeadlessPrinter(), control, until=args.until, resume=args.resume)
+    try:
+        distributed.init_from_env(config.training.device)  # a no-op without torchrun
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # rank 0 prints the progress; the other ranks only their own failure
+    printer = (HeadlessPrinter() if distributed.is_main()
+               else distributed.failures_only(HeadlessPrinter(sys.stderr)))
+    status = "failed"
+    try:
+        status = run(config, run_dir, printer, control, until=args.until, resume=args.resume)
+    finally:
+        distributed.teardown(failed=status == "failed")
     return {"finished": 0, "stopped": 0}.get(status, 1)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from engine import distributed
 from engine.config import RunConfig
 from engine.control import RunControl, RunStopped
 from engine.errors import EngineError
@@ -69,15 +70,18 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
 
     Every event also goes to ``run_dir/events.jsonl``; the resolved config is written to
     ``run_dir/config.toml``. Failures become a ``RunFailed`` event, never an exception.
+    In a torchrun job only rank 0 writes those files (see engine/distributed.py).
     """
     from engine.preflight import preflight  # torch import; keep `import engine.pipeline` light
 
     names = stage_names(until)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(config.to_toml(), encoding="utf-8")
-    writer = JsonlWriter(run_dir / "events.jsonl")
-    emit = fan_out(writer, emit)
+    writer = None
+    if distributed.is_main():
+        (run_dir / "config.toml").write_text(config.to_toml(), encoding="utf-8")
+        writer = JsonlWriter(run_dir / "events.jsonl")
+        emit = fan_out(writer, emit)
     control = control or RunControl()
     ctx = RunContext(config=config, run_dir=run_dir, emit=emit, control=control, resume=resume)
 
@@ -99,7 +103,7 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
             ctx.stage = name
             emit(StageStarted(stage=name, index=index, total=len(names)))
             stage_started = time.monotonic()
-            result = _stage_function(name)(ctx)
+            result = distributed.run_stage(name, _stage_function(name), ctx)
             ctx.outputs[name] = result.output
             emit(StageFinished(stage=name, seconds=round(time.monotonic() - stage_started, 3),
                                reused=result.reused, info=result.info))
@@ -116,5 +120,6 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
         control.remove_listener(on_control)
     if status != "failed":
         emit(RunFinished(status=status, seconds=round(time.monotonic() - started, 3)))
-    writer.close()
+    if writer is not None:
+        writer.close()
     return status

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import checkpoint as ckpt
+from engine import distributed
 from engine.batching import Batches, collate
 from engine.control import RunStopped
 from engine.encode import PAD_ID, EncodedData
@@ -211,6 +212,7 @@ class Trainer:
     seconds: float = 0.0  # training time so far, pauses excluded, across resumes
     batches_per_epoch: int = 0
     resumed_from: str = ""
+    parallel: Any = None  # DistributedDataParallel around model in a torchrun job, else None
 
     @property
     def step(self) -> int:
@@ -227,6 +229,7 @@ class Trainer:
             "train_loss": self.train_loss, "val_loss": self.val_loss, "bleu": self.bleu,
             "best": self.best, "seconds": self.seconds,
             "batches_per_epoch": self.batches_per_epoch,
+            "world_size": distributed.world_size(),  # batch_in_epoch counts each rank's batches
             "rng": ckpt.rng_state(),
             "config": config.to_dict(), "run_name": config.name,
             "precision": self.precision,
@@ -303,8 +306,11 @@ def run_model_stage(ctx):
         _check_same_tokenizers(state, tokenizers, path)
         ckpt.load_model_state(model, state, path)
         trainer.restore(state)
+        distributed.adapt_resume(state, trainer, path, ctx.emit, config.training.update_freq,
+                                 config.training.max_tokens)
         trainer.resumed_from = str(path)
 
+    trainer.parallel = distributed.wrap_model(model)
     parameters = sum(p.numel() for p in model.parameters())  # tied weights counted once
     info = {"parameters": parameters, "device": device.type, "precision": precision}
     if trainer.resumed_from:
@@ -369,9 +375,16 @@ class TrainLoop:
         position = (t.epoch, t.batch_in_epoch)
         if self.saved_position == position:
             return
+        rank_rng = distributed.gather_rng_states()  # every rank's dropout generator, for resume
+        if not distributed.is_main():
+            self.saved_position = position
+            return  # rank 0 writes the checkpoint
         t.seconds = self.total_seconds()
         path = self.run_dir / ckpt.LAST
-        size = ckpt.save_checkpoint(t.state(self.config, self.tokenizers), path)
+        state = t.state(self.config, self.tokenizers)
+        if rank_rng is not None:
+            state["rank_rng"] = rank_rng
+        size = ckpt.save_checkpoint(state, path)
         self.saved_position = position
         self.announce(path, size)
 
@@ -386,6 +399,12 @@ class TrainLoop:
         raise RunStopped()
 
     def bad_batch(self, reason: str, epoch: int, batch: int, tokens: int) -> None:
+        if reason == "oom" and distributed.active():
+            raise EngineError(
+                f"CUDA out of memory on {distributed.describe()} (epoch {epoch}, batch {batch}, "
+                f"{tokens:,} padded tokens): one process cannot skip a batch while the others "
+                f"wait for its gradients; lower training.max_tokens (now {self.cfg.max_tokens}) "
+                "and raise training.update_freq to keep the batch size")
         self.bad_in_a_row += 1
         self.ctx.emit(BatchSkipped(reason=reason, epoch=epoch, batch=batch, tokens=tokens,
                                    in_a_row=self.bad_in_a_row))
@@ -411,14 +430,17 @@ class TrainLoop:
         src, tgt_in = batch.src.to(t.device), batch.tgt_in.to(t.device)
         tgt_out = batch.tgt_out.to(t.device)
         with self.autocast():
-            logits = t.model(src, tgt_in)
+            logits = (t.model if t.parallel is None else t.parallel)(src, tgt_in)
         loss, nll, tokens = label_smoothed_loss(logits, tgt_out, self.cfg.label_smoothing)
         loss_value, nll_value = torch.stack([loss.detach(), nll.detach()]).tolist()  # one sync
-        if not (math.isfinite(loss_value) and math.isfinite(nll_value)):
+        finite = math.isfinite(loss_value) and math.isfinite(nll_value)
+        # under DDP every rank must take part in the gradient all-reduce: a NaN backward makes
+        # the averaged gradients NaN on every rank, and every rank skips that update
+        if not finite and t.parallel is None:
             return None
         loss = loss / tokens / self.cfg.update_freq
         (t.scaler.scale(loss) if t.scaler is not None else loss).backward()
-        return nll_value / tokens
+        return nll_value / tokens if finite else None
 
     def update(self) -> bool:
         """Apply the accumulated gradients; False when they were not finite (update skipped)."""
@@ -454,20 +476,24 @@ class TrainLoop:
 
     def train_epoch(self, epoch: int) -> None:
         t, cfg, control = self.trainer, self.cfg, self.ctx.control
-        order = self.batches.epoch_order(epoch)
+        order = distributed.shard(self.batches.epoch_order(epoch))  # this rank's batches
         n = len(order)
+        world = distributed.world_size()  # progress counts the whole job's batches
         t.model.train()
         clock = _Clock(control)
         done_here = tokens_here = 0
         last_progress = 0.0
         for position in range(t.batch_in_epoch, n):
             boundary = position % cfg.update_freq == 0
-            if control.checkpoint() and boundary:  # blocks while paused
+            # blocks while paused; in a torchrun job a stop on any rank stops every rank here
+            if distributed.any_rank(control.checkpoint()) and boundary:
                 self.stop()
             batch = collate(self.data.train, self.batches.train[order[position]])
+            last_in_group = (position + 1) % cfg.update_freq == 0 or position == n - 1
             out_of_memory = False
             try:
-                nll = self.forward_backward(batch)
+                with distributed.sync_gradients(t.parallel, last_in_group):
+                    nll = self.forward_backward(batch)
             except torch.cuda.OutOfMemoryError:
                 out_of_memory, nll = True, None
             # outside the except block, whose traceback still holds the batch's tensors; the
@@ -476,13 +502,14 @@ class TrainLoop:
                 t.optimizer.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
                 self.bad_batch("oom", epoch, position + 1, batch.padded_tokens)
-            elif nll is None:
+            # the whole job's loss and target tokens at this position (one process: the batch's)
+            nll, tokens = distributed.reduce_batch(nll, batch.tokens)
+            if nll is None and not out_of_memory:
                 self.bad_batch("nan", epoch, position + 1, batch.padded_tokens)
             if nll is not None:
-                t.epoch_nll += nll * batch.tokens
-                t.epoch_tokens += batch.tokens
-                tokens_here += batch.tokens
-            last_in_group = (position + 1) % cfg.update_freq == 0 or position == n - 1
+                t.epoch_nll += nll * tokens
+                t.epoch_tokens += tokens
+                tokens_here += tokens
             if last_in_group and not self.update() and nll is not None:
                 self.bad_batch("nan", epoch, position + 1, batch.padded_tokens)
                 nll = None
@@ -497,9 +524,10 @@ class TrainLoop:
                 seconds = max(clock.seconds(), 1e-9)
                 rate = done_here / seconds
                 self.ctx.emit(BatchProgress(
-                    epoch=epoch, epochs=cfg.epochs, batch=position + 1, batches=n, step=t.step,
+                    epoch=epoch, epochs=cfg.epochs, batch=(position + 1) * world,
+                    batches=n * world, step=t.step,
                     loss=nll, avg_loss=t.epoch_nll / max(t.epoch_tokens, 1),
-                    lr=t.schedule.lr, batches_per_second=round(rate, 3),
+                    lr=t.schedule.lr, batches_per_second=round(rate * world, 3),
                     tokens_per_second=round(tokens_here / seconds, 1),
                     eta=round((n - position - 1) / rate, 1) if rate > 0 else 0.0,
                     elapsed=round(seconds, 3)))
@@ -510,10 +538,11 @@ class TrainLoop:
         """Validation NLL per target token; None when a stop came in the middle."""
         t = self.trainer
         t.model.eval()
-        nll_sum, tokens_sum = 0.0, 0
-        for rows in self.batches.valid:
+        nll_sum, tokens_sum, stopped = 0.0, 0, False
+        for rows in distributed.shard_list(self.batches.valid):  # each rank a share
             if self.ctx.control.checkpoint():
-                return None
+                stopped = True
+                break
             batch = collate(self.data.valid, rows)
             try:
                 with self.autocast():
@@ -525,6 +554,9 @@ class TrainLoop:
             _, nll, tokens = label_smoothed_loss(logits, batch.tgt_out.to(t.device), 0.0)
             nll_sum += nll.item()
             tokens_sum += tokens
+        nll_sum, tokens_sum, stopped = distributed.reduce_sums([nll_sum, tokens_sum, stopped])
+        if stopped:
+            return None
         t.model.train()
         return nll_sum / max(tokens_sum, 1)
 
@@ -552,7 +584,8 @@ class TrainLoop:
             self.stop()  # every batch is done, validation is not: resume validates
         t.train_loss = t.epoch_nll / max(t.epoch_tokens, 1)
         t.val_loss = val_loss
-        t.bleu = self.bleu() if ev.bleu_every and epoch % ev.bleu_every == 0 else None
+        bleu_now = ev.bleu_every and epoch % ev.bleu_every == 0
+        t.bleu = distributed.from_main(self.bleu) if bleu_now else None  # rank 0 decodes
         t.epoch, t.batch_in_epoch, t.epoch_nll, t.epoch_tokens = epoch, 0, 0.0, 0
 
         if ev.best_by == "bleu":
@@ -570,6 +603,8 @@ class TrainLoop:
             total_seconds=round(self.total_seconds(), 3)))
 
         self.save_last()
+        if not distributed.is_main():
+            return  # rank 0 writes the checkpoints
         last = self.run_dir / ckpt.LAST
         if epoch % self.cfg.checkpoint_every == 0:
             path = self.run_dir / ckpt.periodic_name(epoch)
