@@ -1,0 +1,254 @@
+"""The app's cost to a run: training throughput with the app open versus headless, and how fast
+a key press is handled while the tokenizer and the training run.
+
+Throughput: the same config runs through ``engine.pipeline.run`` headless (events to
+events.jsonl only) and through the app (TransformerApp under Textual's headless driver at
+120x40, every panel drawn), interleaved round by round so that a shared, noisy machine slows
+both alike (short runs, many rounds: the load drifts over minutes). The headless peer runs the
+engine in a plain thread, as the app's worker does, so that only the app differs
+(``--main-thread`` also times it in the main thread, as transformer-train runs it; with spinning
+OpenMP threads that alone changed throughput several-fold on a loaded machine). A run's
+training tokens/s is the mean over its epochs of the epoch's average (the last BatchProgress of
+an epoch; validation excluded). The ratio app / headless is printed for each round, then the
+median and quartiles; the target is >= 0.95. The UI thread's CPU time is printed too: it does
+not depend on the machine's load.
+
+Latency: one more app run on a larger tokenizer job; while the tokenizer child process and then
+the training run, a key (page switch) is delivered the way the terminal driver delivers it, a
+few times a second, and the time until its effect is measured. Target: under 100 ms.
+
+Screenshots (``--screenshots docs``): an app run in the middle of its third epoch is saved as
+SVG at 120x40 and 80x24, for the README.
+
+    python benchmarks/bench_tui.py [--rounds 10] [--pairs 3000] [--screenshots docs]
+
+Needs the Multi30k files in ../shared/data/multi30k (see its README).
+"""
+
+from __future__ import annotations
+
+import os
+
+# engine/__init__.py sets this too (passive OpenMP waiting); said here as well because this
+# benchmark depends on it: with spinning OpenMP threads on a shared, oversubscribed CPU the same
+# run was 5-50x slower or faster depending on scheduling luck, which drowns the few percent
+# looked for. Both peers get it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from textual import events
+
+from engine import pipeline
+from engine.config import load_config
+from engine.events import BatchProgress, read_events
+from tui.app import TransformerApp
+
+DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "multi30k").resolve()
+
+
+def overrides(pairs: int, vocab: int, epochs: int) -> list[str]:
+    return [
+        "data.source=local",
+        f"data.train_src={DATA / 'train.en.gz'}", f"data.train_tgt={DATA / 'train.de.gz'}",
+        f"data.valid_src={DATA / 'val.en.gz'}", f"data.valid_tgt={DATA / 'val.de.gz'}",
+        f"data.train_size={pairs}", "data.valid_size=200", "data.test_size=0",
+        f"tokenizer.vocab_size={vocab}",
+        "model.d_model=64", "model.ffn_hidden=128", "model.n_head=4", "model.n_layers=2",
+        f"training.epochs={epochs}", "training.max_tokens=1024", "training.warmup=200",
+        "training.precision=fp32",  # bf16 on CPU builds kernels per new shape: slow, uneven
+        "training.checkpoint_every=100", "eval.bleu_every=0",
+    ]
+
+
+def train_tokens_per_second(run_dir: Path) -> float:
+    last_of_epoch: dict[int, BatchProgress] = {}
+    for event in read_events(run_dir / "events.jsonl"):
+        if isinstance(event, BatchProgress) and event.batch == event.batches:
+            last_of_epoch[event.epoch] = event
+    if not last_of_epoch:
+        raise SystemExit(f"{run_dir}: no finished epoch in events.jsonl")
+    return statistics.mean(e.tokens_per_second for e in last_of_epoch.values())
+
+
+def run_headless(items: list[str], run_dir: Path, main_thread: bool = False) -> float:
+    config = load_config("sample", items)
+    result: dict[str, str] = {}
+
+    def engine() -> None:
+        result["status"] = pipeline.run(config, run_dir, emit=lambda event: None)
+
+    if main_thread:
+        engine()
+    else:
+        thread = threading.Thread(target=engine)
+        thread.start()
+        thread.join()
+    status = result.get("status")
+    if status != "finished":
+        raise SystemExit(f"headless run {status}; see {run_dir / 'events.jsonl'}")
+    return train_tokens_per_second(run_dir)
+
+
+async def _wait(condition, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit("the app run did not get there in time")
+        await asyncio.sleep(0.05)
+
+
+def run_app(items: list[str], run_dir: Path, size=(120, 40)) -> tuple[float, float]:
+    """Training tokens/s with the app open, and the share of one core its UI thread used."""
+    async def scenario() -> tuple[str, float]:
+        app = TransformerApp(preset="sample", overrides=items, run_dir=run_dir)
+        async with app.run_test(size=size) as pilot:
+            cpu, wall = time.thread_time(), time.perf_counter()  # this thread runs the UI
+            await pilot.press("s")
+            await _wait(lambda: app.state.status not in ("idle", "starting"), 60)
+            await _wait(lambda: not app.state.active, 3600)
+            share = (time.thread_time() - cpu) / (time.perf_counter() - wall)
+            return app.state.status, share
+
+    status, share = asyncio.run(scenario())
+    if status != "finished":
+        raise SystemExit(f"app run {status}; see {run_dir / 'events.jsonl'}")
+    return train_tokens_per_second(run_dir), share
+
+
+async def key_latency(app: TransformerApp, key: str, page: str) -> float:
+    main = app.query_one("#main")
+    started = time.perf_counter()
+    app._driver.send_message(events.Key(key, key))  # as the terminal's input thread does
+    while not main.has_class(f"-page-{page}"):
+        await asyncio.sleep(0.001)
+    return time.perf_counter() - started
+
+
+def measure_latency(items: list[str], run_dir: Path, train_seconds: float) -> dict[str, list[float]]:
+    latencies: dict[str, list[float]] = {"idle": [], "tokenizer": [], "train": []}
+
+    async def scenario() -> None:
+        app = TransformerApp(preset="sample", overrides=items, run_dir=run_dir)
+        async with app.run_test(size=(80, 24)) as pilot:
+            for _ in range(10):  # the baseline: this machine, the app open, no run
+                latencies["idle"].append(await key_latency(app, "2", "loss"))
+                latencies["idle"].append(await key_latency(app, "1", "run"))
+                await asyncio.sleep(0.2)
+            await pilot.press("s")
+            train_started = None
+            while app.state.active or app.state.status in ("idle", "starting"):
+                stage = app.state.current_stage
+                if stage == "train" and app.state.batch is not None:
+                    train_started = train_started or time.monotonic()
+                    if time.monotonic() - train_started > train_seconds:
+                        await pilot.press("x", "y")  # enough: stop (saves a checkpoint)
+                        await _wait(lambda: not app.state.active, 120)
+                        break
+                if stage in latencies and app.state.status == "running":
+                    latencies[stage].append(await key_latency(app, "2", "loss"))
+                    latencies[stage].append(await key_latency(app, "1", "run"))
+                await asyncio.sleep(0.2)
+
+    asyncio.run(scenario())
+    return latencies
+
+
+def screenshots(items: list[str], run_dir: Path, out: Path) -> None:
+    async def scenario() -> None:
+        app = TransformerApp(preset="sample", overrides=items, run_dir=os.path.relpath(run_dir))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("s")
+            await _wait(lambda: len(app.state.summaries) >= 2 and app.state.batch is not None
+                        and app.state.batch.batch >= app.state.batch.batches // 2
+                        and app.state.batch.epoch == 3, 3600)
+            app.refresh_panels(force=True)
+            await pilot.pause(0.3)
+            app.save_screenshot("screenshot-120x40.svg", path=str(out))
+            await pilot.resize_terminal(80, 24)
+            await pilot.pause(0.3)
+            app.refresh_panels(force=True)
+            await pilot.pause(0.3)
+            app.save_screenshot("screenshot-80x24.svg", path=str(out))
+            await pilot.press("x", "y")
+            await _wait(lambda: not app.state.active, 120)
+
+    asyncio.run(scenario())
+
+
+def _summary(values: list[float]) -> str:
+    if not values:
+        return "no presses (stage too short)"
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+    return (f"n={len(ordered)} median {1000 * statistics.median(ordered):.0f} ms, "
+            f"p95 {1000 * p95:.0f} ms, max {1000 * ordered[-1]:.0f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--pairs", type=int, default=3000, help="training pairs per run")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--latency-pairs", type=int, default=29000)
+    parser.add_argument("--latency-vocab", type=int, default=8000)
+    parser.add_argument("--screenshots", type=Path, help="save mid-run SVGs here, then exit")
+    parser.add_argument("--main-thread", action="store_true",
+                        help="also time the headless engine in the main thread (as the CLI runs)")
+    args = parser.parse_args()
+    print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    if not (DATA / "train.en.gz").is_file():
+        raise SystemExit(f"Multi30k not found at {DATA}")
+    work = Path(tempfile.mkdtemp(prefix="bench_tui_"))
+    try:
+        if args.screenshots:
+            args.screenshots.mkdir(parents=True, exist_ok=True)
+            os.chdir(work)  # the screenshots show the relative path saved/sample
+            screenshots(overrides(args.pairs, 2000, 6), work / "saved" / "sample",
+                        args.screenshots.resolve() if args.screenshots.is_absolute()
+                        else (Path(__file__).resolve().parents[1] / args.screenshots))
+            return
+        items = overrides(args.pairs, 2000, args.epochs)
+        print(f"config: sample preset, Multi30k {args.pairs} pairs, vocab 2000, d_model 64, "
+              f"{args.epochs} epochs; {os.cpu_count()} CPUs; app at 120x40 (headless driver); "
+              f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
+        run_headless(overrides(1000, 500, 1), work / "warmup")  # first-run costs, for neither
+        ratios = []
+        for round_ in range(1, args.rounds + 1):
+            if round_ % 2:  # alternate who goes first, so that drift cancels
+                headless = run_headless(items, work / f"headless{round_}")
+                app, share = run_app(items, work / f"app{round_}")
+            else:
+                app, share = run_app(items, work / f"app{round_}")
+                headless = run_headless(items, work / f"headless{round_}")
+            ratios.append(app / headless)
+            print(f"round {round_}: headless {headless:,.0f} tok/s, app {app:,.0f} tok/s, "
+                  f"app/headless {app / headless:.3f} (UI thread: {100 * share:.1f}% of a core)",
+                  flush=True)
+        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        print(f"median app/headless throughput: {statistics.median(ratios):.3f} "
+              f"(quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}; target >= 0.95)")
+        if args.main_thread:
+            main_rate = run_headless(items, work / "main-thread", main_thread=True)
+            print(f"headless in the main thread: {main_rate:,.0f} tok/s")
+
+        latency = measure_latency(overrides(args.latency_pairs, args.latency_vocab, 1),
+                                  work / "latency", train_seconds=15)
+        print(f"key press latency, app open, no run:         {_summary(latency['idle'])}")
+        print(f"key press latency while the tokenizer runs: {_summary(latency['tokenizer'])}")
+        print(f"key press latency while training runs:      {_summary(latency['train'])}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    main()

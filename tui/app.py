@@ -1,0 +1,444 @@
+"""transformer-tui: pick a preset, start, watch where the time goes, pause, resume, stop.
+
+    transformer-tui [--preset NAME|PATH] [--set section.key=value ...] [--start] [--run-dir DIR]
+    transformer-tui --attach RUN_DIR
+
+The engine runs in a Textual thread worker. Its ``emit`` puts events into an EventInbox, which
+posts one message per burst to the app (thread-safe); the app applies every event to a RunState
+and a timer redraws the panels a few times a second, so a fast merge loop never floods the UI.
+``--attach`` follows a run started elsewhere by tailing its events.jsonl, read-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from textual import on
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Container, Vertical
+from textual.widgets import Footer, Input, Select, Static, Tab, Tabs
+
+from engine import pipeline
+from engine.config import PRESET_NAMES, RunConfig, load_config
+from engine.control import RunControl
+from engine.errors import EngineError
+from engine.events import CheckpointSaved
+from tui.inbox import EventInbox
+from tui.messages import EarlierCheckpoints, EventsWaiting, MemoryRead, RunEnded
+from tui.probe import MemoryProbe
+from tui.state import RunState
+from tui.tail import EventTail
+from tui.widgets.checkpoints import CheckpointsPanel
+from tui.widgets.controls import ControlBar
+from tui.widgets.dialogs import ConfirmScreen
+from tui.widgets.log import LogPanel
+from tui.widgets.loss import LossPanel
+from tui.widgets.memory import MemoryPanel
+from tui.widgets.panel import StateView
+from tui.widgets.stages import StagesPanel
+from tui.widgets.status import StatusBar
+from tui.widgets.tokenizer import TokenizerPanel
+from tui.widgets.training import TrainingPanel
+
+MIN_SIZE = (80, 24)  # below this the app says the terminal is too small
+COMPACT_BELOW = (110, 34)  # below this width or height, one page of panels at a time
+PAGES = ("run", "loss", "checkpoints", "log")  # compact pages; memory is on "run"
+EVENTS_PER_TURN = 2000  # events applied per UI turn when replaying a long events.jsonl
+
+
+class TransformerApp(App):
+    CSS_PATH = "app.tcss"
+    TITLE = "transformer-tui"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [
+        Binding("s", "start", "Start"),
+        Binding("p", "toggle_pause", "Pause/Resume"),
+        Binding("x", "stop", "Stop"),
+        Binding("q", "quit", "Quit"),
+        *(Binding(str(i), f"page('{page}')", page.capitalize(), show=False)
+          for i, page in enumerate(PAGES, start=1)),
+    ]
+
+    def __init__(self, preset: str = "sample", overrides: tuple[str, ...] | list[str] = (),
+                 start: bool = False, attach: str | Path | None = None,
+                 run_dir: str | Path | None = None, clock: Callable[[], float] = time.time,
+                 probe: Any = None, probe_seconds: float = 2.0, refresh_hz: float = 4.0) -> None:
+        super().__init__()
+        self.preset = preset
+        self.overrides = tuple(overrides)
+        self.start_at_once = start
+        self.attach = str(attach) if attach is not None else None
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.clock = clock
+        self.probe = probe  # anything with .sample() -> MemoryReading; default: MemoryProbe
+        self.probe_seconds = probe_seconds
+        self.refresh_hz = refresh_hz
+        self.state = RunState(clock=clock)
+        self.inbox = EventInbox(lambda: self.post_message(EventsWaiting()), clock=clock)
+        self.control: RunControl | None = None
+        self.config: RunConfig | None = None
+        self.closing = threading.Event()  # tells helper threads to end
+        self._quit_when_done = False
+        self._seen_status = -1
+        self._dashboard_ready = False
+
+    # --- layout ---
+
+    def compose(self) -> ComposeResult:
+        attached = self.attach is not None
+        with Vertical(id="dashboard"):
+            yield StatusBar(attach=self.attach, id="status")
+            yield ControlBar(preset=self.preset, attached=self.attach, id="controls")
+            yield Tabs(*(Tab(f"{i} {page.capitalize()}", id=page)
+                         for i, page in enumerate(PAGES, start=1)), id="pages")
+            with Container(id="main", classes="-page-run"):
+                yield StagesPanel(id="stages", classes="panel page-run")
+                yield TokenizerPanel(id="tokenizer", classes="panel page-run")
+                yield TrainingPanel(id="training", classes="panel page-run")
+                yield LossPanel(id="loss", classes="panel page-loss")
+                yield MemoryPanel(attached=attached, id="memory", classes="panel page-run")
+                yield CheckpointsPanel(attached_dir=self.attach or "", id="checkpoints",
+                                       classes="panel page-checkpoints")
+                yield LogPanel(id="log", classes="panel page-log")
+            yield Static(id="too-small")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.dashboard = self.query_one("#dashboard")
+        self.controls = self.query_one(ControlBar)
+        self.panels: list[StateView] = [w for w in self.query("*") if isinstance(w, StateView)]
+        self.fit_to(self.size.width, self.size.height)
+        self.set_interval(1 / self.refresh_hz, self.refresh_panels)
+        if self.attach is not None:
+            self._start_attach()
+        else:
+            self.run_worker(self._probe_loop, thread=True, group="probe", exit_on_error=False)
+            self.query_one("#start").focus()
+            if self.start_at_once:
+                self.action_start()
+            else:
+                self.look_for_earlier_run()
+        self._dashboard_ready = True
+        self.refresh_panels(force=True)
+
+    def on_resize(self, event: Any) -> None:
+        if self._dashboard_ready:  # the first Resize comes before on_mount
+            self.fit_to(event.size.width, event.size.height)
+
+    def fit_to(self, width: int, height: int) -> None:
+        too_small = width < MIN_SIZE[0] or height < MIN_SIZE[1]
+        compact = width < COMPACT_BELOW[0] or height < COMPACT_BELOW[1]
+        self.dashboard.set_class(too_small, "-too-small")
+        self.dashboard.set_class(compact and not too_small, "-compact")
+        self.query_one("#too-small", Static).update(
+            f"Terminal too small: {width}x{height}.\n"
+            f"transformer-tui needs at least {MIN_SIZE[0]}x{MIN_SIZE[1]}; "
+            f"it looks best at {COMPACT_BELOW[0]}x{COMPACT_BELOW[1]} or larger.\n"
+            "The run goes on; enlarge the window, or press q to quit.")
+
+    @on(Tabs.TabActivated, "#pages")
+    def _page_chosen(self, event: Tabs.TabActivated) -> None:
+        if event.tab.id == event.tabs.active:  # not a stale one, overtaken by a later key
+            self.show_page(event.tab.id)
+
+    def action_page(self, page: str) -> None:
+        self.show_page(page)  # at once; the tab bar follows
+        self.query_one("#pages", Tabs).active = page
+
+    def show_page(self, page: str) -> None:
+        main = self.query_one("#main")
+        for name in PAGES:
+            main.set_class(name == page, f"-page-{name}")
+
+    # --- events in, panels out ---
+
+    def on_events_waiting(self, message: EventsWaiting) -> None:
+        self._apply_events(limit=EVENTS_PER_TURN)
+
+    def _apply_events(self, limit: int | None = None) -> None:
+        for at, event in self.inbox.take(limit=limit):
+            self.state.apply(event, at)
+        self._show_status()  # a change of state shows at once, not at the next refresh
+
+    def refresh_panels(self, force: bool = False) -> None:
+        """Redraw what changed; called by a timer, so the redraw rate is bounded."""
+        for panel in self.panels:
+            panel.update_from(self.state, force)
+        self._show_status()
+
+    def _show_status(self) -> None:
+        if self.state.versions["status"] != self._seen_status:
+            self._seen_status = self.state.versions["status"]
+            self.query_one(StatusBar).update_from(self.state)
+            self.controls.show_state(self.state.status)
+            self.refresh_bindings()
+
+    def on_memory_read(self, message: MemoryRead) -> None:
+        self.state.set_reading(message.reading)
+
+    def _probe_loop(self) -> None:
+        probe = self.probe or MemoryProbe()
+        try:
+            while True:
+                self.post_message(MemoryRead(probe.sample()))
+                if self.closing.wait(self.probe_seconds):
+                    return
+        finally:
+            if probe is not self.probe:
+                probe.close()
+
+    # --- a run in this process ---
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        status = self.state.status
+        if isinstance(self.screen, ConfirmScreen) and action in (
+                "start", "toggle_pause", "stop", "quit", "page"):
+            return False  # a question is open: answer it first
+        if action in ("start", "toggle_pause", "stop") and self.attach is not None:
+            return False  # read-only: not shown at all
+        if action == "start":
+            return None if self.state.active else True
+        if action == "toggle_pause":
+            return True if status in ("running", "paused") else None
+        if action == "stop":
+            return True if status in ("starting", "running", "paused") else None
+        return True
+
+    def action_start(self) -> None:
+        if self.attach is not None or self.state.active:
+            return
+        preset = self.controls.preset()
+        if not preset:
+            self._config_failed("no preset: type the path of a .toml file, or choose one of "
+                                + ", ".join(PRESET_NAMES))
+            return
+        try:
+            config = load_config(preset, self.overrides)
+        except EngineError as exc:
+            self._config_failed(str(exc))
+            return
+        self._launch(config, self.run_dir or Path("saved") / config.name)
+
+    def _config_failed(self, message: str) -> None:
+        self.state.config_error(message)
+        self.notify(message, title="Cannot start", severity="error", timeout=10)
+        self.refresh_panels()
+
+    def _launch(self, config: RunConfig, run_dir: Path, resume: str | None = None) -> None:
+        self.config = config
+        self.control = control = RunControl()
+        self.state.starting(config.name, str(run_dir), config.training.max_tokens)
+        overrides = f" with {' '.join(self.overrides)}" if self.overrides else ""
+        self.state.note(f"starting {config.name} ({config.source}){overrides}"
+                        + (f", resuming from {resume}" if resume else ""))
+        self.run_worker(lambda: self._run_engine(config, run_dir, control, resume), thread=True,
+                        group="engine", exit_on_error=False)
+        self.refresh_panels()
+
+    def _run_engine(self, config: RunConfig, run_dir: Path, control: RunControl,
+                    resume: str | None) -> None:
+        """The engine's thread. Its failures arrive as RunFailed events; what escapes run()
+        itself (an unwritable run dir) still ends the run as failed, never the app."""
+        try:
+            status = pipeline.run(config, run_dir, self.inbox.put, control=control, resume=resume)
+            reason = ""
+        except Exception as exc:
+            status, reason = "failed", f"{type(exc).__name__}: {exc}"
+        self.post_message(RunEnded(status, reason))
+
+    def on_run_ended(self, message: RunEnded) -> None:
+        self._apply_events()  # whatever the engine emitted last, first
+        self.state.ended(message.status, message.reason)
+        self.control = None
+        self.refresh_panels()
+        if self._quit_when_done:
+            self.exit()
+
+    @on(Input.Submitted, "#preset-path")
+    def _path_submitted(self) -> None:
+        self.action_start()
+
+    @on(Select.Changed, "#preset")
+    def _preset_changed(self) -> None:
+        self.look_for_earlier_run()
+
+    def look_for_earlier_run(self) -> None:
+        """Offer the checkpoints an earlier run of the chosen preset left in its run dir."""
+        if self.state.active or self.state.started_at is not None:
+            return
+        try:
+            config = load_config(self.controls.preset() or "sample", self.overrides)
+        except EngineError:
+            return  # said when the user starts
+        run_dir = self.run_dir or Path("saved") / config.name
+        self.run_worker(lambda: self._read_checkpoints(run_dir), thread=True, group="earlier",
+                        exclusive=True, exit_on_error=False)
+
+    def _read_checkpoints(self, run_dir: Path) -> None:
+        tail, saved = EventTail(run_dir / "events.jsonl"), []
+        while events := tail.read_new():  # the whole file, a piece at a time
+            saved.extend(event for _, event in events if isinstance(event, CheckpointSaved))
+        self.post_message(EarlierCheckpoints(str(run_dir), saved))
+
+    def on_earlier_checkpoints(self, message: EarlierCheckpoints) -> None:
+        self.state.earlier_checkpoints(message.run_dir, message.saved)
+
+    def action_toggle_pause(self) -> None:
+        if self.control is None:
+            return
+        if self.state.status == "running":
+            self.control.pause()
+        elif self.state.status == "paused":
+            self.control.resume()
+
+    def action_stop(self) -> None:
+        if self.control is None or self.state.status not in ("starting", "running", "paused"):
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._request_stop()
+
+        self.push_screen(ConfirmScreen("Stop the run?\nIt stops at the next safe point and saves "
+                                       "checkpoint_last.pt, so it can be resumed.",
+                                       yes="Stop"), answered)
+
+    def _request_stop(self) -> None:
+        if self.control is not None:
+            self.state.stopping()
+            self.control.stop()
+            self.refresh_panels()
+
+    async def action_quit(self) -> None:
+        if not self.state.active or self.attach is not None:
+            self.exit()
+            return
+
+        def answered(yes: bool | None) -> None:
+            if not yes:
+                return
+            if self.state.status == "stopping" and self._quit_when_done:
+                self.exit()  # asked twice: leave now, the engine finishes stopping on its own
+                return
+            self._quit_when_done = True
+            self._request_stop()
+            self.notify("Stopping the run (saving a checkpoint), then quitting…")
+
+        if self.state.status == "stopping" and self._quit_when_done:
+            question = "The run is still stopping.\nQuit now without waiting for it?"
+        else:
+            question = "A run is active.\nStop it (a checkpoint is saved) and quit?"
+        self.push_screen(ConfirmScreen(question, yes="Quit"), answered)
+
+    @on(CheckpointsPanel.ResumeRequested)
+    def _resume_requested(self, event: CheckpointsPanel.ResumeRequested) -> None:
+        saved, path = event.saved, event.path
+        if self.attach is not None:
+            self.notify("Attached read-only: resume this run from the app without --attach.",
+                        severity="warning")
+            return
+        if self.state.active:
+            self.notify("Stop the run before resuming from a checkpoint.", severity="warning")
+            return
+        if not path.is_file():
+            self.notify(f"{path} no longer exists.", severity="error")
+            return
+        if self.config is None:
+            try:
+                self.config = load_config(self.controls.preset() or "sample", self.overrides)
+            except EngineError as exc:
+                self._config_failed(str(exc))
+                return
+        config = self.config
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._launch(config, path.parent, resume=str(path))
+
+        self.push_screen(ConfirmScreen(
+            f"Resume from {saved.name}?\nepoch {saved.epoch}, step {saved.step:,}, "
+            f"preset {config.name}, in {path.parent}", yes="Resume"), answered)
+
+    # --- following a run started elsewhere ---
+
+    def _start_attach(self) -> None:
+        run_dir = Path(self.attach)
+        if not run_dir.is_dir():
+            self.state.config_error(f"--attach {self.attach}: no such run directory")
+            return
+        self.state.note(f"attached to {run_dir / 'events.jsonl'} (read-only)")
+        self.state.max_tokens = _config_max_tokens(run_dir / "config.toml")
+        self.query_one("#checkpoint-table").focus()
+        self.run_worker(lambda: self._tail_loop(EventTail(run_dir / "events.jsonl")),
+                        thread=True, group="tail", exit_on_error=False)
+
+    def _tail_loop(self, tail: EventTail) -> None:
+        while not self.closing.is_set():
+            events = tail.read_new()
+            if events:
+                now = self.clock()
+                self.inbox.put_many([(now if at is None else at, event) for at, event in events])
+            elif self.closing.wait(0.25):
+                return
+
+    def on_unmount(self) -> None:
+        # The engine's thread must end for the process to exit: ask it to stop cleanly.
+        self.closing.set()
+        if self.control is not None:
+            self.control.stop()
+
+
+def _config_max_tokens(path: Path) -> int | None:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        return int(tomllib.loads(path.read_text(encoding="utf-8"))["training"]["max_tokens"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="transformer-tui",
+        description="Train a translation Transformer and watch it: pick a preset, start, pause, "
+                    "resume, stop. Keys: s start, p pause/resume, x stop, q quit, 1-4 pages.")
+    parser.add_argument("--preset", default="sample", metavar="NAME|PATH",
+                        help=f"a preset ({', '.join(PRESET_NAMES)}) or a TOML file (default sample)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE", help="override a preset key (repeatable)")
+    parser.add_argument("--start", action="store_true", help="start the run at once")
+    parser.add_argument("--run-dir", metavar="DIR",
+                        help="where the run writes (default saved/<preset name>)")
+    parser.add_argument("--attach", metavar="RUN_DIR",
+                        help="follow a run started elsewhere (read-only), from its events.jsonl")
+    args = parser.parse_args(argv)
+    if args.attach and (args.start or args.overrides or args.run_dir):
+        parser.error("--attach follows an existing run; it takes no --start, --set or --run-dir")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    app = TransformerApp(preset=args.preset, overrides=args.overrides, start=args.start,
+                         attach=args.attach, run_dir=args.run_dir)
+    app.run()
+    status = app.state.status
+    if status == "failed":
+        print(f"transformer-tui: failed: {app.state.reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""MemoryProbe: GPU memory through NVML, this process's torch allocator, process and system memory.
+
+Every NVML call may fail (no driver, a GPU fallen off the bus, a call the driver does not
+support): each one degrades to None, shown as "n/a", and never raises. Without an NVIDIA driver
+``nvml_error`` says so in plain words and the panel shows psutil's numbers instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import psutil
+
+
+@dataclass(frozen=True)
+class MemoryReading:
+    nvml_error: str = ""  # "" when NVML answered
+    devices: list[dict[str, Any]] = field(default_factory=list)  # name, used, total, util
+    torch_allocated: int | None = None  # bytes, this process, None without CUDA
+    torch_reserved: int | None = None
+    torch_peak: int | None = None
+    process_rss: int | None = None
+    system_used: int | None = None
+    system_total: int | None = None
+
+
+def _try(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except Exception:  # NVML raises its own error classes, and more besides when it is broken
+        return None
+
+
+class MemoryProbe:
+    def __init__(self, pid: int | None = None) -> None:
+        self._process = psutil.Process(pid or os.getpid())
+        self._nvml: Any = None
+        self._nvml_error = ""
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+        except Exception as exc:
+            self._nvml_error = _explain_nvml_failure(exc)
+
+    def sample(self) -> MemoryReading:
+        memory = _try(psutil.virtual_memory)
+        return MemoryReading(
+            nvml_error=self._nvml_error,
+            devices=self._devices(),
+            **_torch_memory(),
+            process_rss=_try(lambda: self._process.memory_info().rss),
+            system_used=None if memory is None else memory.total - memory.available,
+            system_total=None if memory is None else memory.total,
+        )
+
+    def _devices(self) -> list[dict[str, Any]]:
+        nvml = self._nvml
+        if nvml is None:
+            return []
+        devices = []
+        for index in range(_try(nvml.nvmlDeviceGetCount) or 0):
+            handle = _try(lambda: nvml.nvmlDeviceGetHandleByIndex(index))
+            if handle is None:
+                devices.append({"name": f"GPU {index}", "used": None, "total": None, "util": None})
+                continue
+            name = _try(lambda: nvml.nvmlDeviceGetName(handle))
+            memory = _try(lambda: nvml.nvmlDeviceGetMemoryInfo(handle))
+            util = _try(lambda: nvml.nvmlDeviceGetUtilizationRates(handle))
+            devices.append({
+                "name": name.decode() if isinstance(name, bytes) else (name or f"GPU {index}"),
+                "used": None if memory is None else int(memory.used),
+                "total": None if memory is None else int(memory.total),
+                "util": None if util is None else int(util.gpu),
+            })
+        return devices
+
+    def close(self) -> None:
+        if self._nvml is not None:
+            _try(self._nvml.nvmlShutdown)
+            self._nvml = None
+
+
+def _explain_nvml_failure(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, ImportError):
+        return "NVML not installed (nvidia-ml-py)"
+    if "Library Not Found" in text or "not found" in text.lower():
+        return "no NVIDIA driver found"
+    if "Driver Not Loaded" in text:
+        return "NVIDIA driver not loaded"
+    return f"NVML: {text}"
+
+
+def _torch_memory() -> dict[str, int | None]:
+    """This process's CUDA allocator, only if the engine already brought torch and CUDA up
+    (never initialises CUDA from the UI)."""
+    none = {"torch_allocated": None, "torch_reserved": None, "torch_peak": None}
+    torch = sys.modules.get("torch")
+    if torch is None or not _try(torch.cuda.is_initialized):
+        return none
+    return {
+        "torch_allocated": _try(torch.cuda.memory_allocated),
+        "torch_reserved": _try(torch.cuda.memory_reserved),
+        "torch_peak": _try(torch.cuda.max_memory_allocated),
+    }

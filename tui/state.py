@@ -1,0 +1,344 @@
+"""RunState: everything the panels show, built by applying engine events one at a time.
+
+Applying an event is cheap (a few assignments) so that every event can be applied as it arrives,
+however fast they come; drawing is what costs, and the panels do it at a bounded rate, each
+only when the part of the state it shows has changed (``versions``).
+
+The same state serves a run in this process and a run followed with ``--attach``: both are a
+stream of events, each with the wall-clock time it happened (``at``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from engine.events import (BatchProgress, BatchSkipped, CheckpointSaved, EpochSummary, Event,
+                           MemorySample, MergeProgress, Notice, Preflight, RunFailed, RunFinished,
+                           RunPaused, RunResumed, RunStarted, StageFinished, StageStarted,
+                           WordCountProgress)
+from tui.format import duration
+from tui.probe import MemoryReading
+
+# The stages of a full run, in order; shown before a run says which stages it has.
+STAGE_ORDER = ("data", "tokenizer", "encode", "batches", "model", "train")
+
+ACTIVE = ("starting", "running", "paused", "stopping")  # a run is in progress
+ENDED = ("finished", "stopped", "failed")
+
+LOSS_SMOOTHING = 0.9  # EMA weight of the history, debiased like TensorBoard's smoothing
+MAX_CURVE_POINTS = 4000  # the curve halves its resolution beyond this (a long run, many steps)
+MAX_RATE_POINTS = 240  # merges/s sparkline history, likewise
+LOG_LINES = 1000
+
+
+@dataclass
+class StageView:
+    name: str
+    status: str = "pending"  # pending | running | done | reused | failed | stopped
+    started_at: float | None = None
+    seconds: float | None = None  # when ended
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Curve:
+    """(x, y) points that keep a bounded size: when full, every other point is dropped and from
+    then on only every ``stride``-th point is kept. The latest point is always shown."""
+
+    xs: list[float] = field(default_factory=list)
+    ys: list[float] = field(default_factory=list)
+    stride: int = 1
+    since_kept: int = 0
+    last: tuple[float, float] | None = None
+
+    def add(self, x: float, y: float, limit: int) -> None:
+        self.last = (x, y)
+        self.since_kept += 1
+        if self.xs and self.since_kept < self.stride:
+            return
+        self.since_kept = 0
+        self.xs.append(x)
+        self.ys.append(y)
+        if len(self.xs) > limit:
+            self.xs, self.ys = self.xs[::2], self.ys[::2]
+            self.stride *= 2
+
+    def points(self) -> tuple[list[float], list[float]]:
+        if self.last is not None and (not self.xs or self.xs[-1] != self.last[0]):
+            return self.xs + [self.last[0]], self.ys + [self.last[1]]
+        return self.xs, self.ys
+
+    def drop_from(self, x: float) -> None:
+        """Forget points at or after x (a run restarted from an earlier step)."""
+        keep = next((i for i, value in enumerate(self.xs) if value >= x), len(self.xs))
+        del self.xs[keep:], self.ys[keep:]
+        self.last, self.since_kept = None, self.stride  # the next point is kept
+
+
+class RunState:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.versions: Counter[str] = Counter()
+        self.status = "idle"
+        self.reason = ""  # why it failed
+        self.preset = ""
+        self.run_dir = ""
+        self.started_at: float | None = None
+        self.ended_seconds: float | None = None
+        self.preflight: Preflight | None = None
+        self.stages: dict[str, StageView] = {name: StageView(name) for name in STAGE_ORDER}
+        self.current_stage = ""
+        # tokenizer
+        self.words: WordCountProgress | None = None
+        self.merges: MergeProgress | None = None
+        self.merge_rates = Curve()  # (elapsed, merges per second)
+        # training
+        self.batch: BatchProgress | None = None
+        self.summaries: list[EpochSummary] = []
+        self.skipped = 0
+        self.train_curve = Curve()  # (step, smoothed loss)
+        self._ema = 0.0
+        self._ema_weight = 0.0
+        # checkpoints, by name: a later save of checkpoint_last.pt replaces the row
+        self.checkpoints: dict[str, CheckpointSaved] = {}
+        self.memory: MemorySample | None = None  # the engine's latest sample
+        self.reading: MemoryReading | None = None  # this app's own probe (a run in this process)
+        self.max_tokens: int | None = None  # from the config, until a MemorySample says
+        self.log: deque[str] = deque(maxlen=LOG_LINES)
+        self.log_total = 0  # lines ever logged; the log panel writes the ones it has not
+
+    # --- what the app itself knows (not from events) ---
+
+    def _touch(self, *parts: str) -> None:
+        for part in parts:
+            self.versions[part] += 1
+
+    def note(self, text: str, at: float | None = None) -> None:
+        stamp = time.strftime("%H:%M:%S", time.localtime(self.clock() if at is None else at))
+        self.log.append(f"{stamp} {text}")
+        self.log_total += 1
+        self._touch("log")
+
+    def set_status(self, status: str, reason: str = "") -> None:
+        self.status, self.reason = status, reason
+        self._touch("status")
+
+    def config_error(self, message: str) -> None:
+        """A preset or override that could not be loaded: nothing started."""
+        self.set_status("failed", message)
+        self.note(f"error: {message}")
+
+    def starting(self, preset: str, run_dir: str, max_tokens: int | None = None) -> None:
+        if run_dir != self.run_dir:  # another run dir: nothing shown so far belongs to it
+            self._forget_run()
+        self.preset, self.run_dir = preset, run_dir
+        self.max_tokens = max_tokens
+        self.set_status("starting")
+        self._touch("memory")
+
+    def earlier_checkpoints(self, run_dir: str, saved: list[CheckpointSaved]) -> None:
+        """Before any run of this session: what an earlier run left, offered for resume."""
+        if self.started_at is not None or self.active:
+            return  # a run of this session owns the table
+        self.run_dir = run_dir
+        self.checkpoints = {e.name: e for e in saved}
+        self._touch("checkpoints")
+        if saved:
+            self.note(f"{len(self.checkpoints)} checkpoint(s) of an earlier run in {run_dir}: "
+                      "select one to resume from it")
+
+    def _forget_run(self) -> None:
+        self.words = self.merges = self.batch = self.memory = None
+        self.merge_rates, self.train_curve = Curve(), Curve()
+        self._ema = self._ema_weight = 0.0
+        self.summaries, self.checkpoints, self.skipped = [], {}, 0
+        self._touch("tokenizer", "training", "loss", "checkpoints", "memory")
+
+    def set_reading(self, reading: MemoryReading) -> None:
+        self.reading = reading
+        self._touch("memory")
+
+    def stopping(self) -> None:
+        if self.status in ACTIVE:
+            self.set_status("stopping")
+            self.note("stop requested: the run stops at its next safe point")
+
+    def ended(self, status: str, reason: str = "") -> None:
+        """The engine's thread returned; its status is final whatever events said."""
+        if status == "failed" and self.status != "failed":
+            self.set_status("failed", reason or "the run failed")
+            self.note(f"failed: {self.reason}")
+        elif status != "failed":
+            self.set_status(status)
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+    # --- derived values the panels show ---
+
+    def elapsed(self) -> float | None:
+        """Wall-clock seconds since the run started, pauses included (as the engine counts)."""
+        if self.started_at is None:
+            return None
+        if self.ended_seconds is not None:
+            return self.ended_seconds
+        return max(0.0, self.clock() - self.started_at)
+
+    def stage_seconds(self, stage: StageView) -> float | None:
+        if stage.seconds is not None:
+            return stage.seconds
+        if stage.started_at is None:
+            return None
+        return max(0.0, self.clock() - stage.started_at)
+
+    def run_eta(self) -> float | None:
+        """Seconds to the end of training: this epoch's ETA plus the epochs after it."""
+        b = self.batch
+        if b is None or b.eta is None:
+            return None
+        if self.summaries:
+            per_epoch = self.summaries[-1].epoch_seconds
+        elif b.batches_per_second > 0:
+            per_epoch = b.batches / b.batches_per_second
+        else:
+            return None
+        return b.eta + (b.epochs - b.epoch) * per_epoch
+
+    # --- events ---
+
+    def apply(self, event: Event, at: float | None = None) -> None:
+        at = self.clock() if at is None else at
+        handler = getattr(self, f"_on_{type(event).__name__}", None)
+        if handler is not None:
+            handler(event, at)
+
+    def _on_RunStarted(self, e: RunStarted, at: float) -> None:
+        self.preset, self.run_dir = e.preset, e.run_dir
+        self.started_at, self.ended_seconds = at, None
+        self.stages = {name: StageView(name) for name in e.stages}
+        self.current_stage = ""
+        self.set_status("stopping" if self.status == "stopping" else "running")
+        self._touch("stages", "tokenizer", "training")
+        self.note(f"run started: preset {e.preset}, run dir {e.run_dir}", at)
+
+    def _on_Preflight(self, e: Preflight, at: float) -> None:
+        self.preflight = e
+        memory = ", ".join(f"{gb:g} GB" for gb in e.device_memory_gb)
+        self.note(f"device {e.device}: {', '.join(e.device_names)}"
+                  + (f" ({memory})" if memory else "") + f", {e.threads} threads, "
+                  f"disk {e.disk_free_gb:g} GB free", at)
+        if e.warning:
+            self.note(f"warning: {e.warning}", at)
+        self._touch("memory")
+
+    def _on_StageStarted(self, e: StageStarted, at: float) -> None:
+        stage = self.stages.setdefault(e.stage, StageView(e.stage))
+        stage.status, stage.started_at, stage.seconds = "running", at, None
+        self.current_stage = e.stage
+        self._touch("stages")
+        self.note(f"stage {e.index}/{e.total} {e.stage} started", at)
+
+    def _on_StageFinished(self, e: StageFinished, at: float) -> None:
+        stage = self.stages.setdefault(e.stage, StageView(e.stage))
+        stage.status = "reused" if e.reused else "done"
+        stage.seconds, stage.info = e.seconds, dict(e.info)
+        self._touch("stages", "tokenizer")
+        how = "reused" if e.reused else f"done in {duration(e.seconds)}"
+        details = ", ".join(f"{k} {_short(v)}" for k, v in e.info.items())
+        self.note(f"stage {e.stage} {how}" + (f": {details}" if details else ""), at)
+
+    def _on_Notice(self, e: Notice, at: float) -> None:
+        self.note(("warning: " if e.level == "warning" else "") + e.text, at)
+
+    def _on_RunPaused(self, e: RunPaused, at: float) -> None:
+        if self.status != "stopping":
+            self.set_status("paused")
+        self.note(f"paused ({e.stage or 'between stages'})", at)
+
+    def _on_RunResumed(self, e: RunResumed, at: float) -> None:
+        if self.status != "stopping":
+            self.set_status("running")
+        self._touch("stages")
+        self.note(f"resumed after {duration(e.paused_seconds)} paused in all", at)
+
+    def _on_RunFailed(self, e: RunFailed, at: float) -> None:
+        self._end_stage("failed", at)
+        self.ended_seconds = max(0.0, at - (self.started_at or at))
+        self.set_status("failed", e.message)
+        self.note(f"failed in stage {e.stage or '-'}: {e.message}", at)
+        for line in e.details:
+            self.note(f"  {line}", at)
+
+    def _on_RunFinished(self, e: RunFinished, at: float) -> None:
+        self._end_stage("stopped", at)
+        self.ended_seconds = e.seconds
+        self.set_status(e.status)
+        self.note(f"run {e.status} after {duration(e.seconds)}", at)
+
+    def _end_stage(self, status: str, at: float) -> None:
+        stage = self.stages.get(self.current_stage)
+        if stage is not None and stage.status == "running":
+            stage.status = status
+            stage.seconds = max(0.0, at - (stage.started_at or at))
+            self._touch("stages")
+
+    def _on_WordCountProgress(self, e: WordCountProgress, at: float) -> None:
+        self.words = e
+        self._touch("tokenizer")
+
+    def _on_MergeProgress(self, e: MergeProgress, at: float) -> None:
+        if self.merges is not None and (e.merges < self.merges.merges
+                                        or e.language != self.merges.language):
+            self.merge_rates = Curve()  # a new tokenizer (or the second language) starts over
+        self.merges = e
+        self.merge_rates.add(e.elapsed, e.per_second, MAX_RATE_POINTS)
+        self._touch("tokenizer")
+
+    def _on_BatchProgress(self, e: BatchProgress, at: float) -> None:
+        if self.batch is not None and e.step < self.batch.step:
+            # a new run (or a resume from an earlier checkpoint) in the same run dir
+            self.train_curve.drop_from(e.step)
+            self._ema = self._ema_weight = 0.0
+        self.batch = e
+        if math.isfinite(e.loss):
+            self._ema = LOSS_SMOOTHING * self._ema + (1 - LOSS_SMOOTHING) * e.loss
+            self._ema_weight = LOSS_SMOOTHING * self._ema_weight + (1 - LOSS_SMOOTHING)
+            self.train_curve.add(e.step, self._ema / self._ema_weight, MAX_CURVE_POINTS)
+        self._touch("training", "loss")
+
+    def _on_EpochSummary(self, e: EpochSummary, at: float) -> None:
+        self.summaries = [s for s in self.summaries if s.epoch < e.epoch] + [e]
+        self._touch("training", "loss")
+        bleu = f" | BLEU {e.bleu:.2f}" if e.bleu is not None else ""
+        self.note(f"epoch {e.epoch}/{e.epochs}: train loss {e.train_loss:.4f} "
+                  f"(ppl {e.train_ppl:.2f}) | val loss {e.val_loss:.4f} "
+                  f"(ppl {e.val_ppl:.2f}){bleu} | {duration(e.epoch_seconds)}", at)
+
+    def _on_CheckpointSaved(self, e: CheckpointSaved, at: float) -> None:
+        self.checkpoints[e.name] = e
+        self._touch("checkpoints")
+        self.note(f"saved {e.name} (epoch {e.epoch}, step {e.step:,})", at)
+
+    def _on_BatchSkipped(self, e: BatchSkipped, at: float) -> None:
+        self.skipped += 1
+        self._touch("training")
+        self.note(f"warning: batch {e.batch} of epoch {e.epoch} skipped ({e.reason}, "
+                  f"{e.tokens} tokens, {e.in_a_row} in a row)", at)
+
+    def _on_MemorySample(self, e: MemorySample, at: float) -> None:
+        self.memory = e
+        self.max_tokens = e.max_tokens
+        self._touch("memory")
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)

@@ -1,0 +1,79 @@
+"""Checkpoints table: the run's checkpoints as they are saved; Enter on one offers to resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.message import Message
+from textual.widgets import DataTable, Static
+
+from engine.events import CheckpointSaved
+from tui.format import clock_time, number, size
+from tui.state import RunState
+from tui.widgets.panel import StateView, show_text
+
+COLUMNS = ("name", "epoch", "step", "val loss", "BLEU", "size", "saved at")
+
+
+def checkpoint_file(saved: CheckpointSaved, run_dir: str) -> Path:
+    """Where the checkpoint is now: by name in the run dir shown, else its recorded path (the
+    recorded path is relative to where the run was started, which may not be here)."""
+    if run_dir and (Path(run_dir) / saved.name).is_file():
+        return Path(run_dir) / saved.name
+    return Path(saved.path)
+
+
+class CheckpointsPanel(StateView, Vertical):
+    parts = ("checkpoints",)
+
+    class ResumeRequested(Message):
+        def __init__(self, saved: CheckpointSaved, path: Path) -> None:
+            super().__init__()
+            self.saved = saved
+            self.path = path
+
+    def __init__(self, attached_dir: str = "", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.attached_dir = attached_dir  # a followed run's dir: its checkpoints are there
+        self.run_dir = attached_dir
+        self._saved: dict[str, CheckpointSaved] = {}
+
+    def compose(self) -> ComposeResult:
+        table = DataTable(id="checkpoint-table", cursor_type="row", zebra_stripes=True)
+        for column in COLUMNS:
+            table.add_column(column, key=column)
+        yield table
+        yield Static("none yet: saved at the end of epochs and on stop", id="checkpoint-hint")
+
+    def on_mount(self) -> None:
+        self.border_title = "Checkpoints"
+
+    def draw(self, state: RunState) -> None:
+        table = self.query_one(DataTable)
+        run_dir = self.run_dir = self.attached_dir or state.run_dir
+        for name in [name for name in self._saved if name not in state.checkpoints]:
+            table.remove_row(name)  # another run dir was chosen
+            del self._saved[name]
+        for name, saved in sorted(state.checkpoints.items(), key=lambda item: item[1].step):
+            present = checkpoint_file(saved, run_dir).is_file()
+            row = (name, str(saved.epoch), f"{saved.step:,}", number(saved.val_loss),
+                   "—" if saved.bleu is None else f"{saved.bleu:.2f}",
+                   size(saved.size_bytes) if present else "removed", clock_time(saved.saved_at))
+            if name in self._saved:
+                for column, value in zip(COLUMNS, row):
+                    table.update_cell(name, column, value)
+            else:
+                table.add_row(*row, key=name)
+            self._saved[name] = saved
+        hint = self.query_one("#checkpoint-hint", Static)
+        show_text(hint, Text("Enter on a row: resume from it" if self._saved else
+                             "none yet: saved at the end of epochs and on stop"))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        saved = self._saved.get(event.row_key.value)
+        if saved is not None:
+            self.post_message(self.ResumeRequested(saved, checkpoint_file(saved, self.run_dir)))

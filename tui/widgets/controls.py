@@ -1,0 +1,67 @@
+"""The control bar: choose the preset (a name or a TOML path), Start, Pause/Resume, Stop, Quit.
+Every button has a key (shown in the footer), so that nothing needs a mouse."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.widgets import Button, Input, Label, Select
+
+from engine.config import PRESET_NAMES
+
+FILE_CHOICE = "file"
+
+
+class ControlBar(Horizontal):
+    def __init__(self, preset: str = "sample", attached: str | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.initial_preset = preset
+        self.attached = attached  # the followed run's dir: nothing to choose or start
+
+    def compose(self) -> ComposeResult:
+        if self.attached is not None:
+            yield Label(f"Following {self.attached} (read-only); quitting leaves the run going.",
+                        id="attach-label")
+            yield Button("Quit", id="quit", action="app.quit", compact=True)
+            return
+        is_name = self.initial_preset in PRESET_NAMES
+        options = [(name, name) for name in PRESET_NAMES] + [("TOML file…", FILE_CHOICE)]
+        yield Label("Preset", id="preset-label")
+        yield Select(options, value=self.initial_preset if is_name else FILE_CHOICE,
+                     allow_blank=False, type_to_search=False, compact=True, id="preset")
+        yield Input("" if is_name else self.initial_preset, placeholder="path/to/preset.toml",
+                    compact=True, id="preset-path")
+        yield Button("Start", id="start", action="app.start", compact=True, variant="primary")
+        yield Button("Pause", id="pause", action="app.toggle_pause", compact=True, disabled=True)
+        yield Button("Stop", id="stop", action="app.stop", compact=True, variant="error",
+                     disabled=True)
+        yield Button("Quit", id="quit", action="app.quit", compact=True)
+
+    def on_mount(self) -> None:
+        if self.attached is None:
+            self._show_path_input()
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        self._show_path_input()
+
+    def _show_path_input(self) -> None:
+        path_input = self.query_one("#preset-path", Input)
+        path_input.display = self.query_one("#preset", Select).value == FILE_CHOICE
+
+    def preset(self) -> str:
+        """The chosen preset: a name, or the path typed in the input."""
+        choice = self.query_one("#preset", Select).value
+        if choice == FILE_CHOICE:
+            return self.query_one("#preset-path", Input).value.strip()
+        return str(choice)
+
+    def show_state(self, status: str) -> None:
+        if self.attached is not None:
+            return
+        active = status in ("starting", "running", "paused", "stopping")
+        for selector in ("#preset", "#preset-path", "#start"):
+            self.query_one(selector).disabled = active
+        pause = self.query_one("#pause", Button)
+        pause.label = "Resume" if status == "paused" else "Pause"
+        pause.disabled = status not in ("running", "paused")
+        self.query_one("#stop", Button).disabled = status not in ("starting", "running", "paused")

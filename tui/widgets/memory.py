@@ -1,0 +1,87 @@
+"""GPU memory panel: NVML used/total and utilisation per device, this process's torch
+allocated / reserved / peak, and max_tokens beside them, so that a user tuning max_tokens sees
+the peak move. Without an NVIDIA driver it says so and shows process RSS and system memory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.widgets import Static
+
+from tui.format import bar_line, count, size, size_pair
+from tui.state import RunState
+from tui.widgets.panel import StateView, show_text
+
+
+class MemoryPanel(StateView, Static):
+    parts = ("memory",)
+    min_seconds = 1.0
+
+    def __init__(self, attached: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.attached = attached
+
+    def on_mount(self) -> None:
+        self.border_title = "GPU memory"
+
+    def draw(self, state: RunState) -> None:
+        width = self.content_size.width or 40
+        reading, sample = state.reading, state.memory
+        text = Text(no_wrap=True, overflow="ellipsis")
+        # NVML devices: this app's probe when it has them, else what the engine sampled
+        devices = (reading.devices if reading and reading.devices else None) or \
+                  (sample.devices if sample else [])
+        if devices:
+            names = {device.get("name") or "n/a" for device in devices}
+            if len(names) == 1:
+                text.append(f"{len(devices)}× {names.pop()}\n" if len(devices) > 1
+                            else f"{names.pop()}\n", style="bold")
+            for index, device in enumerate(devices):
+                _device_line(text, index, device, len(names) > 1, width)
+        elif reading is not None and reading.nvml_error:
+            text.append(f"GPU    n/a: {reading.nvml_error}\n", style="bold")
+            text.append("       process and system memory:\n")
+        elif sample is not None:
+            text.append("GPU    n/a: no NVIDIA GPU in use\n", style="bold")
+        elif self.attached:
+            text.append("waiting for the run's memory samples (sent while it trains)\n", style="dim")
+        else:
+            text.append("reading memory…\n", style="dim")
+
+        allocated = _first(sample, reading, "torch_allocated")
+        reserved = _first(sample, reading, "torch_reserved")
+        peak = _first(sample, reading, "torch_peak")
+        if devices or allocated is not None:
+            text.append(f"torch  alloc {size(allocated)}  peak {size(peak)}\n"
+                        f"       reserved {size(reserved)}\n")
+        rss = _first(reading, sample, "process_rss")
+        used = _first(reading, sample, "system_used")
+        total = _first(reading, sample, "system_total")
+        if rss is not None:
+            text.append(f"RSS    {size(rss)}  ({'the run' if self.attached else 'app and run'})\n")
+        if used is not None and total:
+            text.append(bar_line("System ", used / total, size_pair(used, total), width) + "\n")
+        if state.max_tokens is not None:
+            text.append(f"max_tokens {count(state.max_tokens)}", style="bold")
+            text.append("  tokens/batch")
+        text.rstrip()
+        show_text(self, text)
+
+
+def _device_line(text: Text, index: int, device: dict[str, Any], with_name: bool,
+                 width: int) -> None:
+    used, total, util = device.get("used"), device.get("total"), device.get("util")
+    fraction = used / total if used is not None and total else None
+    if with_name:
+        text.append(f"GPU{index}   {device.get('name') or 'n/a'}\n", style="bold")
+    suffix = f"{size_pair(used, total)} util {'n/a' if util is None else f'{util}%'}"
+    text.append(bar_line(f"GPU{index}   ", fraction, suffix, width) + "\n")
+
+
+def _first(primary: Any, secondary: Any, name: str) -> Any:
+    for source in (primary, secondary):
+        value = getattr(source, name, None) if source is not None else None
+        if value is not None:
+            return value
+    return None

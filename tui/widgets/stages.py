@@ -1,0 +1,41 @@
+"""Stages panel: each stage pending / running / done / reused / failed, with its time."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from tui.format import duration
+from tui.state import RunState
+from tui.widgets.panel import StateView, show_text
+
+MARKS = {
+    "pending": ("·", "dim"),
+    "running": ("▶", "bold"),
+    "done": ("✓", "green"),
+    "reused": ("↺", "cyan"),
+    "failed": ("✗", "bold red"),
+    "stopped": ("■", "yellow"),
+}
+
+
+class StagesPanel(StateView, Static):
+    parts = ("stages", "status")
+    ticks = True
+
+    def on_mount(self) -> None:
+        self.border_title = "Stages"
+
+    def draw(self, state: RunState) -> None:
+        text = Text(no_wrap=True, overflow="ellipsis")
+        for stage in state.stages.values():
+            mark, style = MARKS.get(stage.status, ("?", ""))
+            seconds = state.stage_seconds(stage)
+            line = Text(f"{mark} {stage.name:<10}{stage.status:<8}{duration(seconds) if seconds is not None else '':>7}")
+            line.stylize(style, 0, 1)
+            if stage.name == state.current_stage and stage.status == "running":
+                line.stylize("reverse bold")  # the current stage stands out without colour
+            text.append_text(line)
+            text.append("\n")
+        text.rstrip()
+        show_text(self, text)

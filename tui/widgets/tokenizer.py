@@ -1,0 +1,62 @@
+"""Tokenizer panel: word counting, merge progress, merges per second (now and its history)."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Sparkline, Static
+
+from tui.format import bar_line, count, duration, percent, rate, short_count
+from tui.state import RunState
+from tui.widgets.panel import StateView, show_text, set_display
+
+
+# the stage's totals already on screen (or of no use to a reader here)
+SHOWN_ABOVE = {"kind", "vocab_size", "merges", "seconds", "reused", "path"}
+
+
+class TokenizerPanel(StateView, Vertical):
+    parts = ("tokenizer",)
+    min_seconds = 0.5
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="tokenizer-text")
+        yield Sparkline([], summary_function=max, id="merge-rate")
+
+    def on_mount(self) -> None:
+        self.border_title = "Tokenizer"
+
+    def draw(self, state: RunState) -> None:
+        width = self.content_size.width or 40
+        text = Text(no_wrap=True, overflow="ellipsis")
+        words, merges = state.words, state.merges
+        stage = state.stages.get("tokenizer")
+        if words is None and merges is None:
+            if stage is not None and stage.status == "reused":
+                text.append("tokenizer.json reused from an earlier run\n")
+            else:
+                text.append("waiting for the tokenizer stage\n", style="dim")
+        if words is not None:
+            fraction = words.done / words.total if words.total else None
+            suffix = f"{percent(words.done, words.total)} {short_count(words.done)}/{short_count(words.total)}"
+            text.append(bar_line("Words  ", fraction, suffix, width) + "\n")
+            if words.done < words.total:
+                text.append(f"       {rate(words.per_second, 'sentences')}\n")
+        if merges is not None:
+            fraction = merges.merges / merges.target_merges if merges.target_merges else None
+            suffix = f"{percent(merges.merges, merges.target_merges)} {count(merges.merges)}/{count(merges.target_merges)}"
+            text.append(bar_line("Merges ", fraction, suffix, width) + "\n")
+            language = f"  [{merges.language}]" if merges.language else ""
+            text.append(f"Vocab  {count(merges.vocab_size)}/{count(merges.target_vocab)}{language}\n")
+            text.append(f"Speed  {rate(merges.per_second, 'merges')}  ETA {duration(merges.eta)}\n")
+        extra = {k: v for k, v in (stage.info if stage else {}).items() if k not in SHOWN_ABOVE}
+        if extra:
+            text.append("  ".join(f"{k.replace('_', ' ')} {v:,}" if isinstance(v, int)
+                                  else f"{k.replace('_', ' ')} {v}" for k, v in extra.items()))
+        text.rstrip()
+        show_text(self.query_one("#tokenizer-text", Static), text)
+        sparkline = self.query_one("#merge-rate", Sparkline)
+        rates = state.merge_rates.points()[1]
+        sparkline.data = rates
+        set_display(sparkline, len(rates) >= 4)  # a history, not a stage over in a blink
