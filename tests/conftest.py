@@ -75,3 +75,15 @@ def wmt14_parquet(tmp_path, datasets_cache) -> dict[str, str]:
         pq.write_table(pa.table({"translation": translations}), path)
         files[split] = str(path)
     return files
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared machine a busy second
+    core makes every small op wait for it: one thread keeps these tests fast and steady."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -11,25 +11,16 @@ import pytest
 import torch
 
 from engine.checkpoint import build_for_inference, load_checkpoint
-from engine.config import config_from_dict
 from engine.control import RunControl
 from engine.pipeline import run
-
-TINY = {
-    "data": {"source": "sample", "train_size": 400, "valid_size": 40, "test_size": 20},
-    "tokenizer": {"vocab_size": 300, "min_frequency": 1},
-    "model": {"d_model": 32, "ffn_hidden": 64, "n_head": 2, "n_layers": 1, "max_len": 48},
-    "training": {"epochs": 2, "max_tokens": 500, "warmup": 30, "lr_factor": 2.0,
-                 "precision": "fp32", "checkpoint_every": 1, "keep_last": 0, "seed": 3},
-    "eval": {"bleu_every": 0},
-}
-
+from tiny_runs import tiny_config
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("run")
     torch.set_num_threads(1)
-    status = run(config_from_dict(TINY, name="tiny"), run_dir, lambda event: None, RunControl())
+    config = tiny_config(data__test_size=20, training__keep_last=0)
+    status = run(config, run_dir, lambda event: None, RunControl())
     assert status == "finished"
     return run_dir
 

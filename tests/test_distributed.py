@@ -49,15 +49,6 @@ def job_env(**changes: str) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", **changes}
 
 
-@pytest.fixture
-def one_thread():
-    """The reference run in this process computes with one thread, as each rank does."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_ranks_split_each_epoch_so_updates_group_the_batches_of_one_process():
     order = np.random.default_rng(0).permutation(15)
     ranks = [shard_order(order, rank, 2) for rank in range(2)]

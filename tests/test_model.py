@@ -12,13 +12,7 @@ from engine.model import POSITION_HEADROOM, DecoderCache, Dropout, Transformer
 PAD, BOS, EOS = 0, 2, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny models run faster on one thread than on two cores shared with other work
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_model(pre_norm: bool = False, share: bool = True, vocab: int = 40, **kw) -> Transformer:

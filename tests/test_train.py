@@ -6,7 +6,6 @@ process, a tiny Transformer) on the CPU.
 
 from __future__ import annotations
 
-import copy
 import math
 import threading
 
@@ -16,30 +15,13 @@ import torch.nn.functional as F
 
 from engine import checkpoint as ckpt
 from engine import train
-from engine.config import config_from_dict
 from engine.control import RunControl
 from engine.events import (BatchProgress, BatchSkipped, CheckpointSaved, EpochSummary,
                            MemorySample, Notice, RunFailed, RunFinished, RunPaused, RunResumed,
                            StageFinished)
 from engine.pipeline import run
 from engine.train import label_smoothed_loss, noam_lr
-
-TINY = {
-    "data": {"source": "sample", "train_size": 400, "valid_size": 40, "test_size": 10},
-    "tokenizer": {"vocab_size": 300, "min_frequency": 1},
-    "model": {"d_model": 32, "ffn_hidden": 64, "n_head": 2, "n_layers": 1, "max_len": 48},
-    "training": {"epochs": 2, "max_tokens": 500, "warmup": 30, "lr_factor": 2.0,
-                 "precision": "fp32", "checkpoint_every": 1, "keep_last": 1, "seed": 3},
-    "eval": {"bleu_every": 0},
-}
-
-
-def tiny_config(**changes):
-    raw = copy.deepcopy(TINY)
-    for key, value in changes.items():
-        section, _, name = key.partition("__")
-        raw[section][name] = value
-    return config_from_dict(raw, name="tiny")
+from tiny_runs import tiny_config
 
 
 def train_run(run_dir, config, control=None, resume=None, on_event=None):
@@ -54,14 +36,7 @@ def train_run(run_dir, config, control=None, resume=None, on_event=None):
     return status, events
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared machine a busy second
-    core makes every small op wait for it: one thread keeps these tests fast and steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def of(events, kind):
