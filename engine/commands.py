@@ -57,17 +57,9 @@ def translate_main(argv: list[str]) -> int:
     return 0
 
 
-def corpus_bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
-    """sacreBLEU on detokenized, cased text: (score, signature)."""
-    from sacrebleu.metrics import BLEU
-
-    bleu = BLEU()
-    score = bleu.corpus_score(hypotheses, [references])
-    return score.score, str(bleu.get_signature())
-
-
 def evaluate_main(argv: list[str]) -> int:
     from engine.data import read_lines
+    from engine.decode import corpus_bleu
 
     parser = argparse.ArgumentParser(prog="transformer-train evaluate",
                                      description="sacreBLEU of a checkpoint on a test set.")

@@ -191,3 +191,12 @@ def translate(model: Transformer, src_tokenizer, tgt_tokenizer, sentences: Seque
         for i, text in zip(batch, texts):
             outputs[i] = text
     return outputs
+
+
+def corpus_bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
+    """sacreBLEU on detokenized, cased text: (score, signature)."""
+    from sacrebleu.metrics import BLEU
+
+    bleu = BLEU()
+    score = bleu.corpus_score(hypotheses, [references])
+    return score.score, str(bleu.get_signature())

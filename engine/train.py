@@ -563,9 +563,7 @@ class TrainLoop:
         return nll_sum / max(tokens_sum, 1)
 
     def bleu(self) -> float:
-        import sacrebleu
-
-        from engine.decode import translate
+        from engine.decode import corpus_bleu, translate
 
         t, ev = self.trainer, self.config.eval
         corpus = self.ctx.outputs["data"]
@@ -577,7 +575,7 @@ class TrainLoop:
                                    length_penalty=ev.length_penalty,
                                    max_len_offset=ev.max_len_offset)
         t.model.train()
-        return round(sacrebleu.corpus_bleu(hypotheses, [[tgt for _, tgt in pairs]]).score, 2)
+        return round(corpus_bleu(hypotheses, [tgt for _, tgt in pairs])[0], 2)
 
     def finish_epoch(self, epoch: int, epoch_clock: _Clock) -> None:
         t, ev = self.trainer, self.config.eval
