@@ -101,7 +101,8 @@ async def test_start_the_sample_preset_and_let_it_finish(tmp_path):
     app = TransformerApp(preset="sample", overrides=SMALL, run_dir=run_dir)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("s")
-        await until(pilot, lambda: app.state.status in ("running", "failed"), 30, "running")
+        # a quiet machine may finish this small run before the first look
+        await until(pilot, lambda: app.state.status != "idle", 30, "the start of the run")
         await until(pilot, lambda: not app.state.active, 300, "the end of the run")
         app.refresh_panels(force=True)
         await pilot.pause()
