@@ -35,7 +35,7 @@ SMALL = [
 ]
 # Long enough to pause, resume and stop in the middle of training.
 LONGER = [item for item in SMALL if not item.startswith("training.epochs")] + [
-    "training.epochs=50"]
+    "training.epochs=1000"]  # never reached: the test stops it
 
 
 def _missing_stages() -> list[str]:
@@ -215,3 +215,19 @@ async def test_a_run_that_fails_shows_the_reason(tmp_path):
         assert app.state.stages["data"].status == "failed"
         assert "train.en" in app.state.reason or "train.de" in app.state.reason
         assert app.state.reason in str(app.query_one(StatusBar).render())
+
+
+@scenario
+async def test_quit_confirmed_after_the_run_ended_still_quits(tmp_path):
+    app = TransformerApp(preset="sample", overrides=SMALL, run_dir=tmp_path / "run")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("s")
+        await until(pilot, lambda: app.state.status != "idle", 30, "the start of the run")
+        if app.state.active:
+            await pilot.press("q")  # the question opens while the run is active...
+            await until(pilot, lambda: not app.state.active, 300, "the end of the run")
+            await pilot.press("y")  # ...and is answered after it ended
+        else:  # too fast to ask: quitting an ended run needs no question
+            await pilot.press("q")
+        await until(pilot, lambda: not app.is_running, 10, "exit")
+    assert app.state.status == "finished"

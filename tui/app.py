@@ -323,6 +323,9 @@ class TransformerApp(App):
         def answered(yes: bool | None) -> None:
             if not yes:
                 return
+            if not self.state.active:  # the run ended while the question was open
+                self.exit()
+                return
             if self.state.status == "stopping" and self._quit_when_done:
                 self.exit()  # asked twice: leave now, the engine finishes stopping on its own
                 return
