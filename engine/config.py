@@ -123,12 +123,6 @@ class RunConfig:
             lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
         return "\n".join(lines) + "\n"
 
-    def replace(self, section: str, **changes: Any) -> "RunConfig":
-        """A copy with some keys of one section changed (validated)."""
-        values = self.to_dict()
-        values[section].update(changes)
-        return config_from_dict(values, name=self.name, source=self.source)
-
 
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):

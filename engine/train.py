@@ -34,6 +34,7 @@ from engine.batching import Batches, collate
 from engine.control import RunStopped
 from engine.encode import PAD_ID, EncodedData
 from engine.errors import ConfigError, DataError, EngineError
+from engine.memory import MemoryProbe
 from engine.events import (BatchProgress, BatchSkipped, CheckpointSaved, EpochSummary,
                            MemorySample, Notice)
 
@@ -128,63 +129,6 @@ def resolve_precision(choice: str, device: torch.device) -> tuple[str, torch.dty
         raise ConfigError("[training] precision = \"bf16\": this GPU has no bfloat16; use "
                           "\"fp16\" or \"auto\"")
     return choice, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
-
-
-class MemoryProbe:
-    """Process, system and GPU memory. Every NVML call may fail: that value is None."""
-
-    def __init__(self, device: torch.device) -> None:
-        import psutil
-
-        self._process = psutil.Process()
-        self._psutil = psutil
-        self._cuda = device.type == "cuda"
-        self._nvml = None
-        if self._cuda:
-            try:
-                import pynvml
-
-                pynvml.nvmlInit()
-                self._nvml = pynvml
-            except Exception:
-                self._nvml = None
-
-    def _gpus(self) -> list[dict[str, Any]]:
-        nvml = self._nvml
-        if nvml is None:
-            return []
-
-        def attempt(call, *args):
-            try:
-                return call(*args)
-            except Exception:
-                return None
-
-        devices = []
-        for index in range(attempt(nvml.nvmlDeviceGetCount) or 0):
-            handle = attempt(nvml.nvmlDeviceGetHandleByIndex, index)
-            memory = attempt(nvml.nvmlDeviceGetMemoryInfo, handle) if handle else None
-            util = attempt(nvml.nvmlDeviceGetUtilizationRates, handle) if handle else None
-            name = attempt(nvml.nvmlDeviceGetName, handle) if handle else None
-            devices.append({"index": index,
-                            "name": name.decode() if isinstance(name, bytes) else name,
-                            "used": int(memory.used) if memory else None,
-                            "total": int(memory.total) if memory else None,
-                            "util": int(util.gpu) if util else None})
-        return devices
-
-    def sample(self, max_tokens: int) -> MemorySample:
-        system = self._psutil.virtual_memory()
-        allocated = reserved = peak = None
-        if self._cuda:
-            allocated = torch.cuda.memory_allocated()
-            reserved = torch.cuda.memory_reserved()
-            peak = torch.cuda.max_memory_allocated()
-        return MemorySample(devices=self._gpus(), torch_allocated=allocated,
-                            torch_reserved=reserved, torch_peak=peak,
-                            process_rss=int(self._process.memory_info().rss),
-                            system_used=int(system.used), system_total=int(system.total),
-                            max_tokens=max_tokens)
 
 
 # --- model stage ---------------------------------------------------------------------------
@@ -350,7 +294,7 @@ class TrainLoop:
         self.batches: Batches = ctx.outputs["batches"]
         self.tokenizers = ctx.outputs["tokenizer"]
         self.run_dir = Path(ctx.run_dir)
-        self.memory = MemoryProbe(self.trainer.device)
+        self.memory = MemoryProbe()  # also read by the app's panel: one probe for both
         self.last_memory = 0.0
         self.bad_in_a_row = 0
         self.saved_position: tuple[int, int] | None = None  # (epoch, batch) of checkpoint_last
@@ -370,7 +314,12 @@ class TrainLoop:
         now = time.monotonic()
         if force or now - self.last_memory >= MEMORY_SECONDS:
             self.last_memory = now
-            self.ctx.emit(self.memory.sample(self.cfg.max_tokens))
+            reading = self.memory.sample()
+            self.ctx.emit(MemorySample(
+                devices=reading.devices, torch_allocated=reading.torch_allocated,
+                torch_reserved=reading.torch_reserved, torch_peak=reading.torch_peak,
+                process_rss=reading.process_rss or 0, system_used=reading.system_used or 0,
+                system_total=reading.system_total or 0, max_tokens=self.cfg.max_tokens))
 
     def save_last(self) -> None:
         t = self.trainer
@@ -452,11 +401,8 @@ class TrainLoop:
             return False
         if t.scaler is not None:
             t.scaler.unscale_(t.optimizer)
-        if self.cfg.clip_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_norm)
-        else:
-            norm = torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(p.grad.detach()) for p in params]))
+        # the total norm in one foreach pass; with clipping off (inf) the gradients stay as they are
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_norm or math.inf)
         finite = bool(torch.isfinite(norm))
         if t.scaler is not None:
             scale = t.scaler.get_scale()

@@ -128,13 +128,6 @@ def test_undecodable_preset(tmp_path):
         load_config(str(path))
 
 
-def test_replace_validates():
-    config = load_config("sample")
-    assert config.replace("training", epochs=4).training.epochs == 4
-    with pytest.raises(ConfigError, match="epochs"):
-        config.replace("training", epochs=0)
-
-
 def test_config_is_frozen():
     config = config_from_dict({})
     with pytest.raises(Exception):

@@ -16,7 +16,7 @@ from textual_plotext import PlotextPlot
 from engine.events import MergeProgress, RunStarted, StageStarted
 from tui.app import TransformerApp, parse_args
 from tui.messages import EventsWaiting
-from tui.probe import MemoryReading
+from engine.memory import MemoryReading
 from tui.widgets.dialogs import ConfirmScreen
 from tui.widgets.memory import MemoryPanel
 from tui.widgets.status import StatusBar
@@ -29,7 +29,7 @@ FIXED_READING = MemoryReading(nvml_error="no NVIDIA driver found", process_rss=5
 
 class FixedProbe:
     """A probe that reads the same numbers every time: the screen must not depend on this
-    machine's memory. (tests/test_tui_probe.py reads the real ones.)"""
+    machine's memory. (tests/test_memory.py reads the real ones.)"""
 
     def sample(self) -> MemoryReading:
         return FIXED_READING

@@ -31,7 +31,7 @@ from engine.errors import EngineError
 from engine.events import CheckpointSaved
 from tui.inbox import EventInbox
 from tui.messages import EarlierCheckpoints, EventsWaiting, MemoryRead, RunEnded
-from tui.probe import MemoryProbe
+from engine.memory import MemoryProbe
 from tui.state import RunState
 from tui.tail import EventTail
 from tui.widgets.checkpoints import CheckpointsPanel

@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.message import Message
 
 from engine.events import CheckpointSaved
-from tui.probe import MemoryReading
+from engine.memory import MemoryReading
 
 
 class EventsWaiting(Message):

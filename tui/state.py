@@ -21,7 +21,7 @@ from engine.events import (BatchProgress, BatchSkipped, CheckpointSaved, EpochSu
                            RunPaused, RunResumed, RunStarted, StageFinished, StageStarted,
                            WordCountProgress)
 from tui.format import duration
-from tui.probe import MemoryReading
+from engine.memory import MemoryReading
 
 # The stages of a full run, in order; shown before a run says which stages it has.
 STAGE_ORDER = ("data", "tokenizer", "encode", "batches", "model", "train")

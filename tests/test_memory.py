@@ -7,7 +7,7 @@ import os
 
 import psutil
 
-from tui.probe import MemoryProbe
+from engine.memory import MemoryProbe
 
 
 def test_the_probe_reads_this_process_and_the_system_and_never_raises():
