@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.encode import PAD_ID, EncodedData, EncodedSplit
+from engine.encode import EncodedData, EncodedSplit
 from engine.errors import ConfigError
+from engine.tokenizer import PAD_ID
 
 
 @dataclass

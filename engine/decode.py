@@ -28,8 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.model import DecoderCache, Transformer
-
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3  # fixed by the tokenizer stage: specials come first
+from engine.tokenizer import BOS_ID, EOS_ID, PAD_ID  # specials come first in every vocabulary
 
 
 @contextlib.contextmanager

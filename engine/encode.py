@@ -25,8 +25,8 @@ import numpy as np
 from engine.control import RunStopped
 from engine.errors import DataError
 from engine.events import Notice
+from engine.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPLITS = ("train", "valid", "test")
 CACHE_VERSION = 1  # bump when the array layout changes
 CHUNK = 10_000  # sentences per encode_batch call: bounded memory, a chance to stop between

@@ -32,11 +32,12 @@ from engine import checkpoint as ckpt
 from engine import distributed
 from engine.batching import Batches, collate
 from engine.control import RunStopped
-from engine.encode import PAD_ID, EncodedData
+from engine.encode import EncodedData
 from engine.errors import ConfigError, DataError, EngineError
-from engine.memory import MemoryProbe
 from engine.events import (BatchProgress, BatchSkipped, CheckpointSaved, EpochSummary,
                            MemorySample, Notice)
+from engine.memory import MemoryProbe
+from engine.tokenizer import PAD_ID
 
 PROGRESS_SECONDS = 0.25  # at most ~4 BatchProgress events a second (plus each epoch's last)
 MEMORY_SECONDS = 5.0  # one MemorySample every few seconds

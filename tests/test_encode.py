@@ -9,10 +9,11 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from engine.config import config_from_dict
 from engine.control import RunControl
 from engine.data import Corpus
-from engine.encode import BOS_ID, EOS_ID, run_encode_stage
+from engine.encode import run_encode_stage
 from engine.errors import DataError
 from engine.events import Notice
 from engine.pipeline import RunContext
+from engine.tokenizer import BOS_ID, EOS_ID
 
 TRAIN = [("a small dog runs", "ein kleiner hund rennt"),
          ("the red car is fast", "das rote auto ist schnell"),
