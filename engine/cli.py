@@ -79,6 +79,10 @@ def run_train(argv: list[str]) -> int:
     try:
         config = load_config(args.preset, args.overrides)
         stage_names(args.until)  # validates --until before any work
+        if config.log.tensorboard:
+            from engine.tensorboard import require_tensorboard
+
+            require_tensorboard()  # a missing optional package is bad input, found before work
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

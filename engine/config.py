@@ -94,12 +94,19 @@ class EvalConfig:
     best_by: str = _key("loss", doc="what chooses checkpoint_best.pt", choices=("loss", "bleu"))
 
 
+@dataclass(frozen=True)
+class LogConfig:
+    tensorboard: bool = _key(False, doc="also write the metrics as TensorBoard scalars in "
+                             "<run dir>/tensorboard (needs the tensorboard package)")
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "tokenizer": TokenizerConfig,
     "model": ModelConfig,
     "training": TrainingConfig,
     "eval": EvalConfig,
+    "log": LogConfig,
 }
 
 
@@ -112,6 +119,7 @@ class RunConfig:
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
     eval: EvalConfig = EvalConfig()
+    log: LogConfig = LogConfig()
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}

@@ -82,6 +82,10 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
         (run_dir / "config.toml").write_text(config.to_toml(), encoding="utf-8")
         writer = JsonlWriter(run_dir / "events.jsonl")
         emit = fan_out(writer, emit)
+        if config.log.tensorboard:  # a consumer like the others; closes itself at the run's end
+            from engine.tensorboard import TensorBoardWriter
+
+            emit = fan_out(TensorBoardWriter(run_dir), emit)
     control = control or RunControl()
     ctx = RunContext(config=config, run_dir=run_dir, emit=emit, control=control, resume=resume)
 
