@@ -2,8 +2,10 @@
 ``TransformerSpec`` straight from our checkpoint.
 
 Why not ``ct2-transformers-converter`` on the Hugging Face export: its Marian loader assumes
-OPUS-MT models, whose decoder starts from a zero embedding (``start_from_zero_embedding``) and
-whose vocabulary ends in an extra ``<pad>``; ours starts from the ``<s>`` embedding. Building the
+OPUS-MT models, whose vocabulary ends in an extra ``<pad>`` that it drops (on our export it
+stops with "Source vocabulary 0 has size 1000 but the model expected a vocabulary of size
+999") and whose decoder starts from a zero embedding (``start_from_zero_embedding``); ours
+starts from the ``<s>`` embedding. Building the
 spec ourselves keeps everything as trained: the fused q/k/v (CTranslate2 fuses them the same way:
 q, k, v stacked along the rows, the memory's k, v likewise), our own sinusoid table (so no
 permutation), separate source and target vocabularies, and pre-norm models too.
