@@ -11,8 +11,9 @@ is the same function; beam rows show what the length penalty's formula changes:
     transformers, GNMT rescored: generate with length_penalty=0 returning all 4 finished beams,
                   then picked by our GNMT score: isolates the formula as the only difference.
 
-Every system runs in this process on --threads threads, after a warm-up batch; batches of
---batch-size sentences sorted by length (CTranslate2 sorts itself).
+Every system runs in this process on --threads threads, after a warm-up batch, in batches of
+--batch-size sentences sorted by length (CTranslate2 sorts itself); the systems take turns
+over --rounds shares of the sentences, so load from other processes falls on all of them.
 
     python benchmarks/bench_export.py --checkpoint saved/RUN/checkpoint_best.pt [--sentences 1000]
 """
@@ -124,6 +125,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.6)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds")
     parser.add_argument("--skip", nargs="*", default=[], help="system names to leave out")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -168,22 +170,32 @@ def main() -> None:
         ("ct2 int8", f"beam {k}", ct2_system(work / "ct2-int8", src_tok, tgt_tok, k, a,
                                              max_decoding, b, t)),
     ]
-    peers: dict[str, tuple[list[str], float]] = {}
+    systems = [(name, search, function) for name, search, function in systems
+               if name not in args.skip]
+    for _, _, function in systems:
+        function(sources[:16])  # warm-up: first-call allocations, lazy initialisation
+    # the machine is shared: every system translates each round's share in turn, so a busy
+    # spell slows them all alike (round r holds sentences r, r + rounds, ...)
+    outputs = {i: [""] * len(sources) for i in range(len(systems))}
+    wall, cpu = [0.0] * len(systems), [0.0] * len(systems)
+    for r in range(args.rounds):
+        rows = list(range(r, len(sources), args.rounds))
+        for i, (_, _, function) in enumerate(systems):
+            texts, w, c = timed(function, [sources[j] for j in rows])
+            wall[i] += w
+            cpu[i] += c
+            for j, text in zip(rows, texts):
+                outputs[i][j] = text
+
     print(f"\n{'system':28} {'search':7} {'sent/s':>8} {'wall s':>7} {'cpu s':>7} "
           f"{'x ours':>7} {'BLEU':>6} {'same as ours':>13}")
-    for name, search, function in systems:
-        if name in args.skip:
-            continue
-        function(sources[:16])  # warm-up: first-call allocations, lazy initialisation
-        outputs, wall, cpu = timed(function, sources)
-        bleu, _ = corpus_bleu(outputs, references)
-        if search not in peers:
-            peers[search] = (outputs, wall)
-        peer_outputs, peer_wall = peers[search]
-        same = sum(x == y for x, y in zip(outputs, peer_outputs)) / len(outputs)
-        print(f"{name:28} {search:7} {len(sources) / wall:8.1f} {wall:7.1f} {cpu:7.1f} "
-              f"{peer_wall / wall:7.2f} {bleu:6.2f} {same:13.1%}", flush=True)
-
+    peers: dict[str, int] = {}  # search -> index of its first system (ours)
+    for i, (name, search, _) in enumerate(systems):
+        peer = peers.setdefault(search, i)
+        bleu, _ = corpus_bleu(outputs[i], references)
+        same = sum(x == y for x, y in zip(outputs[i], outputs[peer])) / len(sources)
+        print(f"{name:28} {search:7} {len(sources) / wall[i]:8.1f} {wall[i]:7.1f} {cpu[i]:7.1f} "
+              f"{wall[peer] / wall[i]:7.2f} {bleu:6.2f} {same:13.1%}")
 
 if __name__ == "__main__":
     main()
