@@ -21,8 +21,8 @@ from tokenizers import Tokenizer
 from engine import checkpoint as ckpt
 from engine.control import RunControl
 from engine.decode import translate
+from engine.export.source import EOS_ID  # the one place export reads engine facts from
 from engine.pipeline import run
-from engine.tokenizer import EOS_ID
 
 transformers = pytest.importorskip("transformers", reason="the export extra is not installed "
                                    "(pip install -e '.[export]')")
