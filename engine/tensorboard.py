@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -89,6 +90,9 @@ def convert_events(run_dir: Path) -> tuple[Path, int]:
     require_tensorboard()
     target = run_dir / DIRECTORY
     tmp = Path(tempfile.mkdtemp(prefix=f".{DIRECTORY}.", dir=run_dir))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; it replaces an ordinary directory
     count = 0
     try:
         consumer = TensorBoardWriter(run_dir, log_dir=tmp)

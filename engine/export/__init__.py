@@ -90,6 +90,9 @@ def write_atomically(out: Path, write) -> None:
     """``write(tmp)`` fills a temporary directory beside ``out``, which then becomes ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary directory
     try:
         write(tmp)
         if out.exists():
