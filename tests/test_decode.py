@@ -12,8 +12,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from engine.decode import beam_search, gnmt_penalty, greedy_search, translate
 from engine.model import Transformer
-
-PAD, UNK, BOS, EOS = 0, 1, 2, 3
+from engine.vocab import BOS_ID as BOS
+from engine.vocab import EOS_ID as EOS
+from engine.vocab import PAD_ID as PAD
+from engine.vocab import UNK_ID as UNK
 
 SENTENCES = [
     "the cat sat on the mat",
