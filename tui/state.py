@@ -22,9 +22,10 @@ from engine.events import (BatchProgress, BatchSkipped, CheckpointSaved, EpochSu
                            WordCountProgress)
 from tui.format import duration
 from engine.memory import MemoryReading
+from engine.stages import STAGES
 
 # The stages of a full run, in order; shown before a run says which stages it has.
-STAGE_ORDER = ("data", "tokenizer", "encode", "batches", "model", "train")
+STAGE_ORDER = STAGES  # engine/stages.py: the one list of stage names
 
 ACTIVE = ("starting", "running", "paused", "stopping")  # a run is in progress
 ENDED = ("finished", "stopped", "failed")
