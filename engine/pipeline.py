@@ -20,8 +20,18 @@ from engine import atomic, distributed
 from engine.config import RunConfig
 from engine.control import RunControl, RunStopped
 from engine.errors import EngineError
-from engine.events import (Emit, JsonlWriter, RunFailed, RunFinished, RunPaused, RunResumed,
-                           RunStarted, StageFinished, StageStarted, fan_out)
+from engine.events import (
+    Emit,
+    JsonlWriter,
+    RunFailed,
+    RunFinished,
+    RunPaused,
+    RunResumed,
+    RunStarted,
+    StageFinished,
+    StageStarted,
+    fan_out,
+)
 from engine.stages import STAGES, StageResult, stage_names
 
 __all__ = ["STAGES", "run", "stage_names"]

@@ -36,8 +36,15 @@ from engine.control import RunControl, RunStopped
 from engine.device import pick_device, resolve_precision
 from engine.encode import EncodedData
 from engine.errors import ConfigError, DataError, EngineError
-from engine.events import (BatchProgress, BatchSkipped, CheckpointSaved, Emit, EpochSummary,
-                           MemorySample, Notice)
+from engine.events import (
+    BatchProgress,
+    BatchSkipped,
+    CheckpointSaved,
+    Emit,
+    EpochSummary,
+    MemorySample,
+    Notice,
+)
 from engine.memory import MemoryProbe
 from engine.stages import StageResult
 from engine.vocab import PAD_ID

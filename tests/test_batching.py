@@ -10,8 +10,14 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from engine.batching import (Batches, collate, decoder_lengths, make_batches, padding_efficiency,
-                             run_batches_stage)
+from engine.batching import (
+    Batches,
+    collate,
+    decoder_lengths,
+    make_batches,
+    padding_efficiency,
+    run_batches_stage,
+)
 from engine.config import config_from_dict
 from engine.encode import EncodedSplit, encode_pairs
 from engine.errors import ConfigError

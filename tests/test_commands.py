@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import tiny_config
 
 from engine.checkpoint import build_for_inference, load_checkpoint
 from engine.control import RunControl
 from engine.pipeline import run
-from tiny_runs import tiny_config
+
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:

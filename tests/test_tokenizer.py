@@ -20,8 +20,7 @@ from engine.config import config_from_dict
 from engine.control import RunControl, RunStopped
 from engine.data.corpus import Corpus
 from engine.errors import ChildProcessFailed, ConfigError, DataError, EngineError
-from engine.events import MergeProgress, WordCountProgress
-from engine.events import RunFailed
+from engine.events import MergeProgress, RunFailed, WordCountProgress
 from engine.pipeline import run as run_pipeline
 from engine.tokenizer.stage import load_tokenizer_set, run_tokenizer_stage
 from engine.vocab import SPECIALS
