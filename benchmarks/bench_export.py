@@ -31,11 +31,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local directories only: never wa
 import torch
 from tokenizers import Tokenizer
 
-from engine.data import load_corpus
-from engine.decode import corpus_bleu, gnmt_penalty, translate
+from engine.data.stage import load_corpus
 from engine.export.ct2 import export_ct2
 from engine.export.hf import export_hf
-from engine.export.source import EOS_ID, PAD_ID, load_exportable
+from engine.export.source import EOS_ID, PAD_ID, corpus_bleu, gnmt_penalty, load_exportable, translate
 
 
 def timed(function, *args):

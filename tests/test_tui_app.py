@@ -12,16 +12,16 @@ import time
 import pytest
 from textual.widgets import DataTable, Static
 from textual_plotext import PlotextPlot
+from tui_runs import EPOCHS, write_finished_run
 
 from engine.events import MergeProgress, RunStarted, StageStarted
+from engine.memory import MemoryReading
 from tui.app import TransformerApp, parse_args
 from tui.messages import EventsWaiting
-from engine.memory import MemoryReading
 from tui.widgets.dialogs import ConfirmScreen
 from tui.widgets.memory import MemoryPanel
 from tui.widgets.status import StatusBar
 from tui.widgets.tokenizer import TokenizerPanel
-from tui_runs import EPOCHS, write_finished_run
 
 FIXED_READING = MemoryReading(nvml_error="no NVIDIA driver found", process_rss=500 * 2**20,
                               system_used=4 * 2**30, system_total=16 * 2**30)

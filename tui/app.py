@@ -29,9 +29,9 @@ from engine.config import PRESET_NAMES, RunConfig, load_config
 from engine.control import RunControl
 from engine.errors import EngineError
 from engine.events import CheckpointSaved
+from engine.memory import MemoryProbe
 from tui.inbox import EventInbox
 from tui.messages import EarlierCheckpoints, EventsWaiting, MemoryRead, RunEnded
-from engine.memory import MemoryProbe
 from tui.state import RunState
 from tui.tail import EventTail
 from tui.widgets.checkpoints import CheckpointsPanel

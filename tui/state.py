@@ -16,15 +16,31 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from engine.events import (BatchProgress, BatchSkipped, CheckpointSaved, EpochSummary, Event,
-                           MemorySample, MergeProgress, Notice, Preflight, RunFailed, RunFinished,
-                           RunPaused, RunResumed, RunStarted, StageFinished, StageStarted,
-                           WordCountProgress)
-from tui.format import duration
+from engine.events import (
+    BatchProgress,
+    BatchSkipped,
+    CheckpointSaved,
+    EpochSummary,
+    Event,
+    MemorySample,
+    MergeProgress,
+    Notice,
+    Preflight,
+    RunFailed,
+    RunFinished,
+    RunPaused,
+    RunResumed,
+    RunStarted,
+    StageFinished,
+    StageStarted,
+    WordCountProgress,
+)
 from engine.memory import MemoryReading
+from engine.stages import STAGES
+from tui.format import duration
 
 # The stages of a full run, in order; shown before a run says which stages it has.
-STAGE_ORDER = ("data", "tokenizer", "encode", "batches", "model", "train")
+STAGE_ORDER = STAGES  # engine/stages.py: the one list of stage names
 
 ACTIVE = ("starting", "running", "paused", "stopping")  # a run is in progress
 ENDED = ("finished", "stopped", "failed")

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.export.source import Exportable
+from engine.export.source import EngineError, Exportable, corpus_bleu, read_lines, translate
 
 
 def measure_test_bleu(exp: Exportable, src: Path, ref: Path) -> tuple[float, str, int]:
     """sacreBLEU of our own translate on a test set, with the run's beam and alpha."""
     from tokenizers import Tokenizer
-
-    from engine.data import read_lines
-    from engine.decode import corpus_bleu, translate
-    from engine.errors import EngineError
 
     sources, references = read_lines(src), read_lines(ref)
     if len(sources) != len(references) or not sources:

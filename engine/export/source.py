@@ -1,9 +1,10 @@
 """What an export reads from a checkpoint, in one place.
 
 Everything ``engine.export`` needs from the rest of the engine is imported here (the checkpoint
-loader, the config, the model class and the special token ids), so that a move inside engine/
-changes this file only. The checkpoint keys read are "model", "config", "vocab", "tokenizers",
-"run_name", "epoch", "step", "val_loss", "bleu" and "averaged_from".
+loader, the config, the model class, the special token ids, and translate/BLEU for the model
+card), so that a move inside engine/ changes this file only. The checkpoint keys read are
+"model", "config", "vocab", "tokenizers", "run_name", "epoch", "step", "val_loss", "bleu" and
+"averaged_from".
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ import torch
 
 from engine.checkpoint import build_for_inference, load_checkpoint
 from engine.config import RunConfig
+from engine.data.local import read_lines
+from engine.decode import corpus_bleu, gnmt_penalty, translate
 from engine.errors import EngineError
 from engine.model import POSITION_HEADROOM, Transformer, sinusoids
-from engine.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIALS, UNK_ID
+from engine.vocab import BOS_ID, EOS_ID, PAD_ID, SPECIALS, UNK_ID
 
 __all__ = ["BOS_ID", "EOS_ID", "PAD_ID", "POSITION_HEADROOM", "SPECIALS", "UNK_ID", "Exportable",
-           "EngineError", "load_exportable", "sinusoids"]
+           "EngineError", "corpus_bleu", "gnmt_penalty", "load_exportable", "read_lines",
+           "sinusoids", "translate"]
 
 
 @dataclass

@@ -9,8 +9,7 @@ from textual.widgets import Sparkline, Static
 
 from tui.format import bar_line, count, duration, percent, rate, short_count
 from tui.state import RunState
-from tui.widgets.panel import StateView, show_text, set_display
-
+from tui.widgets.panel import StateView, set_display, show_text
 
 # the stage's totals already on screen (or of no use to a reader here)
 SHOWN_ABOVE = {"kind", "vocab_size", "merges", "seconds", "reused", "path"}
