@@ -145,7 +145,7 @@ def test_beam_search_in_transformers_matches_ours_up_to_the_length_penalty_formu
 
 
 def test_the_model_card_names_the_training_config_and_the_test_bleu(trained_run, tmp_path):
-    from engine.sample_data import sample_corpus
+    from engine.data.sample import sample_corpus
 
     pairs = sample_corpus(400, 40, 10, seed=1234).test
     src, ref = tmp_path / "test.en", tmp_path / "test.de"
