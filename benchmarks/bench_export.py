@@ -14,6 +14,9 @@ is the same function; beam rows show what the length penalty's formula changes:
 Every system runs in this process on --threads threads, after a warm-up batch, in batches of
 --batch-size sentences sorted by length (CTranslate2 sorts itself); the systems take turns
 over --rounds shares of the sentences, so load from other processes falls on all of them.
+transformers' and CTranslate2's length limits are per batch or per call, ours per sentence
+(source ids, </s> included, + eval.max_len_offset): their outputs are cut at our limit, which
+for greedy search is the same as stopping there.
 
     python benchmarks/bench_export.py --checkpoint saved/RUN/checkpoint_best.pt [--sentences 1000]
 """
@@ -98,7 +101,7 @@ def pick_by_gnmt(rows: list[list[int]], scores: list[float], beam: int, alpha: f
 
 
 def ct2_system(directory: Path, src_tok: Tokenizer, tgt_tok: Tokenizer, beam: int, alpha: float,
-               max_decoding: int, batch_size: int, threads: int):
+               offset: int, max_decoding: int, batch_size: int, threads: int):
     import ctranslate2
 
     translator = ctranslate2.Translator(str(directory), device="cpu", inter_threads=1,
@@ -110,7 +113,9 @@ def ct2_system(directory: Path, src_tok: Tokenizer, tgt_tok: Tokenizer, beam: in
             tokens, max_batch_size=batch_size, batch_type="examples", beam_size=beam,
             length_penalty=alpha, max_decoding_length=max_decoding,
             suppress_sequences=[["<pad>"], ["<s>"]])
-        ids = [[tgt_tok.token_to_id(t) for t in r.hypotheses[0]] for r in results]
+        # its length limit is per call; ours is per sentence (source ids, </s> included, + offset)
+        ids = [[tgt_tok.token_to_id(t) for t in r.hypotheses[0]][: len(source) + 1 + offset]
+               for r, source in zip(results, tokens)]
         return tgt_tok.decode_batch(ids, skip_special_tokens=True)
 
     return run
@@ -158,15 +163,15 @@ def main() -> None:
     systems = [  # (name, search, translate function); the first of each search is the peer
         ("ours", "greedy", ours(1)),
         ("transformers", "greedy", hf_system(work / "hf", 1, a, offset, b)),
-        ("ct2 float32", "greedy", ct2_system(work / "ct2-float32", src_tok, tgt_tok, 1, a,
+        ("ct2 float32", "greedy", ct2_system(work / "ct2-float32", src_tok, tgt_tok, 1, a, offset,
                                              max_decoding, b, t)),
         ("ours", f"beam {k}", ours(k)),
         ("transformers", f"beam {k}", hf_system(work / "hf", k, a, offset, b)),
         ("transformers GNMT-rescored", f"beam {k}",
          hf_system(work / "hf", k, a, offset, b, rescore=True)),
-        ("ct2 float32", f"beam {k}", ct2_system(work / "ct2-float32", src_tok, tgt_tok, k, a,
+        ("ct2 float32", f"beam {k}", ct2_system(work / "ct2-float32", src_tok, tgt_tok, k, a, offset,
                                                 max_decoding, b, t)),
-        ("ct2 int8", f"beam {k}", ct2_system(work / "ct2-int8", src_tok, tgt_tok, k, a,
+        ("ct2 int8", f"beam {k}", ct2_system(work / "ct2-int8", src_tok, tgt_tok, k, a, offset,
                                              max_decoding, b, t)),
     ]
     systems = [(name, search, function) for name, search, function in systems
