@@ -77,12 +77,18 @@ _job: _Job | None = None
 # --- the job -------------------------------------------------------------------------------
 
 
+ONE_PROCESS_JOB_ENV = "TRANSFORMER_DIST_ONE_PROCESS_JOB"  # "1": a 1-process torchrun is a job
+
+
 def launched_with_several_processes() -> bool:
-    """True under torchrun (or any env:// launcher) with WORLD_SIZE > 1."""
+    """True under torchrun (or any env:// launcher) with WORLD_SIZE > 1, or with WORLD_SIZE 1
+    when ONE_PROCESS_JOB_ENV is "1" (benchmarks/gpu_check.py runs the NCCL path on one GPU)."""
     try:
-        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+        world = int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
         return False
+    one = world == 1 and "RANK" in os.environ and os.environ.get(ONE_PROCESS_JOB_ENV) == "1"
+    return world > 1 or one
 
 
 def _seconds_from_env(name: str, default: float) -> float:

@@ -421,6 +421,11 @@ class TrainLoop:
         positions = range(p.batch_in_epoch, n)
         with Prefetcher(lambda position: self.make_batch(order, position), positions) as batches:
             for position, batch in zip(positions, batches):
+                # blocks while paused; in a torchrun job a stop on any rank stops every rank
+                # here (host numbers over the gloo control group: no wait for the GPU)
+                if position % cfg.update_freq == 0 and distributed.any_rank(control.checkpoint()):
+                    self.epoch_sums()  # the checkpoint's loss counters, for the whole job
+                    self.stop()
                 group.batches += 1
                 group.tokens += batch.tokens
                 group.padded_tokens += batch.padded_tokens
@@ -440,14 +445,14 @@ class TrainLoop:
                 if not ((position + 1) % cfg.update_freq == 0 or position == n - 1):
                     continue
 
-                # the update's one exchange between the ranks, host numbers only: a stop (any
-                # rank's; blocks while paused), an out-of-memory batch, progress due (rank 0's
-                # clock); every rank then takes the same decisions
+                # before the gradients travel, the ranks agree (host numbers only) on whether
+                # any of them ran out of memory, and on progress being due (rank 0's clock):
+                # every rank then takes the same decisions
                 now = time.monotonic()
                 report_due = position == n - 1 or (distributed.is_main()
                                                    and now - last_progress >= PROGRESS_SECONDS)
-                stop, oom, report = (flag > 0 for flag in distributed.reduce_sums(
-                    [float(control.checkpoint()), float(group.out_of_memory), float(report_due)]))
+                oom, report = (flag > 0 for flag in distributed.reduce_sums(
+                    [float(group.out_of_memory), float(report_due)]))
                 nll_value = math.nan
                 if oom:
                     self.out_of_memory()  # every rank drops this update
@@ -467,8 +472,6 @@ class TrainLoop:
                     last_progress = now
                     self.report(epoch, position, n, world, group, clock, done_here)
                 group = _Group()
-                if stop:
-                    self.stop()
                 self.maybe_memory()
         self.epoch_sums()
 
