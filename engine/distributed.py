@@ -188,6 +188,11 @@ def world_size() -> int:
     return _job.world if _job else 1
 
 
+def backend() -> str | None:
+    """The gradients' backend ("nccl" or "gloo"); None for one process."""
+    return _job.backend if _job else None
+
+
 def is_main() -> bool:
     """Rank 0, or the only process: the one that writes the run directory."""
     return _job is None or _job.rank == 0

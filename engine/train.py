@@ -188,6 +188,8 @@ def run_model_stage(config: RunConfig, tokenizers: TokenizerSet, run_dir: Path, 
             "attention": config.training.attention}
     if tf32:
         info["tf32"] = True
+    if distributed.active():
+        info["processes"], info["backend"] = distributed.world_size(), distributed.backend()
     if trainer.resumed_from:
         info.update(resumed_from=trainer.resumed_from, epoch=trainer.progress.epoch,
                     batch_in_epoch=trainer.progress.batch_in_epoch, step=trainer.step)
