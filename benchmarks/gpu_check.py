@@ -152,7 +152,8 @@ def check_versions(ctx: Context) -> dict:
         info["gpu"] = None
         return info
     try:
-        info["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+        version = torch.cuda.nccl.version()
+        info["nccl"] = ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
     except Exception as exc:
         info["nccl"] = f"n/a ({exc})"
     props = torch.cuda.get_device_properties(0)
