@@ -26,7 +26,8 @@ def test_the_probe_reads_this_process_and_the_system_and_never_raises():
     else:  # a GPU machine: one entry per device, each value a number or None ("n/a")
         assert reading.devices
         for device in reading.devices:
-            assert set(device) == {"name", "used", "total", "util"}
+            assert set(device) == {"name", "label", "used", "total", "util"}
+            assert device["label"].startswith("cuda:")
 
 
 def test_without_cuda_in_use_the_torch_numbers_are_n_a():
