@@ -26,6 +26,7 @@ import dataclasses
 import os
 import random
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,6 +67,8 @@ class Progress:
     val_loss: float | None = None
     bleu: float | None = None
     best: float | None = None  # best val loss (or BLEU), what checkpoint_best.pt holds
+    best_val_loss: float | None = None  # lowest validation loss: the divergence guard's yardstick
+    run_id: str = ""  # one run's checkpoints share it, across resumes (average refuses a mix)
     seconds: float = 0.0  # training time so far, pauses excluded, across resumes
     batches_per_epoch: int = 0
 
@@ -109,8 +112,16 @@ def training_state(trainer, config: "RunConfig", tokenizers: "TokenizerSet",
 def save_checkpoint(state: dict[str, Any], path: Path) -> int:
     """Write ``state`` to ``path`` atomically; returns the file's size in bytes."""
     path = Path(path)
-    with atomic.atomic_file(path, prefix=TEMP_PREFIX) as f:
-        torch.save(state, f)
+    try:
+        with atomic.atomic_file(path, prefix=TEMP_PREFIX) as f:
+            torch.save(state, f)
+    except Exception as exc:  # the temporary file is gone; the previous checkpoint untouched
+        refused = atomic.storage_error(exc)
+        if refused is None:
+            raise
+        intact = "the previous checkpoint is intact" if path.is_file() else "nothing was written"
+        raise EngineError(atomic.storage_message(refused, path, f"saving {path.name}") +
+                          f"; {intact}") from None
     return path.stat().st_size
 
 
@@ -123,7 +134,14 @@ def copy_checkpoint(source: Path, path: Path) -> int:
         os.link(source, tmp)
     except OSError:
         return save_checkpoint(load_checkpoint(source), path)
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if atomic.storage_error(exc) is None:
+            raise
+        raise EngineError(atomic.storage_message(exc, path, f"saving {path.name}") +
+                          "; the previous checkpoint is intact") from None
     atomic.fsync_dir(path.parent)
     return path.stat().st_size
 
@@ -180,16 +198,25 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # --- reading -------------------------------------------------------------------------------
 
 
-def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The checkpoint's dict; an EngineError with one line when it is missing or not one."""
+def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu",
+                    mmap: bool = False) -> dict[str, Any]:
+    """The checkpoint's dict; an EngineError with one line when it is missing or not one.
+    ``mmap``: tensors stay in the file until touched (a quick look at a large checkpoint)."""
     path = Path(path)
     if not path.is_file():
         raise EngineError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # truncated, not a torch file, or holds objects we do not load
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EngineError(f"{path}: not a loadable checkpoint ({first[:160]})") from None
+        if not zipfile.is_zipfile(path):
+            reason = "not a PyTorch zip file"  # random bytes, a cut download, another format
+        elif "weights_only" in first or "Weights only" in first:
+            reason = "it holds Python objects, which are not loaded"  # pickled code: refused
+        else:
+            reason = first.rstrip(".")[:120]
+        raise EngineError(f"{path}: not a transformer-tui checkpoint or damaged ({reason})"
+                          ) from None
     required = ("model", "config", "vocab", "tokenizers")
     missing = [k for k in required if not isinstance(state, dict) or k not in state]
     if missing:

@@ -82,9 +82,13 @@ class TrainingConfig:
     precision: str = _key("auto", doc="arithmetic", choices=("auto", "fp32", "bf16", "fp16"))
     device: str = _key("auto", doc="where to train", choices=("auto", "cpu", "cuda"))
     checkpoint_every: int = _key(10, doc="epochs between model_epoch_N.pt checkpoints", min=1)
+    save_every_minutes: float = _key(10.0, doc="checkpoint_last.pt also saved mid-epoch this "
+                                     "often (training minutes), 0 = at epoch ends only", min=0.0)
     keep_last: int = _key(5, doc="periodic checkpoints kept, 0 = all", min=0)
     seed: int = _key(1, doc="random seed for initialisation and batch order", min=0)
     max_bad_batches: int = _key(5, doc="NaN/OOM batches in a row before the run stops", min=1)
+    divergence_factor: float = _key(5.0, doc="a validation loss above this times the best stops "
+                                    "the run without saving (diverged)", min=1.0)
 
 
 @dataclass(frozen=True)
@@ -251,7 +255,13 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     raw.setdefault(section, {})
     if not isinstance(raw[section], dict):
         raise ConfigError(f"--set {item!r}: [{section}] in the preset is not a table")
-    raw[section][key] = value
+    # checked here, so that a bad value blames the --set that gave it, not the preset file
+    fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
+    if key not in fields:
+        hint = _did_you_mean(key, fields)
+        raise ConfigError(f"--set {item}: unknown key [{section}] {key}{hint} "
+                          f"(keys: {', '.join(fields)})")
+    raw[section][key] = _check_value(section, fields[key], value, f"--set {item}")
 
 
 def _check_consistency(config: RunConfig) -> None:

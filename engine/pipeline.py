@@ -32,6 +32,7 @@ from engine.events import (
     StageStarted,
     fan_out,
 )
+from engine.inputs import check_run_inputs
 from engine.stages import STAGES, StageResult, stage_names
 
 __all__ = ["STAGES", "run", "stage_names"]
@@ -49,11 +50,13 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
     """
     names = stage_names(until)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    writer = None
-    if distributed.is_main():
-        atomic.write_text(run_dir / "config.toml", config.to_toml())
-        writer = JsonlWriter(run_dir / "events.jsonl")
+    try:  # bad input: refused before anything is written (the caller's emit hears why)
+        check_run_inputs(config, run_dir, resume)
+        writer = _start_files(config, run_dir)
+    except EngineError as exc:
+        emit(RunFailed(stage="", message=str(exc)))
+        return "failed"
+    if writer is not None:
         emit = fan_out(writer, emit)
     control = control or RunControl()
     stages = _StageRunner(config, run_dir, emit, control, names)
@@ -89,6 +92,23 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
     if writer is not None:
         writer.close()
     return status
+
+
+def _start_files(config: RunConfig, run_dir: Path) -> JsonlWriter | None:
+    """The run directory, its config.toml and the events.jsonl writer (rank 0 only)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not distributed.is_main():
+            return None
+        atomic.write_text(run_dir / "config.toml", config.to_toml())
+        return JsonlWriter(run_dir / "events.jsonl")
+    except OSError as exc:
+        refused = atomic.storage_error(exc)
+        if refused is None:
+            raise EngineError(f"run directory {run_dir}: cannot write there ({exc.strerror})"
+                              ) from None
+        raise EngineError(atomic.storage_message(refused, run_dir / "config.toml",
+                                                 "starting the run")) from None
 
 
 def _run_stages(stages: "_StageRunner", config: RunConfig, run_dir: Path, emit: Emit,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -173,6 +174,8 @@ def run_model_stage(config: RunConfig, tokenizers: TokenizerSet, run_dir: Path, 
         if notice is not None:
             emit(notice)
         trainer.resumed_from = str(path)
+    # one id for all the checkpoints of this run, resumes included (average checks it)
+    trainer.progress.run_id = trainer.progress.run_id or uuid.uuid4().hex
 
     trainer.parallel = distributed.wrap_model(model)
     parameters = sum(p.numel() for p in model.parameters())  # tied weights counted once
@@ -215,6 +218,7 @@ class TrainLoop:
         self.last_memory = 0.0
         self.bad_in_a_row = 0
         self.saved_position: tuple[int, int] | None = None  # (epoch, batch) of checkpoint_last
+        self.last_save = time.monotonic()  # for training.save_every_minutes
         self.session = _Clock(control)
         self.seconds_before = self.progress.seconds
 
@@ -238,11 +242,21 @@ class TrainLoop:
                 process_rss=reading.process_rss or 0, system_used=reading.system_used or 0,
                 system_total=reading.system_total or 0, max_tokens=self.cfg.max_tokens))
 
+    def save_due(self) -> bool:
+        """Time for a mid-epoch checkpoint_last.pt (training.save_every_minutes)?"""
+        minutes = self.cfg.save_every_minutes
+        due = minutes > 0 and time.monotonic() - self.last_save >= minutes * 60
+        return distributed.any_rank(due)  # every rank takes part in the save (RNG states)
+
     def save_last(self) -> None:
         t = self.trainer
         p = self.progress
         position = (p.epoch, p.batch_in_epoch)
         if self.saved_position == position:
+            return
+        if self.bad_in_a_row:
+            # the weights the last update left produced NaN/inf: never let them replace the
+            # last good checkpoint (the run stops itself if the streak goes on)
             return
         rank_rng = distributed.gather_rng_states()  # every rank's dropout generator, for resume
         if not distributed.is_main():
@@ -255,6 +269,7 @@ class TrainLoop:
             state["rank_rng"] = rank_rng
         size = ckpt.save_checkpoint(state, path)
         self.saved_position = position
+        self.last_save = time.monotonic()
         self.announce(path, size)
 
     def announce(self, path: Path, size: int) -> None:
@@ -356,6 +371,8 @@ class TrainLoop:
             # blocks while paused; in a torchrun job a stop on any rank stops every rank here
             if distributed.any_rank(control.checkpoint()) and boundary:
                 self.stop()
+            if boundary and self.save_due():
+                self.save_last()  # mid-epoch, so a kill loses at most save_every_minutes
             batch = collate(self.data.train, self.batches.train[order[position]])
             last_in_group = (position + 1) % cfg.update_freq == 0 or position == n - 1
             out_of_memory = False
@@ -449,12 +466,14 @@ class TrainLoop:
         val_loss = self.validate()
         if val_loss is None:
             self.stop()  # every batch is done, validation is not: resume validates
+        self.check_divergence(epoch, val_loss)
         p.train_loss = p.epoch_nll / max(p.epoch_tokens, 1)
         p.val_loss = val_loss
         bleu_now = ev.bleu_every and epoch % ev.bleu_every == 0
         p.bleu = distributed.from_main(self.bleu) if bleu_now else None  # rank 0 decodes
         p.epoch, p.batch_in_epoch, p.epoch_nll, p.epoch_tokens = epoch, 0, 0.0, 0
 
+        p.best_val_loss = min(val_loss, p.best_val_loss or val_loss)
         if ev.best_by == "bleu":
             improved = p.bleu is not None and (p.best is None or p.bleu > p.best)
             if improved:
@@ -480,6 +499,30 @@ class TrainLoop:
         if improved:
             path = self.run_dir / ckpt.BEST
             self.announce(path, ckpt.copy_checkpoint(last, path))
+
+    def check_divergence(self, epoch: int, val_loss: float) -> None:
+        """Stop, saving nothing, when the weights have diverged: a non-finite validation loss, or
+        one above training.divergence_factor times the best so far. The checkpoints on disk are
+        then the last good state, and the message says which one holds it."""
+        p = self.progress
+        best = p.best_val_loss
+        if best is None and self.config.eval.best_by == "loss":
+            best = p.best  # a checkpoint from before best_val_loss was recorded
+        factor = self.cfg.divergence_factor
+        if math.isfinite(val_loss) and (best is None or val_loss <= factor * best):
+            return
+        last = self.run_dir / ckpt.LAST
+        if last.is_file():
+            kept = ckpt.load_checkpoint(last)
+            good = (f"{last} (epoch {kept['epoch']}, batch {kept['batch_in_epoch']}, step "
+                    f"{kept['step']}) holds the last good state; resume from it with a lower "
+                    "training.lr_factor or training.clip_norm = 1.0")
+        else:
+            good = "no checkpoint was saved yet"
+        worse = "is not finite" if not math.isfinite(val_loss) else (
+            f"is more than training.divergence_factor = {factor:g} times the best {best:.4f}")
+        raise EngineError(f"training stopped: diverged, validation loss {val_loss:.4g} after "
+                          f"epoch {epoch} {worse}; no checkpoint was replaced; {good}")
 
     def run(self) -> dict[str, Any]:
         t, cfg = self.trainer, self.cfg
