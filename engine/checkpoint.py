@@ -345,6 +345,10 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
         if state["vocab"] != first["vocab"] or not same_shapes:
             raise EngineError(f"{path}: other vocabulary or model shape than {paths[0]}; "
                               "average checkpoints of one run")
+        if state.get("run_id") and first.get("run_id") and state["run_id"] != first["run_id"]:
+            raise EngineError(f"{path}: from another run than {paths[0]} (run id "
+                              f"{state['run_id'][:8]} vs {first['run_id'][:8]}); average "
+                              "checkpoints of one run")
     model = {}
     for key, value in first["model"].items():
         if value.is_floating_point():
@@ -353,8 +357,8 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
         else:  # integer buffers (none today) are taken from the newest checkpoint
             model[key] = states[-1]["model"][key]
     last = states[-1]
-    averaged = {k: last[k] for k in ("config", "vocab", "tokenizers", "epoch", "step", "run_name")
-                if k in last}
+    averaged = {k: last[k] for k in ("config", "vocab", "tokenizers", "epoch", "step", "run_name",
+                                     "run_id") if k in last}
     averaged.update(model=model, averaged_from=[str(p) for p in paths],
                     val_loss=None, bleu=None, train_loss=None)
     return averaged

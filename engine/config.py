@@ -53,7 +53,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class TokenizerConfig:
     kind: str = _key("bpe", doc="subword model", choices=("bpe", "wordpiece"))
-    vocab_size: int = _key(8000, doc="target vocabulary size, specials included", min=8)
+    vocab_size: int = _key(8000, doc="target vocabulary size, specials included; at least the "
+                           "training text's alphabet + 4 specials (said once counted)", min=5)
     shared: bool = _key(True, doc="one vocabulary for both languages (the paper)")
     min_frequency: int = _key(2, doc="pairs seen fewer times are never merged", min=0)
     path: str = _key("", doc="use this tokenizer.json instead of training one", is_file=True)
