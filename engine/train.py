@@ -217,6 +217,7 @@ class TrainLoop:
         self.memory = MemoryProbe()  # also read by the app's panel: one probe for both
         self.last_memory = 0.0
         self.bad_in_a_row = 0
+        self.last_loss: float | None = None  # the last good batch's NLL per token
         self.saved_position: tuple[int, int] | None = None  # (epoch, batch) of checkpoint_last
         self.last_save = time.monotonic()  # for training.save_every_minutes
         self.session = _Clock(control)
@@ -248,15 +249,25 @@ class TrainLoop:
         due = minutes > 0 and time.monotonic() - self.last_save >= minutes * 60
         return distributed.any_rank(due)  # every rank takes part in the save (RNG states)
 
-    def save_last(self) -> None:
+    def weights_look_good(self) -> bool:
+        """May the current weights replace checkpoint_last.pt between validations? Not after a
+        NaN/inf batch (the run stops itself if the streak goes on), nor when the training loss
+        has already climbed past training.divergence_factor times the best validation loss."""
+        if self.bad_in_a_row:
+            return False
+        best = self.progress.best_val_loss
+        return best is None or self.last_loss is None or (
+            self.last_loss <= self.cfg.divergence_factor * best)
+
+    def save_last(self, validated: bool = False) -> None:
+        """checkpoint_last.pt at this update boundary; ``validated``: at an epoch's end, after
+        the divergence guard passed the validation loss."""
         t = self.trainer
         p = self.progress
         position = (p.epoch, p.batch_in_epoch)
         if self.saved_position == position:
             return
-        if self.bad_in_a_row:
-            # the weights the last update left produced NaN/inf: never let them replace the
-            # last good checkpoint (the run stops itself if the streak goes on)
+        if not validated and not self.weights_look_good():
             return
         rank_rng = distributed.gather_rng_states()  # every rank's dropout generator, for resume
         if not distributed.is_main():
@@ -400,6 +411,7 @@ class TrainLoop:
                 nll = None
             if nll is not None:
                 self.bad_in_a_row = 0
+                self.last_loss = nll
             p.batch_in_epoch = position + 1
             done_here += 1
 
@@ -488,7 +500,7 @@ class TrainLoop:
             epoch_seconds=round(epoch_clock.seconds(), 3),
             total_seconds=round(self.total_seconds(), 3)))
 
-        self.save_last()
+        self.save_last(validated=True)
         if not distributed.is_main():
             return  # rank 0 writes the checkpoints
         last = self.run_dir / ckpt.LAST
@@ -517,6 +529,8 @@ class TrainLoop:
             good = (f"{last} (epoch {kept['epoch']}, batch {kept['batch_in_epoch']}, step "
                     f"{kept['step']}) holds the last good state; resume from it with a lower "
                     "training.lr_factor or training.clip_norm = 1.0")
+        elif self.trainer.resumed_from:
+            good = f"{self.trainer.resumed_from} (this run resumed from it) holds the last good state"
         else:
             good = "no checkpoint was saved yet"
         worse = "is not finite" if not math.isfinite(val_loss) else (
