@@ -83,20 +83,24 @@ class Progress:
 
 
 def training_state(trainer, config: "RunConfig", tokenizers: "TokenizerSet",
-                   world_size: int = 1) -> dict[str, Any]:
+                   world_size: int = 1, progress: Progress | None = None,
+                   rng: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything a run needs to continue at the next batch, and ``translate`` on its own.
 
     ``trainer``: engine.train.Trainer (model, optimizer, schedule, scaler, precision, progress).
+    ``progress``, ``rng``: counters and generator states taken earlier at the update boundary
+    these weights belong to (default: the trainer's now).
     """
+    progress = progress or trainer.progress
     return {
         "model": trainer.model.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.schedule.state_dict(),
         "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
-        **trainer.progress.to_state(),
+        **progress.to_state(),
         "step": trainer.schedule.updates,
         "world_size": world_size,  # batch_in_epoch counts each rank's batches
-        "rng": rng_state(),
+        "rng": rng or rng_state(),
         "config": config.to_dict(), "run_name": config.name,
         "precision": trainer.precision,
         "vocab": {"src_size": tokenizers.src.get_vocab_size(),

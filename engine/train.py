@@ -17,6 +17,7 @@ weights that an uninterrupted run would have used next.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -217,8 +218,9 @@ class TrainLoop:
         self.memory = MemoryProbe()  # also read by the app's panel: one probe for both
         self.last_memory = 0.0
         self.bad_in_a_row = 0
-        self.last_loss: float | None = None  # the last good batch's NLL per token
         self.saved_position: tuple[int, int] | None = None  # (epoch, batch) of checkpoint_last
+        if trainer.resumed_from and Path(trainer.resumed_from) == self.run_dir / ckpt.LAST:
+            self.saved_position = (self.progress.epoch, self.progress.batch_in_epoch)
         self.last_save = time.monotonic()  # for training.save_every_minutes
         self.session = _Clock(control)
         self.seconds_before = self.progress.seconds
@@ -249,38 +251,50 @@ class TrainLoop:
         due = minutes > 0 and time.monotonic() - self.last_save >= minutes * 60
         return distributed.any_rank(due)  # every rank takes part in the save (RNG states)
 
-    def weights_look_good(self) -> bool:
-        """May the current weights replace checkpoint_last.pt between validations? Not after a
-        NaN/inf batch (the run stops itself if the streak goes on), nor when the training loss
-        has already climbed past training.divergence_factor times the best validation loss."""
-        if self.bad_in_a_row:
-            return False
+    def loss_looks_good(self, loss: float | None) -> bool:
+        """Did weights that gave this training loss not diverge? A NaN/inf loss, or one past
+        training.divergence_factor times the best validation loss, says they did."""
         best = self.progress.best_val_loss
-        return best is None or self.last_loss is None or (
-            self.last_loss <= self.cfg.divergence_factor * best)
+        return loss is not None and math.isfinite(loss) and (
+            best is None or loss <= self.cfg.divergence_factor * best)
 
-    def save_last(self, validated: bool = False) -> None:
-        """checkpoint_last.pt at this update boundary; ``validated``: at an epoch's end, after
-        the divergence guard passed the validation loss."""
-        t = self.trainer
+    def timed_save(self, nll: float | None, snapshot: dict[str, Any]) -> None:
+        """The mid-epoch checkpoint_last.pt (training.save_every_minutes) of the weights the
+        batch just computed ``nll`` with: written after that batch's forward pass, before the
+        update, so that its loss vouches for them (a save at the boundary itself would write
+        weights nobody has seen a loss of). ``snapshot``: the counters and random generators
+        as they were at the boundary, which a resumed run continues from."""
+        if self.loss_looks_good(nll):
+            self.write_last(snapshot)
+        # else: not written; still due, tried again at the next boundary
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a checkpoint_last.pt written now holds besides weights and optimizer."""
         p = self.progress
+        p.seconds = self.total_seconds()
+        return {"progress": dataclasses.replace(p), "rng": ckpt.rng_state(),
+                "rank_rng": distributed.gather_rng_states()}  # each rank's dropout generator
+
+    def save_last(self) -> None:
+        """checkpoint_last.pt now, at an update boundary (an epoch's end, a stop)."""
+        self.write_last(self.snapshot())
+
+    def write_last(self, snapshot: dict[str, Any]) -> None:
+        t = self.trainer
+        p = snapshot["progress"]
         position = (p.epoch, p.batch_in_epoch)
         if self.saved_position == position:
             return
-        if not validated and not self.weights_look_good():
-            return
-        rank_rng = distributed.gather_rng_states()  # every rank's dropout generator, for resume
-        if not distributed.is_main():
-            self.saved_position = position
-            return  # rank 0 writes the checkpoint
-        p.seconds = self.total_seconds()
-        path = self.run_dir / ckpt.LAST
-        state = ckpt.training_state(t, self.config, self.tokenizers, distributed.world_size())
-        if rank_rng is not None:
-            state["rank_rng"] = rank_rng
-        size = ckpt.save_checkpoint(state, path)
         self.saved_position = position
         self.last_save = time.monotonic()
+        if not distributed.is_main():
+            return  # rank 0 writes the checkpoint
+        path = self.run_dir / ckpt.LAST
+        state = ckpt.training_state(t, self.config, self.tokenizers, distributed.world_size(),
+                                    progress=p, rng=snapshot["rng"])
+        if snapshot["rank_rng"] is not None:
+            state["rank_rng"] = snapshot["rank_rng"]
+        size = ckpt.save_checkpoint(state, path)
         self.announce(path, size)
 
     def announce(self, path: Path, size: int) -> None:
@@ -291,7 +305,8 @@ class TrainLoop:
                                   saved_at=time.time()))
 
     def stop(self) -> None:
-        self.save_last()
+        if self.bad_in_a_row == 0:  # never the weights of a NaN streak
+            self.save_last()
         raise RunStopped()
 
     def bad_batch(self, reason: str, epoch: int, batch: int, tokens: int) -> None:
@@ -382,8 +397,8 @@ class TrainLoop:
             # blocks while paused; in a torchrun job a stop on any rank stops every rank here
             if distributed.any_rank(control.checkpoint()) and boundary:
                 self.stop()
-            if boundary and self.save_due():
-                self.save_last()  # mid-epoch, so a kill loses at most save_every_minutes
+            # mid-epoch checkpoint_last.pt, so that a kill loses at most save_every_minutes
+            pending = self.snapshot() if boundary and self.save_due() else None
             batch = collate(self.data.train, self.batches.train[order[position]])
             last_in_group = (position + 1) % cfg.update_freq == 0 or position == n - 1
             out_of_memory = False
@@ -402,6 +417,8 @@ class TrainLoop:
             nll, tokens = distributed.reduce_batch(nll, batch.tokens)
             if nll is None and not out_of_memory:
                 self.bad_batch("nan", epoch, position + 1, batch.padded_tokens)
+            if pending is not None:
+                self.timed_save(nll, pending)
             if nll is not None:
                 p.epoch_nll += nll * tokens
                 p.epoch_tokens += tokens
@@ -411,7 +428,6 @@ class TrainLoop:
                 nll = None
             if nll is not None:
                 self.bad_in_a_row = 0
-                self.last_loss = nll
             p.batch_in_epoch = position + 1
             done_here += 1
 
@@ -500,7 +516,7 @@ class TrainLoop:
             epoch_seconds=round(epoch_clock.seconds(), 3),
             total_seconds=round(self.total_seconds(), 3)))
 
-        self.save_last(validated=True)
+        self.save_last()
         if not distributed.is_main():
             return  # rank 0 writes the checkpoints
         last = self.run_dir / ckpt.LAST
