@@ -108,7 +108,7 @@ def _start_files(config: RunConfig, run_dir: Path) -> JsonlWriter | None:
             raise EngineError(f"run directory {run_dir}: cannot write there ({exc.strerror})"
                               ) from None
         raise EngineError(atomic.storage_message(refused, run_dir / "config.toml",
-                                                 "starting the run")) from None
+                                                 "writing config.toml")) from None
 
 
 def _run_stages(stages: "_StageRunner", config: RunConfig, run_dir: Path, emit: Emit,

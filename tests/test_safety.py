@@ -109,11 +109,10 @@ def small_disk(tmp_path):
 def fill_disk(directory: Path, leave: int) -> Path:
     """Fill the filesystem of ``directory`` up, then give back about ``leave`` bytes."""
     filler = directory / "filler"
-    with open(filler, "wb") as f:
+    with open(filler, "wb", buffering=0) as f:
         try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
+            while f.write(b"\0" * 4096):
+                pass
         except OSError as exc:
             assert exc.errno == errno.ENOSPC
     os.truncate(filler, max(filler.stat().st_size - leave, 0))
@@ -230,12 +229,16 @@ def test_a_full_disk_at_start_is_one_line_and_no_torn_event(tmp_path, small_disk
     disk = small_disk(1 * 2**20)
     run_dir = disk / "run"
     run_dir.mkdir()
-    (run_dir / "events.jsonl").write_bytes(b'{"event": "RunStarted", "run_dir": "x", "pre')
+    torn = b'{"event": "RunStarted", "run_dir": "x", "pre'  # a killed run's last line
+    (run_dir / "events.jsonl").write_bytes(torn)
     fill_disk(disk, leave=0)
     result = cli("--preset", str(preset_file(tmp_path)), "--run-dir", str(run_dir))
-    assert result.returncode != 0
+    assert result.returncode == 1
     text = result.stdout.decode() + result.stderr.decode()
-    assert f"no space left on {disk} (tmpfs)" in text and "Traceback" not in text
+    assert f"no space left on {disk} (tmpfs) while writing config.toml" in text
+    assert "Traceback" not in text
+    assert sorted(p.name for p in run_dir.iterdir()) == ["events.jsonl"]
+    assert (run_dir / "events.jsonl").read_bytes() == torn  # nothing half-appended
 
 
 def test_a_read_only_run_directory_is_refused_before_any_stage(tmp_path, small_disk):
