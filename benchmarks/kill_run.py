@@ -153,8 +153,9 @@ def killed(preset: str, run_dir: Path, sets: list[str], kills: int, rng: random.
         # every fifth kill at a random time of start-up (data, tokenizer, encode, resume)
         moment = ("start-up" if len(report) % 5 == 4 else
                   "writing" if len(report) % 2 else "training")
-        if moment == "writing":
+        if moment == "writing":  # the first write after a random time of training
             wait_for_training(run_dir, child, runs_before)
+            time.sleep(rng.uniform(0.0, max_delay))
             if not wait_for_checkpoint_write(run_dir, child, limit=max_delay * 4):
                 moment = "no write came"
         elif moment == "training":
@@ -186,10 +187,13 @@ def killed(preset: str, run_dir: Path, sets: list[str], kills: int, rng: random.
 
 
 def kill_test(preset: str, directory: Path, sets: list[str], kills: int, seed: int = 1,
-              max_delay: float = 6.0, log=print) -> Report:
+              max_delay: float = 6.0, log=print, keep_straight: bool = False) -> Report:
     started = time.monotonic()
     rng = random.Random(seed)
-    straight(preset, directory / "straight", sets)
+    finished = directory / "straight" / "events.jsonl"
+    if not (keep_straight and finished.is_file() and any(
+            e["event"] == "RunFinished" for e in events_of(directory / "straight"))):
+        straight(preset, directory / "straight", sets)
     report = Report(kills=killed(preset, directory / "killed", sets, kills, rng, max_delay, log))
     expected = summaries(events_of(directory / "straight"))
     got = summaries(events_of(directory / "killed"))
@@ -215,10 +219,13 @@ def main() -> None:
     parser.add_argument("--max-delay", type=float, default=8.0,
                         help="random kills come 0..this many seconds into training")
     parser.add_argument("--dir", type=Path, help="keep the two run directories here")
+    parser.add_argument("--keep-straight", action="store_true",
+                        help="reuse a finished DIR/straight run of the same settings")
     args = parser.parse_args()
     sets = [f"training.save_every_minutes={args.save_every_minutes}", *args.sets]
     directory = args.dir or Path(tempfile.mkdtemp(prefix="kill-run-"))
-    report = kill_test(args.preset, directory, sets, args.kills, args.seed, args.max_delay)
+    report = kill_test(args.preset, directory, sets, args.kills, args.seed, args.max_delay,
+                       keep_straight=args.keep_straight)
     lost = [k.updates_lost for k in report.kills]
     print(f"\n{len(report.kills)} kills over {report.epochs} epochs of {args.preset} "
           f"({report.seconds} s, in {directory})")
