@@ -83,8 +83,15 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
     except Exception as exc:  # a bug or an environment problem: keep the traceback in the log
         status = "failed"
         details = traceback.format_exc().splitlines()[-12:]
-        emit(RunFailed(stage=stages.current, message=f"{type(exc).__name__}: {exc}",
-                       details=details))
+        refused = atomic.storage_error(exc)
+        if refused is not None:  # a full or read-only disk in any stage: say so in one line
+            name = Path(refused.filename).name if refused.filename else "the run's files"
+            message = atomic.storage_message(refused, Path(refused.filename or run_dir / "x"),
+                                             f"writing {name}")
+            details = []  # not a bug: the traceback would only hide the one line that matters
+        else:
+            message = f"{type(exc).__name__}: {exc}"
+        emit(RunFailed(stage=stages.current, message=message, details=details))
     finally:
         control.remove_listener(on_control)
     if status != "failed":

@@ -410,3 +410,13 @@ def test_average_refuses_checkpoints_of_two_runs(tmp_path, trained):
     # two checkpoints of one run average fine
     result = cli("average", "--out", str(tmp_path / "avg.pt"), "--last", "2", str(trained))
     assert result.returncode == 0, result.stderr.decode()
+
+
+def test_a_full_disk_in_any_stage_is_one_line_naming_the_file(tmp_path, small_disk):
+    disk = small_disk(4 * 2**20)
+    fill_disk(disk, leave=40 * 1024)  # the tokenizer fits, the encoded data does not
+    result = cli("--preset", str(preset_file(tmp_path)), "--run-dir", str(disk / "run"))
+    assert result.returncode == 1
+    out = result.stdout.decode()
+    assert f"FAILED in stage encode: no space left on {disk} (tmpfs) while writing train" in out
+    assert "Traceback" not in out + result.stderr.decode()
