@@ -221,7 +221,7 @@ class TrainLoop:
         self.saved_position: tuple[int, int] | None = None  # (epoch, batch) of checkpoint_last
         if trainer.resumed_from and Path(trainer.resumed_from) == self.run_dir / ckpt.LAST:
             self.saved_position = (self.progress.epoch, self.progress.batch_in_epoch)
-        self.last_save = time.monotonic()  # for training.save_every_minutes
+        self.last_save = 0.0  # session seconds (pauses excluded) at the last checkpoint_last.pt
         self.session = _Clock(control)
         self.seconds_before = self.progress.seconds
 
@@ -248,7 +248,7 @@ class TrainLoop:
     def save_due(self) -> bool:
         """Time for a mid-epoch checkpoint_last.pt (training.save_every_minutes)?"""
         minutes = self.cfg.save_every_minutes
-        due = minutes > 0 and time.monotonic() - self.last_save >= minutes * 60
+        due = minutes > 0 and self.session.seconds() - self.last_save >= minutes * 60
         return distributed.any_rank(due)  # every rank takes part in the save (RNG states)
 
     def loss_looks_good(self, loss: float | None) -> bool:
@@ -286,7 +286,7 @@ class TrainLoop:
         if self.saved_position == position:
             return
         self.saved_position = position
-        self.last_save = time.monotonic()
+        self.last_save = self.session.seconds()
         if not distributed.is_main():
             return  # rank 0 writes the checkpoint
         path = self.run_dir / ckpt.LAST

@@ -187,6 +187,21 @@ def test_a_diverging_run_stops_and_replaces_no_checkpoint(tmp_path):
         assert ckpt.load_checkpoint(tmp_path / name)["epoch"] == 1
 
 
+def test_a_nan_streak_is_never_saved_by_a_timed_save(tmp_path):
+    status, _ = train_run(tmp_path, tiny_config(training__epochs=1))
+    assert status == "finished"
+    kept = sha256(tmp_path / ckpt.LAST)
+    # an absurd learning rate: NaN after the first update; a timed save is due at every update
+    config = tiny_config(training__epochs=3, training__lr_factor=1e12,
+                         training__max_bad_batches=3, training__save_every_minutes=1e-9)
+    status, events = train_run(tmp_path, config, resume="last")
+    assert status == "failed"
+    assert [s.in_a_row for s in of(events, ev.BatchSkipped)] == [1, 2, 3]
+    message = of(events, ev.RunFailed)[0].message
+    assert f"{tmp_path / ckpt.LAST} holds the last good state" in message
+    assert sha256(tmp_path / ckpt.LAST) == kept and not of(events, ev.CheckpointSaved)
+
+
 # --- a full or read-only disk ----------------------------------------------------------------
 
 
