@@ -541,12 +541,13 @@ class TrainLoop:
             return
         last = self.run_dir / ckpt.LAST
         if last.is_file():
-            kept = ckpt.load_checkpoint(last)
+            kept = ckpt.load_checkpoint(last, mmap=True)  # only its counters are read
             good = (f"{last} (epoch {kept['epoch']}, batch {kept['batch_in_epoch']}, step "
                     f"{kept['step']}) holds the last good state; resume from it with a lower "
                     "training.lr_factor or training.clip_norm = 1.0")
         elif self.trainer.resumed_from:
-            good = f"{self.trainer.resumed_from} (this run resumed from it) holds the last good state"
+            good = (f"{self.trainer.resumed_from} (this run resumed from it) holds the last "
+                    "good state")
         else:
             good = "no checkpoint was saved yet"
         worse = "is not finite" if not math.isfinite(val_loss) else (
