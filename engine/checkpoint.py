@@ -6,7 +6,7 @@ A checkpoint holds everything a run needs to continue at the next batch and ever
 
     model, optimizer, scheduler, scaler (or None)      state dicts
     epoch, batch_in_epoch, epoch_nll, epoch_tokens, train_loss, val_loss, bleu, best,
-    seconds, batches_per_epoch   the training counters: ``Progress`` below
+    best_val_loss, run_id, seconds, batches_per_epoch   the training counters: ``Progress``
     step             optimizer updates so far
     rng              torch CPU/CUDA generator states (tensors), python and numpy states (lists)
     config, run_name the resolved RunConfig as a dict
@@ -17,7 +17,8 @@ A checkpoint holds everything a run needs to continue at the next batch and ever
 
 No pickled objects: ``torch.load(path, weights_only=True)`` reads it. Writing is atomic
 (engine/atomic.py): a crash or a ``kill -9`` at any moment leaves either the old checkpoint or
-the new one, never half of one.
+the new one, never half of one; a full or read-only disk is one EngineError line that says the
+previous checkpoint is intact.
 """
 
 from __future__ import annotations
