@@ -6,7 +6,7 @@ A checkpoint holds everything a run needs to continue at the next batch and ever
 
     model, optimizer, scheduler, scaler (or None)      state dicts
     epoch, batch_in_epoch, epoch_nll, epoch_tokens, train_loss, val_loss, bleu, best,
-    seconds, batches_per_epoch   the training counters: ``Progress`` below
+    best_val_loss, run_id, seconds, batches_per_epoch   the training counters: ``Progress``
     step             optimizer updates so far
     rng              torch CPU/CUDA generator states (tensors), python and numpy states (lists)
     config, run_name the resolved RunConfig as a dict
@@ -17,7 +17,8 @@ A checkpoint holds everything a run needs to continue at the next batch and ever
 
 No pickled objects: ``torch.load(path, weights_only=True)`` reads it. Writing is atomic
 (engine/atomic.py): a crash or a ``kill -9`` at any moment leaves either the old checkpoint or
-the new one, never half of one.
+the new one, never half of one; a full or read-only disk is one EngineError line that says the
+previous checkpoint is intact.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import dataclasses
 import os
 import random
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,6 +68,8 @@ class Progress:
     val_loss: float | None = None
     bleu: float | None = None
     best: float | None = None  # best val loss (or BLEU), what checkpoint_best.pt holds
+    best_val_loss: float | None = None  # lowest validation loss: the divergence guard's yardstick
+    run_id: str = ""  # one run's checkpoints share it, across resumes (average refuses a mix)
     seconds: float = 0.0  # training time so far, pauses excluded, across resumes
     batches_per_epoch: int = 0
 
@@ -80,20 +84,24 @@ class Progress:
 
 
 def training_state(trainer, config: "RunConfig", tokenizers: "TokenizerSet",
-                   world_size: int = 1) -> dict[str, Any]:
+                   world_size: int = 1, progress: Progress | None = None,
+                   rng: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything a run needs to continue at the next batch, and ``translate`` on its own.
 
     ``trainer``: engine.train.Trainer (model, optimizer, schedule, scaler, precision, progress).
+    ``progress``, ``rng``: counters and generator states taken earlier at the update boundary
+    these weights belong to (default: the trainer's now).
     """
+    progress = progress or trainer.progress
     return {
         "model": trainer.model.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.schedule.state_dict(),
         "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
-        **trainer.progress.to_state(),
+        **progress.to_state(),
         "step": trainer.schedule.updates,
         "world_size": world_size,  # batch_in_epoch counts each rank's batches
-        "rng": rng_state(),
+        "rng": rng or rng_state(),
         "config": config.to_dict(), "run_name": config.name,
         "precision": trainer.precision,
         "vocab": {"src_size": tokenizers.src.get_vocab_size(),
@@ -109,8 +117,16 @@ def training_state(trainer, config: "RunConfig", tokenizers: "TokenizerSet",
 def save_checkpoint(state: dict[str, Any], path: Path) -> int:
     """Write ``state`` to ``path`` atomically; returns the file's size in bytes."""
     path = Path(path)
-    with atomic.atomic_file(path, prefix=TEMP_PREFIX) as f:
-        torch.save(state, f)
+    try:
+        with atomic.atomic_file(path, prefix=TEMP_PREFIX) as f:
+            torch.save(state, f)
+    except Exception as exc:  # the temporary file is gone; the previous checkpoint untouched
+        refused = atomic.storage_error(exc)
+        if refused is None:
+            raise
+        intact = "the previous checkpoint is intact" if path.is_file() else "nothing was written"
+        raise EngineError(atomic.storage_message(refused, path, f"saving {path.name}") +
+                          f"; {intact}") from None
     return path.stat().st_size
 
 
@@ -123,7 +139,14 @@ def copy_checkpoint(source: Path, path: Path) -> int:
         os.link(source, tmp)
     except OSError:
         return save_checkpoint(load_checkpoint(source), path)
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if atomic.storage_error(exc) is None:
+            raise
+        raise EngineError(atomic.storage_message(exc, path, f"saving {path.name}") +
+                          "; the previous checkpoint is intact") from None
     atomic.fsync_dir(path.parent)
     return path.stat().st_size
 
@@ -187,16 +210,25 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # --- reading -------------------------------------------------------------------------------
 
 
-def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The checkpoint's dict; an EngineError with one line when it is missing or not one."""
+def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu",
+                    mmap: bool = False) -> dict[str, Any]:
+    """The checkpoint's dict; an EngineError with one line when it is missing or not one.
+    ``mmap``: tensors stay in the file until touched (a quick look at a large checkpoint)."""
     path = Path(path)
     if not path.is_file():
         raise EngineError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # truncated, not a torch file, or holds objects we do not load
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EngineError(f"{path}: not a loadable checkpoint ({first[:160]})") from None
+        if not zipfile.is_zipfile(path):
+            reason = "not a PyTorch zip file"  # random bytes, a cut download, another format
+        elif "weights_only" in first or "Weights only" in first:
+            reason = "it holds Python objects, which are not loaded"  # pickled code: refused
+        else:
+            reason = first.rstrip(".")[:120]
+        raise EngineError(f"{path}: not a transformer-tui checkpoint or damaged ({reason})"
+                          ) from None
     required = ("model", "config", "vocab", "tokenizers")
     missing = [k for k in required if not isinstance(state, dict) or k not in state]
     if missing:
@@ -325,6 +357,10 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
         if state["vocab"] != first["vocab"] or not same_shapes:
             raise EngineError(f"{path}: other vocabulary or model shape than {paths[0]}; "
                               "average checkpoints of one run")
+        if state.get("run_id") and first.get("run_id") and state["run_id"] != first["run_id"]:
+            raise EngineError(f"{path}: from another run than {paths[0]} (run id "
+                              f"{state['run_id'][:8]} vs {first['run_id'][:8]}); average "
+                              "checkpoints of one run")
     model = {}
     for key, value in first["model"].items():
         if value.is_floating_point():
@@ -333,8 +369,8 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
         else:  # integer buffers (none today) are taken from the newest checkpoint
             model[key] = states[-1]["model"][key]
     last = states[-1]
-    averaged = {k: last[k] for k in ("config", "vocab", "tokenizers", "epoch", "step", "run_name")
-                if k in last}
+    averaged = {k: last[k] for k in ("config", "vocab", "tokenizers", "epoch", "step", "run_name",
+                                     "run_id") if k in last}
     averaged.update(model=model, averaged_from=[str(p) for p in paths],
                     val_loss=None, bleu=None, train_loss=None)
     return averaged

@@ -73,6 +73,7 @@ def install_stop_signals(control: RunControl) -> None:
 
 def run_train(argv: list[str]) -> int:
     from engine import distributed
+    from engine.inputs import check_run_inputs
     from engine.pipeline import run
     from engine.printer import HeadlessPrinter
 
@@ -80,6 +81,7 @@ def run_train(argv: list[str]) -> int:
     try:
         config = load_config(args.preset, args.overrides)
         stage_names(args.until)  # validates --until before any work
+        check_run_inputs(config, args.run_dir or default_run_dir(config.name), args.resume)
         if config.training.device == "cuda":  # only then is torch worth importing here
             from engine.device import pick_device
 
@@ -105,6 +107,8 @@ def run_train(argv: list[str]) -> int:
     status = "failed"
     try:
         status = run(config, run_dir, printer, control, until=args.until, resume=args.resume)
+    except EngineError as exc:  # events.jsonl could not take the run's last event (disk full)
+        print(f"error: {exc}", file=sys.stderr)
     finally:
         distributed.teardown(failed=status == "failed")
     return {"finished": 0, "stopped": 0}.get(status, 1)

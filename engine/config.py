@@ -53,7 +53,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class TokenizerConfig:
     kind: str = _key("bpe", doc="subword model", choices=("bpe", "wordpiece"))
-    vocab_size: int = _key(8000, doc="target vocabulary size, specials included", min=8)
+    vocab_size: int = _key(8000, doc="target vocabulary size, specials included; at least the "
+                           "training text's alphabet + 4 specials (said once counted)", min=5)
     shared: bool = _key(True, doc="one vocabulary for both languages (the paper)")
     min_frequency: int = _key(2, doc="pairs seen fewer times are never merged", min=0)
     path: str = _key("", doc="use this tokenizer.json instead of training one", is_file=True)
@@ -85,9 +86,13 @@ class TrainingConfig:
                           "plain one, no-cudnn = all but cuDNN's",
                           choices=("auto", "math", "no-cudnn"))
     checkpoint_every: int = _key(10, doc="epochs between model_epoch_N.pt checkpoints", min=1)
+    save_every_minutes: float = _key(10.0, doc="checkpoint_last.pt also saved mid-epoch this "
+                                     "often (training minutes), 0 = at epoch ends only", min=0.0)
     keep_last: int = _key(5, doc="periodic checkpoints kept, 0 = all", min=0)
     seed: int = _key(1, doc="random seed for initialisation and batch order", min=0)
     max_bad_batches: int = _key(5, doc="NaN/OOM batches in a row before the run stops", min=1)
+    divergence_factor: float = _key(5.0, doc="a validation loss above this times the best stops "
+                                    "the run without saving (diverged)", min=1.0)
 
 
 @dataclass(frozen=True)
@@ -262,7 +267,13 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     raw.setdefault(section, {})
     if not isinstance(raw[section], dict):
         raise ConfigError(f"--set {item!r}: [{section}] in the preset is not a table")
-    raw[section][key] = value
+    # checked here, so that a bad value blames the --set that gave it, not the preset file
+    fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
+    if key not in fields:
+        hint = _did_you_mean(key, fields)
+        raise ConfigError(f"--set {item}: unknown key [{section}] {key}{hint} "
+                          f"(keys: {', '.join(fields)})")
+    raw[section][key] = _check_value(section, fields[key], value, f"--set {item}")
 
 
 def _check_consistency(config: RunConfig) -> None:

@@ -33,6 +33,7 @@ from engine.events import (
     StageStarted,
     fan_out,
 )
+from engine.inputs import check_run_inputs
 from engine.stages import STAGES, StageResult, stage_names
 
 __all__ = ["STAGES", "run", "stage_names"]
@@ -50,11 +51,13 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
     """
     names = stage_names(until)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    writer = None
-    if distributed.is_main():
-        atomic.write_text(run_dir / "config.toml", config.to_toml())
-        writer = JsonlWriter(run_dir / "events.jsonl")
+    try:  # bad input: refused before anything is written (the caller's emit hears why)
+        check_run_inputs(config, run_dir, resume)
+        writer = _start_files(config, run_dir)
+    except EngineError as exc:
+        emit(RunFailed(stage="", message=str(exc)))
+        return "failed"
+    if writer is not None:
         emit = fan_out(writer, emit)
         if config.log.tensorboard:  # a consumer like the others; closes itself at the run's end
             from engine.tensorboard import TensorBoardWriter
@@ -85,8 +88,15 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
     except Exception as exc:  # a bug or an environment problem: keep the traceback in the log
         status = "failed"
         details = traceback.format_exc().splitlines()[-12:]
-        emit(RunFailed(stage=stages.current, message=f"{type(exc).__name__}: {exc}",
-                       details=details))
+        refused = atomic.storage_error(exc)
+        if refused is not None:  # a full or read-only disk in any stage: say so in one line
+            name = Path(refused.filename).name if refused.filename else "the run's files"
+            message = atomic.storage_message(refused, Path(refused.filename or run_dir / "x"),
+                                             f"writing {name}")
+            details = []  # not a bug: the traceback would only hide the one line that matters
+        else:
+            message = f"{type(exc).__name__}: {exc}"
+        emit(RunFailed(stage=stages.current, message=message, details=details))
     finally:
         control.remove_listener(on_control)
     if status != "failed":
@@ -94,6 +104,23 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
     if writer is not None:
         writer.close()
     return status
+
+
+def _start_files(config: RunConfig, run_dir: Path) -> JsonlWriter | None:
+    """The run directory, its config.toml and the events.jsonl writer (rank 0 only)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not distributed.is_main():
+            return None
+        atomic.write_text(run_dir / "config.toml", config.to_toml())
+        return JsonlWriter(run_dir / "events.jsonl")
+    except OSError as exc:
+        refused = atomic.storage_error(exc)
+        if refused is None:
+            raise EngineError(f"run directory {run_dir}: cannot write there ({exc.strerror})"
+                              ) from None
+        raise EngineError(atomic.storage_message(refused, run_dir / "config.toml",
+                                                 "writing config.toml")) from None
 
 
 def _run_stages(stages: "_StageRunner", config: RunConfig, run_dir: Path, emit: Emit,

@@ -24,9 +24,11 @@ weights that an uninterrupted run would have used next.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -181,6 +183,8 @@ def run_model_stage(config: RunConfig, tokenizers: TokenizerSet, run_dir: Path, 
         if notice is not None:
             emit(notice)
         trainer.resumed_from = str(path)
+    # one id for all the checkpoints of this run, resumes included (average checks it)
+    trainer.progress.run_id = trainer.progress.run_id or uuid.uuid4().hex
 
     distributed.broadcast_parameters(model)  # every rank starts from rank 0's weights
     parameters = sum(p.numel() for p in model.parameters())  # tied weights counted once
@@ -240,6 +244,9 @@ class TrainLoop:
         self.last_memory = 0.0
         self.bad_in_a_row = 0
         self.saved_position: tuple[int, int] | None = None  # (epoch, batch) of checkpoint_last
+        if trainer.resumed_from and Path(trainer.resumed_from) == self.run_dir / ckpt.LAST:
+            self.saved_position = (self.progress.epoch, self.progress.batch_in_epoch)
+        self.last_save = 0.0  # session seconds (pauses excluded) at the last checkpoint_last.pt
         self.session = _Clock(control)
         self.seconds_before = self.progress.seconds
         self.gnorm: float | None = None  # the last update's gradient norm (before clipping)
@@ -290,23 +297,62 @@ class TrainLoop:
         p.epoch_nll, p.epoch_tokens = self.base_nll + nll, self.base_tokens + int(tokens)
         return p.epoch_nll, p.epoch_tokens, last_nll, int(last_tokens)
 
-    def save_last(self) -> None:
-        t = self.trainer
+    def save_due(self) -> bool:
+        """Time for a mid-epoch checkpoint_last.pt (training.save_every_minutes)?"""
+        minutes = self.cfg.save_every_minutes
+        due = minutes > 0 and self.session.seconds() - self.last_save >= minutes * 60
+        return distributed.any_rank(due)  # every rank takes part in the save (RNG states)
+
+    def loss_looks_good(self, loss: float | None) -> bool:
+        """Did weights that gave this training loss not diverge? A NaN/inf loss, or one past
+        training.divergence_factor times the best validation loss, says they did."""
+        best = self.progress.best_val_loss
+        return loss is not None and math.isfinite(loss) and (
+            best is None or loss <= self.cfg.divergence_factor * best)
+
+    def timed_save(self, group: _Group, snapshot: dict[str, Any]) -> None:
+        """The mid-epoch checkpoint_last.pt (training.save_every_minutes) of the weights the
+        update group just computed its loss with: written after the group's forward passes,
+        before its update, so that the loss vouches for them (a save at the boundary itself
+        would write weights nobody has seen a loss of). ``snapshot``: the counters and random
+        generators as they were at the boundary, which a resumed run continues from. Reading
+        the loss waits for the device, once per save. Every rank calls it together."""
+        loss = None
+        if not group.out_of_memory and group.nll is not None:
+            loss = float(group.nll) / max(group.tokens, 1)
+        if not distributed.any_rank(not self.loss_looks_good(loss)):
+            self.write_last(snapshot)
+        # else: not written; still due, tried again at the next boundary
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a checkpoint_last.pt written now holds besides weights and optimizer (every
+        rank calls it together: the loss counters and random generators are the whole job's)."""
+        self.epoch_sums()
         p = self.progress
+        p.seconds = self.total_seconds()
+        return {"progress": dataclasses.replace(p), "rng": ckpt.rng_state(),
+                "rank_rng": distributed.gather_rng_states()}  # each rank's dropout generator
+
+    def save_last(self) -> None:
+        """checkpoint_last.pt now, at an update boundary (an epoch's end, a stop)."""
+        self.write_last(self.snapshot())
+
+    def write_last(self, snapshot: dict[str, Any]) -> None:
+        t = self.trainer
+        p = snapshot["progress"]
         position = (p.epoch, p.batch_in_epoch)
         if self.saved_position == position:
             return
-        rank_rng = distributed.gather_rng_states()  # every rank's dropout generator, for resume
         if distributed.is_main():  # rank 0 writes the checkpoint
-            p.seconds = self.total_seconds()
-            path = self.run_dir / ckpt.LAST
             state = ckpt.training_state(t, self.config, self.tokenizers,
-                                        distributed.world_size())
-            if rank_rng is not None:
-                state["rank_rng"] = rank_rng
-            size = ckpt.save_checkpoint(state, path)
-            self.announce(path, size)
+                                        distributed.world_size(), progress=p,
+                                        rng=snapshot["rng"])
+            if snapshot["rank_rng"] is not None:
+                state["rank_rng"] = snapshot["rank_rng"]
+            path = self.run_dir / ckpt.LAST
+            self.announce(path, ckpt.save_checkpoint(state, path))
         self.saved_position = position
+        self.last_save = self.session.seconds()
         # the others wait here, not in a collective with the short timeout: a slow disk is fine
         distributed.barrier()
 
@@ -318,7 +364,8 @@ class TrainLoop:
                                   saved_at=time.time()))
 
     def stop(self) -> None:
-        self.save_last()
+        if self.bad_in_a_row == 0:  # never the weights of a NaN streak
+            self.save_last()
         raise RunStopped()
 
     def bad_batch(self, reason: str, epoch: int, batch: int, tokens: int) -> None:
@@ -420,14 +467,18 @@ class TrainLoop:
         self.local_nll, self.local_tokens = 0.0, 0
         last_progress = 0.0
         group = _Group()
+        pending = None  # a timed save's snapshot, written once its update group vouches for it
         positions = range(p.batch_in_epoch, n)
         with Prefetcher(lambda position: self.make_batch(order, position), positions) as batches:
             for position, batch in zip(positions, batches):
                 # blocks while paused; in a torchrun job a stop on any rank stops every rank
                 # here (host numbers over the gloo control group: no wait for the GPU)
-                if position % cfg.update_freq == 0 and distributed.any_rank(control.checkpoint()):
-                    self.epoch_sums()  # the checkpoint's loss counters, for the whole job
+                boundary = position % cfg.update_freq == 0
+                if boundary and distributed.any_rank(control.checkpoint()):
                     self.stop()
+                # mid-epoch checkpoint_last.pt, so that a kill loses at most save_every_minutes
+                if boundary and self.save_due():
+                    pending = self.snapshot()
                 group.batches += 1
                 group.tokens += batch.tokens
                 group.padded_tokens += batch.padded_tokens
@@ -455,6 +506,9 @@ class TrainLoop:
                                                    and now - last_progress >= PROGRESS_SECONDS)
                 oom, report = (flag > 0 for flag in distributed.reduce_sums(
                     [float(group.out_of_memory), float(report_due)]))
+                if pending is not None:
+                    self.timed_save(group, pending)
+                    pending = None
                 nll_value = math.nan
                 if oom:
                     self.out_of_memory()  # every rank drops this update
@@ -567,12 +621,14 @@ class TrainLoop:
         val_loss = self.validate()
         if val_loss is None:
             self.stop()  # every batch is done, validation is not: resume validates
+        self.check_divergence(epoch, val_loss)
         p.train_loss = p.epoch_nll / max(p.epoch_tokens, 1)
         p.val_loss = val_loss
         bleu_now = ev.bleu_every and epoch % ev.bleu_every == 0
         p.bleu = distributed.from_main(self.bleu) if bleu_now else None  # rank 0 decodes
         p.epoch, p.batch_in_epoch, p.epoch_nll, p.epoch_tokens = epoch, 0, 0.0, 0
 
+        p.best_val_loss = min(val_loss, p.best_val_loss or val_loss)
         if ev.best_by == "bleu":
             improved = p.bleu is not None and (p.best is None or p.bleu > p.best)
             if improved:
@@ -598,6 +654,33 @@ class TrainLoop:
                 path = self.run_dir / ckpt.BEST
                 self.announce(path, ckpt.copy_checkpoint(last, path))
         distributed.barrier()  # the others wait for those writes with the long timeout
+
+    def check_divergence(self, epoch: int, val_loss: float) -> None:
+        """Stop, saving nothing, when the weights have diverged: a non-finite validation loss, or
+        one above training.divergence_factor times the best so far. The checkpoints on disk are
+        then the last good state, and the message says which one holds it."""
+        p = self.progress
+        best = p.best_val_loss
+        if best is None and self.config.eval.best_by == "loss":
+            best = p.best  # a checkpoint from before best_val_loss was recorded
+        factor = self.cfg.divergence_factor
+        if math.isfinite(val_loss) and (best is None or val_loss <= factor * best):
+            return
+        last = self.run_dir / ckpt.LAST
+        if last.is_file():
+            kept = ckpt.load_checkpoint(last, mmap=True)  # only its counters are read
+            good = (f"{last} (epoch {kept['epoch']}, batch {kept['batch_in_epoch']}, step "
+                    f"{kept['step']}) holds the last good state; resume from it with a lower "
+                    "training.lr_factor or training.clip_norm = 1.0")
+        elif self.trainer.resumed_from:
+            good = (f"{self.trainer.resumed_from} (this run resumed from it) holds the last "
+                    "good state")
+        else:
+            good = "no checkpoint was saved yet"
+        worse = "is not finite" if not math.isfinite(val_loss) else (
+            f"is more than training.divergence_factor = {factor:g} times the best {best:.4f}")
+        raise EngineError(f"training stopped: diverged, validation loss {val_loss:.4g} after "
+                          f"epoch {epoch} {worse}; no checkpoint was replaced; {good}")
 
     def run(self) -> dict[str, Any]:
         t, cfg = self.trainer, self.cfg
