@@ -336,6 +336,55 @@ def test_closing_the_terminal_stops_the_run_with_a_checkpoint_instead_of_failing
     assert told[-2]["event"] == "CheckpointSaved" and told[-2]["name"] == "checkpoint_last.pt"
 
 
+# --- torchrun: rank 0 owns the directory, every rank obeys ----------------------------------
+
+
+def test_pause_resume_and_stop_reach_both_ranks_of_a_torchrun_job(tmp_path, reaper):
+    import psutil
+
+    run_dir = tmp_path / "job"
+    sets = [arg for item in TINY + [FOREVER] for arg in ("--set", item)]
+    # a training collective gives up after 5 s: a rank left behind by a pause would fail
+    job = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "engine", "--preset", "sample", "--run-dir", str(run_dir), *sets],
+        env={**env(), "TRANSFORMER_DIST_TIMEOUT": "5"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    reaper(job)
+    training(run_dir, job, at_least=2)
+    rank_1 = next(p for p in psutil.Process(job.pid).children()
+                  if p.environ().get("RANK") == "1")
+
+    status = cli("status", str(run_dir))
+    assert status.returncode == 0 and "running" in status.stdout
+    assert "2 processes" in status.stdout
+    lock = json.loads((run_dir / runs.LOCK).read_text())
+    assert lock["processes"] == 2 and lock["pid"] != rank_1.pid  # rank 0 holds it
+
+    assert cli("pause", str(run_dir)).returncode == 0
+    time.sleep(1.0)
+    seen = len(batches(run_dir))
+    busy_before = sum(rank_1.cpu_times()[:2])
+    time.sleep(7.0)  # longer than a collective may wait
+    assert len(batches(run_dir)) == seen
+    assert sum(rank_1.cpu_times()[:2]) - busy_before < 1.0  # rank 1 is waiting, not training
+    assert runs.summarize(run_dir).state == RunState.PAUSED
+
+    assert cli("resume", str(run_dir)).returncode == 0
+    wait_for(lambda: len(batches(run_dir)) > seen + 2, process=job)
+    assert cli("stop", str(run_dir)).returncode == 0
+    assert ends(job, timeout=90) == 0  # both ranks ended cleanly, at the same update
+
+    told = events(run_dir)
+    assert told[-1]["event"] == "RunFinished" and told[-1]["status"] == "stopped"
+    assert not [e for e in told if e["event"] == "RunFailed"]
+    import torch
+
+    last = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
+    assert last["world_size"] == 2 and len(last["rank_rng"]) == 2  # saved with both ranks there
+    assert last["step"] == told[-2]["step"]
+
+
 # --- unit pieces -------------------------------------------------------------------------------
 
 
