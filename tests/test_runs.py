@@ -336,6 +336,34 @@ def test_closing_the_terminal_stops_the_run_with_a_checkpoint_instead_of_failing
     assert told[-2]["event"] == "CheckpointSaved" and told[-2]["name"] == "checkpoint_last.pt"
 
 
+def test_a_second_ctrl_c_while_stopping_aborts_at_once_and_says_so(tmp_path, reaper):
+    run_dir = tmp_path / "run"
+    process = start(run_dir)
+    reaper(process)
+    training(run_dir, process, at_least=3)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.02)  # two separate signals, not one
+    process.send_signal(signal.SIGINT)
+    assert ends(process) == 130
+    told = events(run_dir)
+    assert told[-1]["event"] == "RunFailed"
+    assert told[-1]["message"].startswith("aborted by a second Ctrl-C")
+    assert not (run_dir / runs.LOCK).exists()
+    assert runs.summarize(run_dir).state == RunState.FAILED
+
+
+def test_nohup_keeps_a_run_going_when_the_terminal_hangs_up(tmp_path, reaper):
+    run_dir = tmp_path / "run"
+    process = start(run_dir, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    reaper(process)
+    training(run_dir, process)
+    process.send_signal(signal.SIGHUP)
+    seen = len(batches(run_dir))
+    wait_for(lambda: len(batches(run_dir)) > seen + 2, process=process)
+    assert cli("stop", str(run_dir)).returncode == 0
+    assert ends(process) == 0
+
+
 # --- torchrun: rank 0 owns the directory, every rank obeys ----------------------------------
 
 
