@@ -413,6 +413,44 @@ def test_pause_resume_and_stop_reach_both_ranks_of_a_torchrun_job(tmp_path, reap
     assert last["step"] == told[-2]["step"]
 
 
+def test_keep_last_deletes_only_periodic_checkpoints_this_run_wrote(tmp_path, one_thread):
+    from engine.control import RunControl
+    from engine.pipeline import run
+    from tests.tiny_runs import tiny_config
+
+    run_dir = tmp_path / "run"
+    assert run(tiny_config(training__epochs=1), run_dir, lambda e: None, RunControl()) == "finished"
+    # a file of another run that a newer epoch number would make look like ours
+    (run_dir / "model_epoch_9.pt").write_bytes((run_dir / "model_epoch_1.pt").read_bytes())
+    foreign = sha256(run_dir / "model_epoch_9.pt")
+    assert run(tiny_config(training__epochs=3), run_dir, lambda e: None, RunControl(),
+               resume="last") == "finished"
+    # keep_last = 1: epochs 1 (written before the resume) and 2 went, 3 stays, 9 is not ours
+    assert sorted(p.name for p in run_dir.glob("model_epoch_*.pt")) == [
+        "model_epoch_3.pt", "model_epoch_9.pt"]
+    assert sha256(run_dir / "model_epoch_9.pt") == foreign
+
+
+def test_launch_detached_starts_a_run_in_its_own_session_logging_to_run_log(tmp_path):
+    run_dir = tmp_path / "run"
+    pid = runs.launch_detached(train_argv(run_dir), run_dir)
+    try:
+        wait_for(lambda: runs.summarize(run_dir).state == RunState.RUNNING)
+        assert os.getsid(pid) == pid != os.getsid(0)  # no terminal of ours can hang it up
+        assert runs.summarize(run_dir).pid == pid
+        wait_for(lambda: len(batches(run_dir)) >= 1)
+        # a second detached start on the busy directory refuses, in its run.log
+        second = runs.launch_detached(train_argv(run_dir), run_dir)
+        wait_for(lambda: f"in use by a live run (pid {pid}" in (run_dir / runs.LOG).read_text())
+        wait_for(lambda: not runs.pid_alive(second))
+        runs.wait_applied(run_dir, runs.send_control(run_dir, "stop"))
+        wait_for(lambda: runs.summarize(run_dir).state == RunState.STOPPED, timeout=60)
+        assert "Run stopped" in (run_dir / runs.LOG).read_text()
+    finally:
+        if runs.pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 # --- unit pieces -------------------------------------------------------------------------------
 
 
