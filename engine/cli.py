@@ -100,17 +100,14 @@ class StopSignals:
             self.abort()  # does not return
         self.received.append(signum)
 
-    @property
-    def hung_up(self) -> bool:
-        return hasattr(signal, "SIGHUP") and signal.SIGHUP in self.received
-
 
 class TerminalSafe:
     """The printer, until the terminal goes away (EIO after a hang-up, EPIPE from a closed pipe):
-    from then on output is dropped and the run goes on."""
+    from then on the run goes on without it, and what anything still writes to stdout or stderr
+    (a library's warning, the interpreter flushing at exit) goes to ``log`` instead of failing."""
 
-    def __init__(self, printer: Callable) -> None:
-        self.printer = printer
+    def __init__(self, printer: Callable, log: Path) -> None:
+        self.printer, self.log = printer, log
         self.broken = False
 
     def __call__(self, event) -> None:
@@ -120,6 +117,7 @@ class TerminalSafe:
             self.printer(event)
         except OSError:
             self.broken = True
+            _redirect_output(self.log)
 
 
 class HeartbeatFields:
@@ -159,21 +157,17 @@ def claim_run_dir(run_dir: Path, args: argparse.Namespace, processes: int,
         raise
 
 
-def steer(run_dir: Path, control: RunControl, engine: threading.Thread, fields: HeartbeatFields,
-          signals: StopSignals, owner: bool, on_hangup: Callable[[], None]) -> None:
+def steer(run_dir: Path, control: RunControl, engine: threading.Thread, signals: StopSignals,
+          fields: HeartbeatFields, owner: bool) -> None:
     """The run process's main thread while the engine thread runs: signals; on rank 0 (the
     ``owner`` of the run directory) also the control channel and the heartbeat."""
     applied = 0  # seq of the last control request applied
     next_beat = 0.0
     handled = 0  # signals acted on so far
-    hung_up = False
     while engine.is_alive():
         if len(signals.received) > handled:  # acted on here, not in the handler
             handled = len(signals.received)
             control.stop()
-        if signals.hung_up and not hung_up:
-            hung_up = True
-            on_hangup()
         changed = False
         if owner:
             request = runs.read_control(run_dir)
@@ -245,7 +239,8 @@ def run_train(argv: list[str]) -> int:
         return 2
     # rank 0 prints the progress; the other ranks only their own failure
     printer = TerminalSafe(HeadlessPrinter() if distributed.is_main()
-                           else distributed.failures_only(HeadlessPrinter(sys.stderr)))
+                           else distributed.failures_only(HeadlessPrinter(sys.stderr)),
+                           run_dir / runs.LOG)
     fields = HeartbeatFields()
     emit = fan_out(fields, printer)
     outcome = {"status": "failed"}
@@ -254,17 +249,10 @@ def run_train(argv: list[str]) -> int:
         outcome["status"] = run(config, run_dir, emit, control, until=args.until,
                                 resume=args.resume)
 
-    def on_hangup() -> None:
-        # the terminal is gone: stop printing, and send what anything still writes (a warning
-        # from a library, the interpreter at exit) to run.log instead of failing with EIO
-        printer.broken = True
-        _redirect_output(run_dir / runs.LOG)
-
     engine = threading.Thread(target=engine_thread, name="engine", daemon=True)
     try:
         engine.start()
-        steer(run_dir, control, engine, fields, signals, owner=lock is not None,
-              on_hangup=on_hangup)
+        steer(run_dir, control, engine, signals, fields, owner=lock is not None)
         engine.join()
     finally:
         if lock is not None:
