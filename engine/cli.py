@@ -89,9 +89,6 @@ class StopSignals:
         # shell's background job ask for a run that outlives the terminal
         self.names = [name for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name)
                       and signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN]
-        self.install()
-
-    def install(self) -> None:
         for name in self.names:
             signal.signal(getattr(signal, name), self.on_signal)
 
@@ -141,7 +138,11 @@ def claim_run_dir(run_dir: Path, args: argparse.Namespace, processes: int,
     never overwrite an earlier run; (lock, where --fresh moved the earlier run or None)."""
     lock = runs.RunLock.acquire(run_dir, processes, argv)  # RunDirBusy names the live pid
     try:
-        earlier = None if args.resume else runs.earlier_run(run_dir)
+        # resuming this directory's own run continues it; a checkpoint from elsewhere would
+        # start another run here
+        continues = args.resume == "last" or (
+            args.resume and Path(args.resume).expanduser().resolve().parent == run_dir.resolve())
+        earlier = None if continues else runs.earlier_run(run_dir)
         if earlier is None:
             return lock, None
         if not args.fresh:
@@ -222,14 +223,13 @@ def run_train(argv: list[str]) -> int:
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    signals.install()  # over torchrun's SIGTERM handler: a SIGTERM stops the job (see steer)
     refusal = ""
     if distributed.is_main():
         try:
             lock, moved = claim_run_dir(run_dir, args, distributed.world_size(), sys.argv)
             if moved is not None:
                 print(f"moved the earlier run in {run_dir} to {moved}", file=sys.stderr)
-        except EngineError as exc:
+        except (EngineError, OSError) as exc:  # busy, an earlier run, an unwritable dir
             refusal = str(exc)
     # every rank learns rank 0's answer (a refused job must not leave ranks waiting for it)
     if distributed.from_main(lambda: 1.0 if refusal else 0.0):
