@@ -22,12 +22,20 @@ How the job divides the work:
   waiting for it forever. Control traffic (stop and pause requests, out-of-memory flags, loss
   sums at reporting time) goes through a gloo group of host tensors: it never waits on a GPU,
   and a dead peer shows up there as a closed connection within the project's timeout.
+- Control (``agree_control``): rank 0 owns the run directory's lock, heartbeat and control
+  channel (engine/runs.py); at every update boundary and stage boundary the ranks agree (a max
+  over gloo) on go / pause / stop, so they pause together, resume together and stop at the same
+  update boundary; a stop signal on any rank (torchrun forwards SIGTERM, SIGINT, SIGHUP) stops
+  them all. While paused they agree again every CONTROL_POLL_SECONDS: no collective waits out
+  a pause of hours.
 - Failures end the job in bounded time: a control collective waits at most ``TIMEOUT_ENV``
   seconds (the waits for rank 0's data preparation, checkpoint writes and BLEU at most
-  ``PREPARE_TIMEOUT_ENV``). Waiting for the GPU is done by polling (``wait_for_device``), so a
-  rank blocked behind an NCCL all-reduce whose peer died still runs its SIGTERM handler when
-  torchrun ends the job, and rank 0 records a ``RunFailed`` in events.jsonl. Checkpoints are
-  written atomically, so the last one stays loadable whatever is killed.
+  ``PREPARE_TIMEOUT_ENV``). Signals are the run process's main thread's (engine/cli.py), never
+  the engine thread's: torchrun's SIGTERM (it ends every rank when one fails) asks for a stop,
+  and the next collective finds the dead peer. Waiting for the GPU is done by polling
+  (``wait_for_device``), so a rank blocked behind an NCCL all-reduce whose peer died gives up
+  STOP_GRACE_SECONDS after that SIGTERM, and rank 0 records a ``RunFailed`` in events.jsonl.
+  Checkpoints are written atomically, so the last one stays loadable whatever is killed.
 """
 
 from __future__ import annotations
@@ -36,7 +44,6 @@ import hashlib
 import json
 import os
 import re
-import signal
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
@@ -68,7 +75,7 @@ class _Job:
     device: Any  # torch.device of the tensors that go through the default group (gradients)
     control_group: Any  # gloo, the project's timeout: flags and loss sums as host tensors
     wait_group: Any  # gloo, the long timeout: waiting for rank 0 (data, checkpoints, BLEU)
-    failing: bool = False  # a failure is being reported: a late SIGTERM must not interrupt it
+    stop_signal_at: float | None = None  # monotonic time of the first stop signal (cli.py)
 
 
 _job: _Job | None = None
@@ -155,8 +162,7 @@ def init_from_env(device_choice: str) -> bool:
                           f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} "
                           f"({_first_line(exc)})") from None
     _job = _Job(rank, world, local_rank, backend, device, control_group, wait_group)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    return True
+    return True  # signals are the run process's (engine/cli.py): see stop_signalled
 
 
 def teardown(failed: bool = False) -> None:
@@ -167,8 +173,7 @@ def teardown(failed: bool = False) -> None:
         return
     import torch.distributed as dist
 
-    if not failed:  # after a failure, torchrun's SIGTERM to this rank stays ignored
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if not failed:
         try:
             dist.destroy_process_group()
         except Exception:
@@ -203,15 +208,13 @@ def describe() -> str:
     return f"rank {_job.rank} of {_job.world} on {socket.gethostname()}" if _job else ""
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    # torchrun sends SIGTERM to every rank when one of them fails; rank 0 records why in
-    # events.jsonl (the run's failure handler does it) instead of vanishing without a word
-    if _job is None or _job.failing:
-        return
-    _job.failing = True
-    raise EngineError("terminated by SIGTERM: torchrun ends every process of the job when one "
-                      "of them fails (its error is in torchrun's report); the last checkpoint "
-                      "in the run directory stays loadable")
+def stop_signalled() -> None:
+    """The run process got a stop signal (engine/cli.py calls this from its main thread): a wait
+    for the GPU that lasts STOP_GRACE_SECONDS longer is a peer that will never answer."""
+    import time
+
+    if _job is not None and _job.stop_signal_at is None:
+        _job.stop_signal_at = time.monotonic()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -266,12 +269,51 @@ def any_rank(flag: bool) -> bool:
     return reduce_sums([1.0 if flag else 0.0])[0] > 0
 
 
+CONTROL_POLL_SECONDS = 0.2  # while paused, the ranks agree on the control state this often
+STOP_GRACE_SECONDS = 10.0  # after a stop signal, a GPU wait this long means a dead peer
+_GO, _PAUSE, _STOP = 0, 1, 2
+
+
+def agree_control(control, patient: bool = False) -> bool:
+    """At a safe point (an update or stage boundary): block while paused, True when the run must
+    stop. In a torchrun job every rank calls it at the same point and they act together: rank 0
+    holds the control channel (engine/runs.py), a stop on any rank (its own SIGTERM or Ctrl-C)
+    stops all, and a pause holds every rank here, agreeing again every CONTROL_POLL_SECONDS so
+    that no collective waits for the length of the pause. ``patient``: at a stage boundary,
+    where a rank may arrive long after rank 0 (the long timeout's group).
+    """
+    if _job is None:
+        return control.checkpoint()
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    group = _job.wait_group if patient else _job.control_group
+    mirrored = False  # this rank is paused because another rank (rank 0) is
+    while True:
+        own_pause = control.paused and not mirrored
+        mine = _STOP if control.stop_requested else _PAUSE if own_pause else _GO
+        state = torch.tensor([mine], dtype=torch.int64)  # host tensor, gloo
+        dist.all_reduce(state, op=dist.ReduceOp.MAX, group=group)
+        agreed = int(state.item())
+        if agreed != _PAUSE:
+            if mirrored:
+                control.resume()
+            return agreed == _STOP
+        if not control.paused:
+            control.pause()
+            mirrored = True
+        time.sleep(CONTROL_POLL_SECONDS)
+
+
 def wait_for_device(device) -> None:
     """Wait until the GPU has done the work queued so far, polling, in a torchrun job on CUDA.
 
-    A plain synchronising read (``.item()``) blocks inside CUDA, where no Python signal handler
-    runs: behind an NCCL all-reduce whose peer died it would wait until torchrun kills the
-    process without a word. Polling keeps the SIGTERM handler (and so the RunFailed) working.
+    A plain synchronising read (``.item()``) blocks inside CUDA: behind an NCCL all-reduce whose
+    peer died it would wait until torchrun kills the process without a word. Polling lets this
+    rank give up once a stop signal (torchrun's SIGTERM) is STOP_GRACE_SECONDS old, so that the
+    failure is recorded.
     """
     if _job is None or getattr(device, "type", "cpu") != "cuda":
         return
@@ -283,6 +325,12 @@ def wait_for_device(device) -> None:
     done.record()
     while not done.query():
         time.sleep(0.0002)
+        signalled = _job.stop_signal_at
+        if signalled is not None and time.monotonic() - signalled > STOP_GRACE_SECONDS:
+            raise EngineError("terminated by SIGTERM while waiting for the GPU: torchrun ends "
+                              "every process of the job when one of them fails (its error is "
+                              "in torchrun's report); the last checkpoint in the run directory "
+                              "stays loadable")
 
 
 def shard_order(order, rank: int, world: int):
@@ -440,7 +488,6 @@ def run_stage(name: str, call: Callable[[], StageResult[T]], config: "RunConfig"
     except Exception as exc:
         if isinstance(exc, EngineError) or not _is_peer_failure(exc):
             raise
-        _job.failing = True
         last = Path(run_dir) / "checkpoint_last.pt"
         kept = f"{last} holds the last saved state" if last.is_file() else "no checkpoint yet"
         raise EngineError(f"{describe()}: another process of the job died or stopped answering "

@@ -471,10 +471,10 @@ class TrainLoop:
         positions = range(p.batch_in_epoch, n)
         with Prefetcher(lambda position: self.make_batch(order, position), positions) as batches:
             for position, batch in zip(positions, batches):
-                # blocks while paused; in a torchrun job a stop on any rank stops every rank
-                # here (host numbers over the gloo control group: no wait for the GPU)
+                # blocks while paused; in a torchrun job every rank pauses, resumes and stops
+                # here together (host numbers over the gloo control group: no wait for the GPU)
                 boundary = position % cfg.update_freq == 0
-                if boundary and distributed.any_rank(control.checkpoint()):
+                if boundary and distributed.agree_control(control):
                     self.stop()
                 # mid-epoch checkpoint_last.pt, so that a kill loses at most save_every_minutes
                 if boundary and self.save_due():
@@ -559,7 +559,10 @@ class TrainLoop:
         t.model.eval()
         nll_sum, tokens_sum, stopped = None, 0, False
         for rows in distributed.shard_list(self.batches.valid):  # each rank a share
-            if self.control.checkpoint():
+            # ranks validate unequal shares: no collective per batch, so no pause here under
+            # torchrun (the next update pauses); a stop is summed below
+            if (self.control.stop_requested if distributed.active()
+                    else self.control.checkpoint()):
                 stopped = True
                 break
             batch = collate(self.data.valid, rows)
@@ -643,13 +646,16 @@ class TrainLoop:
             epoch_seconds=round(epoch_clock.seconds(), 3),
             total_seconds=round(self.total_seconds(), 3)))
 
+        periodic = epoch % self.cfg.checkpoint_every == 0
+        if periodic:  # recorded before saving, so a resume from this checkpoint knows it too
+            p.periodic = [*p.periodic, ckpt.periodic_name(epoch)]
         self.save_last()
         if distributed.is_main():  # rank 0 writes the checkpoints
             last = self.run_dir / ckpt.LAST
-            if epoch % self.cfg.checkpoint_every == 0:
+            if periodic:
                 path = self.run_dir / ckpt.periodic_name(epoch)
                 self.announce(path, ckpt.copy_checkpoint(last, path))
-                ckpt.prune_periodic(self.run_dir, self.cfg.keep_last)
+                ckpt.prune_periodic(self.run_dir, self.cfg.keep_last, p.periodic)
             if improved:
                 path = self.run_dir / ckpt.BEST
                 self.announce(path, ckpt.copy_checkpoint(last, path))
