@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from engine import runs
+from engine import atomic, runs
 from engine.config import PRESET_NAMES, describe_keys, load_config
 from engine.control import RunControl
 from engine.errors import EngineError
@@ -234,7 +234,7 @@ def run_train(argv: list[str]) -> int:
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    refusal = ""
+    refusal, refusal_status = "", 2
     if distributed.is_main():
         try:
             lock, moved = claim_run_dir(run_dir, args, distributed.world_size(), sys.argv)
@@ -242,12 +242,16 @@ def run_train(argv: list[str]) -> int:
                 print(f"moved the earlier run in {run_dir} to {moved}", file=sys.stderr)
         except (EngineError, OSError) as exc:  # busy, an earlier run, an unwritable dir
             refusal = str(exc)
+            refused = atomic.storage_error(exc)
+            if refused is not None:  # a full disk is no bad input: exit 1, as for a later write
+                refusal, refusal_status = atomic.storage_message(
+                    refused, run_dir / runs.LOCK, f"writing {runs.LOCK}"), 1
     # every rank learns rank 0's answer (a refused job must not leave ranks waiting for it)
     if distributed.from_main(lambda: 1.0 if refusal else 0.0):
         if refusal:
             print(f"error: {refusal}", file=sys.stderr)
         distributed.teardown()
-        return 2
+        return refusal_status
     # rank 0 prints the progress; the other ranks only their own failure
     printer = TerminalSafe(HeadlessPrinter() if distributed.is_main()
                            else distributed.failures_only(HeadlessPrinter(sys.stderr)),

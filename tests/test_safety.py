@@ -250,7 +250,8 @@ def test_a_full_disk_at_start_is_one_line_and_no_torn_event(tmp_path, small_disk
     result = cli("--preset", str(preset_file(tmp_path)), "--run-dir", str(run_dir))
     assert result.returncode == 1
     text = result.stdout.decode() + result.stderr.decode()
-    assert f"no space left on {disk} (tmpfs) while writing config.toml" in text
+    # the run directory's lock is the first thing a run writes
+    assert f"no space left on {disk} (tmpfs) while writing run.lock" in text
     assert "Traceback" not in text
     assert sorted(p.name for p in run_dir.iterdir()) == ["events.jsonl"]
     assert (run_dir / "events.jsonl").read_bytes() == torn  # nothing half-appended
