@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from engine import atomic, distributed
-from engine.config import RunConfig
+from engine.config import RunConfig, with_effective_batch
 from engine.control import RunControl, RunStopped
 from engine.errors import EngineError
 from engine.events import (
     Emit,
     JsonlWriter,
+    Notice,
     RunFailed,
     RunFinished,
     RunPaused,
@@ -48,6 +49,9 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
     In a torchrun job only rank 0 writes those files (see engine/distributed.py).
     """
     names = stage_names(until)
+    # effective_tokens fixes the tokens per update whatever the number of processes: the
+    # update_freq it derives is what runs and what config.toml records
+    config, batch_line = with_effective_batch(config, distributed.world_size())
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     writer = None
@@ -67,6 +71,8 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
     control.add_listener(on_control)
     started = time.monotonic()
     emit(RunStarted(run_dir=str(run_dir), preset=config.name, stages=names))
+    if batch_line:
+        emit(Notice(text=batch_line))
     status = "finished"
     try:
         _run_stages(stages, config, run_dir, emit, control, resume)
