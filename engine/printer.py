@@ -140,7 +140,7 @@ class HeadlessPrinter:
     # --- training ---
 
     def _on_BatchProgress(self, e: ev.BatchProgress) -> None:
-        final = e.batch >= e.batches
+        final = e.batch >= e.batches or 0 < e.max_updates <= e.step
         pct = 100.0 * e.batch / e.batches if e.batches else 100.0
         update = f"Update {e.step:,}/{e.max_updates:,} | " if e.max_updates else ""
         self._progress(f"  {update}Epoch {e.epoch}/{e.epochs} | Batch {e.batch:,}/{e.batches:,} ({pct:.1f}%) | "
