@@ -66,7 +66,7 @@ def copy_task():
     g = torch.Generator().manual_seed(1)
     sequences = [(torch.randperm(12, generator=g)[: int(torch.randint(1, 7, (1,), generator=g))]
                   + 4).tolist() for _ in range(48)]
-    return sequences, train_to_copy(sequences, vocab=16, steps=250)
+    return sequences, train_to_copy(sequences, vocab=16, steps=400)
 
 
 @pytest.fixture(scope="module")

@@ -323,7 +323,7 @@ def test_sample_translations_show_the_same_validation_sentences_at_each_validati
     assert status == "finished"
     samples = of(events, SampleTranslations)
     assert [s.epoch for s in samples] == [1, 2]  # one per validation
-    # the first validation pairs that survived encoding, the same each time
+    # the first validation pairs, the same each time
     first_sources = [s["source"] for s in samples[0].samples]
     assert len(first_sources) == 2 and first_sources == [s["source"] for s in samples[1].samples]
     for sample in samples[0].samples:
