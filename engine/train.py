@@ -596,7 +596,15 @@ class TrainLoop:
         started = time.monotonic()
         model = (build_for_inference(self.run_dir / ckpt.AVERAGED, t.device)[0]
                  if averaged_from else t.model)
-        hypotheses = self.translate(model, [src for src, _ in test])
+        try:
+            hypotheses = self.translate(model, [src for src, _ in test])
+        except torch.cuda.OutOfMemoryError:  # the training is saved: say how to test it instead
+            torch.cuda.empty_cache()
+            self.emit(Notice(level="warning", text=(
+                f"out of memory decoding the test split: no test BLEU; run transformer-train "
+                f"evaluate --checkpoint {self.run_dir / name} --batch-size 16 --paper-bleu "
+                "--src TEST_SOURCE --ref TEST_REFERENCE")))
+            return {}
         references = [tgt for _, tgt in test]
         sacre, sacre_signature = corpus_bleu(hypotheses, references)
         paper, paper_signature = paper_bleu(hypotheses, references)
