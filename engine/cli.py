@@ -2,7 +2,7 @@
 
     transformer-train [--preset NAME|PATH] [--set section.key=value ...] [--run-dir DIR]
                       [--until STAGE] [--resume last|PATH]
-    transformer-train translate|evaluate|average ...   (see `transformer-train COMMAND --help`)
+    transformer-train translate|evaluate|average|export|tensorboard ...   (see `... COMMAND --help`)
 
 Under torchrun (WORLD_SIZE > 1 in the environment) every process joins one distributed job:
     torchrun --nproc_per_node=N -m engine --preset NAME ...   (see engine/distributed.py)
@@ -26,6 +26,8 @@ COMMANDS = {  # subcommand -> "module:function(argv) -> exit status"
     "translate": "engine.commands:translate_main",
     "evaluate": "engine.commands:evaluate_main",
     "average": "engine.commands:average_main",
+    "export": "engine.export:export_main",
+    "tensorboard": "engine.tensorboard:tensorboard_main",
 }
 
 
@@ -82,6 +84,10 @@ def run_train(argv: list[str]) -> int:
             from engine.device import pick_device
 
             pick_device("cuda")
+        if config.log.tensorboard:
+            from engine.tensorboard import require_tensorboard
+
+            require_tensorboard()  # a missing optional package is bad input, found before work
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -86,6 +86,9 @@ class TrainingConfig:
     clip_norm: float = _key(0.0, doc="gradient clipping max norm, 0 = off", min=0.0)
     precision: str = _key("auto", doc="arithmetic", choices=("auto", "fp32", "bf16", "fp16"))
     device: str = _key("auto", doc="where to train", choices=("auto", "cpu", "cuda"))
+    attention: str = _key("auto", doc="attention kernels: auto = torch's choice, math = the "
+                          "plain one, no-cudnn = all but cuDNN's",
+                          choices=("auto", "math", "no-cudnn"))
     checkpoint_every: int = _key(10, doc="epochs between model_epoch_N.pt checkpoints "
                                  "(when checkpoint_every_updates = 0)", min=1)
     checkpoint_every_updates: int = _key(0, doc="updates between checkpoint_update_N.pt "
@@ -112,12 +115,19 @@ class EvalConfig:
                               "shown with their reference", min=0)
 
 
+@dataclass(frozen=True)
+class LogConfig:
+    tensorboard: bool = _key(False, doc="also write the metrics as TensorBoard scalars in "
+                             "<run dir>/tensorboard (needs the tensorboard package)")
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "tokenizer": TokenizerConfig,
     "model": ModelConfig,
     "training": TrainingConfig,
     "eval": EvalConfig,
+    "log": LogConfig,
 }
 
 
@@ -130,6 +140,7 @@ class RunConfig:
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
     eval: EvalConfig = EvalConfig()
+    log: LogConfig = LogConfig()
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}

@@ -15,26 +15,29 @@ How the job divides the work:
   ``order[r::world]`` after dropping the last ``len % world`` batches, so all ranks take the same
   number of steps. Update i is then batches ``order[i*world*u : (i+1)*world*u]`` (u =
   update_freq): the same batches, in the same groups, as one process with update_freq world*u.
-- Gradients are averaged by DistributedDataParallel, once per update (``no_sync`` on the other
-  micro-batches). Losses, token counts and stop requests are summed over the ranks every batch,
-  so every rank takes the same decisions and the events describe the whole job.
-- Failures end the job in bounded time: a collective waits at most ``TIMEOUT_ENV`` seconds
-  (the waits for rank 0's data preparation and BLEU at most ``PREPARE_TIMEOUT_ENV``); with gloo
-  a dead peer shows up at once as a closed connection; torchrun sends SIGTERM to the other
-  ranks of a machine when one dies, which rank 0 turns into a ``RunFailed`` in events.jsonl.
-  Checkpoints are written atomically, so the last one stays loadable whatever is killed.
+- Two kinds of traffic, on two groups. Gradients go through the default group (NCCL on GPUs),
+  once per update, and only after every rank has said over the control group that its batches
+  went through: a rank whose batch ran out of memory makes every rank skip that update, where
+  an automatic all-reduce in the backward (DistributedDataParallel) would leave the others
+  waiting for it forever. Control traffic (stop and pause requests, out-of-memory flags, loss
+  sums at reporting time) goes through a gloo group of host tensors: it never waits on a GPU,
+  and a dead peer shows up there as a closed connection within the project's timeout.
+- Failures end the job in bounded time: a control collective waits at most ``TIMEOUT_ENV``
+  seconds (the waits for rank 0's data preparation, checkpoint writes and BLEU at most
+  ``PREPARE_TIMEOUT_ENV``). Waiting for the GPU is done by polling (``wait_for_device``), so a
+  rank blocked behind an NCCL all-reduce whose peer died still runs its SIGTERM handler when
+  torchrun ends the job, and rank 0 records a ``RunFailed`` in events.jsonl. Checkpoints are
+  written atomically, so the last one stays loadable whatever is killed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import re
 import signal
 import socket
-from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -62,8 +65,9 @@ class _Job:
     world: int
     local_rank: int
     backend: str
-    device: Any  # torch.device of the tensors that go through the default group
-    wait_group: Any  # a gloo group with the long timeout, for waiting on rank 0
+    device: Any  # torch.device of the tensors that go through the default group (gradients)
+    control_group: Any  # gloo, the project's timeout: flags and loss sums as host tensors
+    wait_group: Any  # gloo, the long timeout: waiting for rank 0 (data, checkpoints, BLEU)
     failing: bool = False  # a failure is being reported: a late SIGTERM must not interrupt it
 
 
@@ -73,12 +77,18 @@ _job: _Job | None = None
 # --- the job -------------------------------------------------------------------------------
 
 
+ONE_PROCESS_JOB_ENV = "TRANSFORMER_DIST_ONE_PROCESS_JOB"  # "1": a 1-process torchrun is a job
+
+
 def launched_with_several_processes() -> bool:
-    """True under torchrun (or any env:// launcher) with WORLD_SIZE > 1."""
+    """True under torchrun (or any env:// launcher) with WORLD_SIZE > 1, or with WORLD_SIZE 1
+    when ONE_PROCESS_JOB_ENV is "1" (benchmarks/gpu_check.py runs the NCCL path on one GPU)."""
     try:
-        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+        world = int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
         return False
+    one = world == 1 and "RANK" in os.environ and os.environ.get(ONE_PROCESS_JOB_ENV) == "1"
+    return world > 1 or one
 
 
 def _seconds_from_env(name: str, default: float) -> float:
@@ -127,18 +137,24 @@ def init_from_env(device_choice: str) -> bool:
         if local_rank >= gpus:
             raise EngineError(f"LOCAL_RANK={local_rank} but this machine has {gpus} GPU(s): "
                               f"start at most {gpus} processes per node (--nproc_per_node)")
+        from engine.device import use_expandable_segments
+
+        use_expandable_segments()  # before CUDA starts here; the pipeline says so in a Notice
         torch.cuda.set_device(local_rank)  # "cuda" now means this rank's own GPU
         backend, device = "nccl", torch.device("cuda", local_rank)
     else:
         backend, device = "gloo", torch.device("cpu")
     try:
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+        # device_id: NCCL binds this rank's communicator to its GPU at once (no guessing later)
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout),
+                                device_id=device if use_cuda else None)
+        control_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout))
         wait_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=prepare_timeout))
     except Exception as exc:
         raise EngineError(f"rank {rank} could not join the {world}-process job at "
                           f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} "
                           f"({_first_line(exc)})") from None
-    _job = _Job(rank, world, local_rank, backend, device, wait_group)
+    _job = _Job(rank, world, local_rank, backend, device, control_group, wait_group)
     signal.signal(signal.SIGTERM, _on_sigterm)
     return True
 
@@ -170,6 +186,11 @@ def rank() -> int:
 
 def world_size() -> int:
     return _job.world if _job else 1
+
+
+def backend() -> str | None:
+    """The gradients' backend ("nccl" or "gloo"); None for one process."""
+    return _job.backend if _job else None
 
 
 def is_main() -> bool:
@@ -218,6 +239,8 @@ def _is_peer_failure(exc: BaseException) -> bool:
 
 
 def barrier() -> None:
+    """Every rank waits here for the others, with the long timeout: after rank 0's checkpoint
+    writes, which a slow filesystem may stretch past the control timeout."""
     if _job is not None:
         import torch.distributed as dist
 
@@ -225,14 +248,14 @@ def barrier() -> None:
 
 
 def reduce_sums(values: list[float]) -> list[float]:
-    """Each value summed over the ranks."""
+    """Each value summed over the ranks (host numbers over the gloo control group)."""
     if _job is None:
         return list(values)
     import torch
     import torch.distributed as dist
 
-    tensor = torch.tensor(values, dtype=torch.float64, device=_job.device)
-    dist.all_reduce(tensor)
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor, group=_job.control_group)
     return tensor.tolist()
 
 
@@ -243,20 +266,23 @@ def any_rank(flag: bool) -> bool:
     return reduce_sums([1.0 if flag else 0.0])[0] > 0
 
 
-def reduce_batch(nll: float | None, tokens: int) -> tuple[float | None, int]:
-    """The whole job's (NLL per target token, target tokens) for one batch position.
+def wait_for_device(device) -> None:
+    """Wait until the GPU has done the work queued so far, polling, in a torchrun job on CUDA.
 
-    None when the loss was not finite on any rank: every rank then counts a bad batch, and
-    the update, whose gradients are NaN everywhere after the all-reduce, is skipped everywhere.
+    A plain synchronising read (``.item()``) blocks inside CUDA, where no Python signal handler
+    runs: behind an NCCL all-reduce whose peer died it would wait until torchrun kills the
+    process without a word. Polling keeps the SIGTERM handler (and so the RunFailed) working.
     """
-    if _job is None:
-        return nll, tokens
-    bad = nll is None
-    nll_sum, token_sum, bad_ranks = reduce_sums(
-        [0.0 if bad else nll * tokens, 0.0 if bad else float(tokens), 1.0 if bad else 0.0])
-    if bad_ranks:
-        return None, 0
-    return nll_sum / max(token_sum, 1.0), int(token_sum)
+    if _job is None or getattr(device, "type", "cpu") != "cuda":
+        return
+    import time
+
+    import torch
+
+    done = torch.cuda.Event()
+    done.record()
+    while not done.query():
+        time.sleep(0.0002)
 
 
 def shard_order(order, rank: int, world: int):
@@ -292,29 +318,48 @@ def from_main(compute: Callable[[], float | None]) -> float | None:
 
 # --- model ---------------------------------------------------------------------------------
 
+BUCKET_BYTES = 64 * 2**20  # gradients all-reduced this many bytes at a time
 
-def wrap_model(model):
-    """The DistributedDataParallel wrapper that trains ``model`` (None for one process).
 
-    Constructing it broadcasts rank 0's weights, so every rank starts from the same model.
-    """
+def broadcast_parameters(model) -> None:
+    """Every rank starts from rank 0's weights (identity for one process)."""
     if _job is None:
-        return None
-    from torch.nn.parallel import DistributedDataParallel
+        return
+    import torch.distributed as dist
 
-    device_ids = [_job.local_rank] if _job.backend == "nccl" else None
-    # the model's only buffer is the fixed sinusoid table: nothing to broadcast every forward
-    # (torch >= 2.13 names that forward_sync_buffers; older versions broadcast_buffers)
-    newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-    no_buffer_sync = {"forward_sync_buffers" if newer else "broadcast_buffers": False}
-    return DistributedDataParallel(model, device_ids=device_ids, **no_buffer_sync)
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        dist.broadcast(tensor.data, src=0)
 
 
-def sync_gradients(parallel, sync: bool):
-    """Context for one micro-batch: gradients are all-reduced only on an update's last one."""
-    if parallel is None or sync:
-        return nullcontext()
-    return parallel.no_sync()
+def average_gradients(params: list) -> None:
+    """Each gradient becomes its mean over the ranks (default group: NCCL on GPUs), in flat
+    buckets of ``BUCKET_BYTES``. Every rank calls it with the same parameters, in the same
+    order, and only once the control group agreed that every rank's batches went through."""
+    if _job is None:
+        return
+    import torch
+    import torch.distributed as dist
+
+    grads = []
+    for p in params:
+        if p.grad is None:  # a parameter this rank's batches did not reach
+            p.grad = torch.zeros_like(p)
+        grads.append(p.grad)
+    buckets: list[list] = []
+    size = 0
+    for grad in grads:
+        nbytes = grad.numel() * grad.element_size()
+        if not buckets or size + nbytes > BUCKET_BYTES or grad.dtype != buckets[-1][0].dtype:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(grad)
+        size += nbytes
+    for bucket in buckets:
+        flat = torch.cat([g.reshape(-1) for g in bucket])
+        dist.all_reduce(flat)
+        flat.div_(_job.world)
+        for target, averaged in zip(bucket, flat.split([g.numel() for g in bucket])):
+            target.copy_(averaged.view_as(target))
 
 
 def adapt_resume(state: dict[str, Any], epoch: int, batch_in_epoch: int, path: Path | str,

@@ -136,6 +136,8 @@ class BatchProgress(Event):
     tokens_per_second: float  # target tokens
     eta: float  # seconds to the end of the epoch
     elapsed: float
+    gnorm: float | None = None  # the last update's gradient norm (before clipping)
+    loss_scale: float | None = None  # fp16's GradScaler scale, None in other precisions
     max_updates: int = 0  # training.max_updates: the run ends at step == this (0: by epochs)
 
 

@@ -59,6 +59,10 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
         atomic.write_text(run_dir / "config.toml", config.to_toml())
         writer = JsonlWriter(run_dir / "events.jsonl")
         emit = fan_out(writer, emit)
+        if config.log.tensorboard:  # a consumer like the others; closes itself at the run's end
+            from engine.tensorboard import TensorBoardWriter
+
+            emit = fan_out(TensorBoardWriter(run_dir), emit)
     control = control or RunControl()
     stages = _StageRunner(config, run_dir, emit, control, names)
 
@@ -102,13 +106,20 @@ def _run_stages(stages: "_StageRunner", config: RunConfig, run_dir: Path, emit: 
     """The pipeline itself: each stage with its inputs, in order. ``stages.run`` ends the run
     (``_Done``) when asked for a stage past the last one (``--until``)."""
     # torch and the tokenizers library load here, not when the app imports this module
+    import torch
+
     from engine.batching import run_batches_stage
     from engine.data.stage import run_data_stage
+    from engine.device import use_expandable_segments
     from engine.encode import run_encode_stage
     from engine.preflight import preflight
     from engine.tokenizer.stage import run_tokenizer_stage
     from engine.train import run_model_stage, run_train_stage
 
+    if config.training.device != "cpu" and torch.cuda.is_available():
+        allocator = use_expandable_segments()  # before anything starts CUDA in this process
+        if allocator:
+            emit(Notice(text=allocator))
     emit(preflight(config, run_dir))
     corpus = stages.run("data", lambda: run_data_stage(config.data, emit))
     tokenizers = stages.run("tokenizer", lambda: run_tokenizer_stage(
