@@ -42,8 +42,9 @@ if TYPE_CHECKING:
     from engine.config import ModelConfig, RunConfig
     from engine.tokenizer.stage import TokenizerSet
 
-LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
+LAST, BEST, AVERAGED = "checkpoint_last.pt", "checkpoint_best.pt", "averaged.pt"
 PERIODIC = re.compile(r"model_epoch_(\d+)\.pt$")
+UPDATE = re.compile(r"checkpoint_update_(\d+)\.pt$")  # periodic by updates (training.max_updates)
 TEMP_PREFIX = ".ckpt-"
 # model keys that decide the shapes of the weights (dropout does not)
 SHAPE_KEYS = ("d_model", "ffn_hidden", "n_head", "n_layers", "pre_norm")
@@ -51,6 +52,10 @@ SHAPE_KEYS = ("d_model", "ffn_hidden", "n_head", "n_layers", "pre_norm")
 
 def periodic_name(epoch: int) -> str:
     return f"model_epoch_{epoch}.pt"
+
+
+def update_name(step: int) -> str:
+    return f"checkpoint_update_{step}.pt"
 
 
 # --- the training counters -----------------------------------------------------------------
@@ -70,6 +75,7 @@ class Progress:
     best: float | None = None  # best val loss (or BLEU), what checkpoint_best.pt holds
     best_val_loss: float | None = None  # lowest validation loss: the divergence guard's yardstick
     run_id: str = ""  # one run's checkpoints share it, across resumes (average refuses a mix)
+    since_best: int = 0  # validations since ``best`` last improved (training.patience)
     seconds: float = 0.0  # training time so far, pauses excluded, across resumes
     batches_per_epoch: int = 0
     # the periodic checkpoints (file names) this run wrote, across resumes: keep_last prunes
@@ -160,19 +166,23 @@ def remove_stale_temporaries(directory: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def periodic_checkpoints(directory: Path) -> list[Path]:
-    """A run directory's model_epoch_N.pt files, oldest epoch first."""
+def periodic_checkpoints(directory: Path, by_updates: bool = False) -> list[Path]:
+    """A run directory's model_epoch_N.pt files (``by_updates``: checkpoint_update_N.pt),
+    oldest first."""
+    pattern = UPDATE if by_updates else PERIODIC
     found = sorted((int(m.group(1)), p) for p in Path(directory).iterdir()
-                   if (m := PERIODIC.match(p.name)))
+                   if (m := pattern.match(p.name)))
     return [p for _, p in found]
 
 
-def prune_periodic(directory: Path, keep_last: int, written: list[str]) -> list[Path]:
-    """Delete all but the newest ``keep_last`` model_epoch_N.pt (0 keeps all) among those named
-    in ``written`` (the ones this run wrote); returns removed."""
+def prune_periodic(directory: Path, keep_last: int, written: list[str],
+                   by_updates: bool = False) -> list[Path]:
+    """Delete all but the newest ``keep_last`` model_epoch_N.pt (``by_updates``:
+    checkpoint_update_N.pt; 0 keeps all) among those named in ``written`` (the ones this run
+    wrote); returns removed."""
     if keep_last <= 0:
         return []
-    ours = [p for p in periodic_checkpoints(directory) if p.name in set(written)]
+    ours = [p for p in periodic_checkpoints(directory, by_updates) if p.name in set(written)]
     removed = ours[:-keep_last]
     for p in removed:
         p.unlink(missing_ok=True)
@@ -351,12 +361,15 @@ def build_for_inference(path: Path | str, device: str | torch.device = "cpu"):
 
 def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
     """A checkpoint whose model weights are the mean of those of ``paths`` (the paper averages
-    the last 5 of the base model). Optimizer and schedule are dropped: it is for translating."""
+    the last 5 of the base model). Optimizer and schedule are dropped: it is for translating.
+    One checkpoint is in memory at a time (plus the running sum): the big model's last 20 fit."""
     if not paths:
         raise EngineError("no checkpoints to average")
-    states = [load_checkpoint(p) for p in paths]
-    first = states[0]
-    for path, state in zip(paths[1:], states[1:]):
+    first = load_checkpoint(paths[0])
+    total = {k: v.double() for k, v in first["model"].items() if v.is_floating_point()}
+    last = first
+    for path in paths[1:]:
+        state = load_checkpoint(path)
         same_shapes = state["model"].keys() == first["model"].keys() and all(
             state["model"][k].shape == v.shape for k, v in first["model"].items())
         if state["vocab"] != first["vocab"] or not same_shapes:
@@ -366,14 +379,15 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
             raise EngineError(f"{path}: from another run than {paths[0]} (run id "
                               f"{state['run_id'][:8]} vs {first['run_id'][:8]}); average "
                               "checkpoints of one run")
+        for key in total:
+            total[key] += state["model"][key].double()
+        last = state
     model = {}
     for key, value in first["model"].items():
-        if value.is_floating_point():
-            total = sum(s["model"][key].double() for s in states)
-            model[key] = (total / len(states)).to(value.dtype)
+        if key in total:
+            model[key] = (total[key] / len(paths)).to(value.dtype)
         else:  # integer buffers (none today) are taken from the newest checkpoint
-            model[key] = states[-1]["model"][key]
-    last = states[-1]
+            model[key] = last["model"][key]
     averaged = {k: last[k] for k in ("config", "vocab", "tokenizers", "epoch", "step", "run_name",
                                      "run_id") if k in last}
     averaged.update(model=model, averaged_from=[str(p) for p in paths],

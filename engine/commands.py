@@ -2,6 +2,7 @@
 
     transformer-train translate --checkpoint PATH [TEXT ...]      (no TEXT: stdin, line by line)
     transformer-train evaluate --checkpoint PATH --src FILE --ref FILE [--beam N] [--out FILE]
+                               [--paper-bleu]
     transformer-train average --out PATH CKPT [CKPT ...]  |  average --out PATH --last N RUN_DIR
 """
 
@@ -91,7 +92,7 @@ def translate_main(argv: list[str]) -> int:
 
 def evaluate_main(argv: list[str]) -> int:
     from engine.data.local import read_lines
-    from engine.decode import corpus_bleu
+    from engine.decode import corpus_bleu, paper_bleu
 
     parser = argparse.ArgumentParser(prog="transformer-train evaluate",
                                      description="sacreBLEU of a checkpoint on a test set.")
@@ -99,6 +100,10 @@ def evaluate_main(argv: list[str]) -> int:
     parser.add_argument("--src", required=True, type=Path, help="source sentences, one a line")
     parser.add_argument("--ref", required=True, type=Path, help="reference translations, aligned")
     parser.add_argument("--out", type=Path, help="write the hypotheses here, one a line")
+    parser.add_argument("--paper-bleu", action="store_true",
+                        help="also the paper's BLEU: tokenized (13a), hyphenated compounds "
+                             "split, as tensor2tensor's get_ende_bleu.sh; reads higher than "
+                             "sacreBLEU, compare it with papers only")
     args = parser.parse_args(argv)
     _check_out(args.out)
     sources, references = read_lines(args.src), read_lines(args.ref)
@@ -112,6 +117,9 @@ def evaluate_main(argv: list[str]) -> int:
         args.out.write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
     score, signature = corpus_bleu(hypotheses, references)
     print(f"BLEU = {score:.2f} | {len(sources):,} sentences | {signature}")
+    if args.paper_bleu:
+        score, signature = paper_bleu(hypotheses, references)
+        print(f"paper BLEU = {score:.2f} | {len(sources):,} sentences | {signature}")
     return 0
 
 
@@ -124,7 +132,8 @@ def average_main(argv: list[str]) -> int:
                     "last 5 of the base model).")
     parser.add_argument("--out", required=True, type=Path, help="the averaged checkpoint")
     parser.add_argument("--last", type=int, metavar="N",
-                        help="average the last N model_epoch_*.pt of the run dir given")
+                        help="average the last N model_epoch_*.pt (or, when the run dir has "
+                             "them, checkpoint_update_*.pt) of the run dir given")
     parser.add_argument("checkpoints", nargs="+", type=Path,
                         help="checkpoint files, or with --last one run directory")
     args = parser.parse_args(argv)
@@ -133,9 +142,11 @@ def average_main(argv: list[str]) -> int:
     if args.last is not None:
         if args.last < 1 or len(paths) != 1 or not paths[0].is_dir():
             raise EngineError("--last N takes N >= 1 and exactly one run directory")
-        paths = periodic_checkpoints(paths[0])[-args.last:]
+        by_updates = bool(periodic_checkpoints(paths[0], by_updates=True))
+        paths = periodic_checkpoints(paths[0], by_updates)[-args.last:]
         if len(paths) < args.last:
-            raise EngineError(f"{args.checkpoints[0]}: {len(paths)} model_epoch_*.pt found, "
+            kind = "checkpoint_update_*.pt" if by_updates else "model_epoch_*.pt"
+            raise EngineError(f"{args.checkpoints[0]}: {len(paths)} {kind} found, "
                               f"--last {args.last} needs that many")
     state = average_checkpoints(paths)
     size = save_checkpoint(state, args.out)

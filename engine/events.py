@@ -143,6 +143,7 @@ class BatchProgress(Event):
     elapsed: float
     gnorm: float | None = None  # the last update's gradient norm (before clipping)
     loss_scale: float | None = None  # fp16's GradScaler scale, None in other precisions
+    max_updates: int = 0  # training.max_updates: the run ends at step == this (0: by epochs)
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,34 @@ class EpochSummary(Event):
     bleu: float | None
     epoch_seconds: float
     total_seconds: float
+
+
+@dataclass(frozen=True)
+class SampleTranslations(Event):
+    """At each validation: the same few validation sentences, translated by the model as it is
+    now (eval.print_samples of them), to read progress in words, not only numbers."""
+
+    epoch: int  # epochs completed (the validation after epoch ``epoch``)
+    step: int
+    samples: list[dict[str, str]]  # each {"source", "reference", "hypothesis"}
+
+
+@dataclass(frozen=True)
+class TestBleu(Event):
+    """The test split decoded once training has ended (finished or stopped), scored two ways:
+    sacreBLEU (detokenized, what to quote) and the paper's tokenized, compound-split BLEU
+    (what to compare with the paper's 27.3; reads higher)."""
+
+    checkpoint: str  # the weights decoded: averaged.pt, else checkpoint_last.pt
+    sentences: int
+    sacrebleu: float
+    sacrebleu_signature: str
+    paper_bleu: float
+    paper_signature: str
+    beam: int
+    length_penalty: float
+    seconds: float  # decoding and scoring
+    averaged_from: list[str] = field(default_factory=list)  # names of the checkpoints averaged
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from engine import atomic, distributed
-from engine.config import RunConfig
+from engine.config import RunConfig, with_effective_batch
 from engine.control import RunControl, RunStopped
 from engine.errors import EngineError
 from engine.events import (
@@ -50,6 +50,9 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
     In a torchrun job only rank 0 writes those files (see engine/distributed.py).
     """
     names = stage_names(until)
+    # effective_tokens fixes the tokens per update whatever the number of processes: the
+    # update_freq it derives is what runs and what config.toml records
+    config, batch_line = with_effective_batch(config, distributed.world_size())
     run_dir = Path(run_dir)
     try:  # bad input: refused before anything is written (the caller's emit hears why)
         check_run_inputs(config, run_dir, resume)
@@ -76,6 +79,8 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
     started = time.monotonic()
     emit(RunStarted(run_dir=str(run_dir), preset=config.name, stages=names,
                     processes=distributed.world_size()))
+    if batch_line:
+        emit(Notice(text=batch_line))
     status = "finished"
     try:
         _run_stages(stages, config, run_dir, emit, control, resume)
