@@ -71,8 +71,9 @@ def test_pairs_longer_than_max_len_are_dropped_and_reported(tmp_path, tokenizers
 def test_a_second_run_reuses_the_cached_ids_until_an_input_changes(tmp_path, tokenizers):
     corpus = Corpus(train=TRAIN, valid=TRAIN[:2], test=[])
     first, _ = encode(tmp_path, corpus, tokenizers)
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
-        "fingerprint.json", "test.npz", "train.npz", "valid.npz"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["fingerprint.json"] + [
+        f"{split}.{array}.npy" for split in ("test", "train", "valid")
+        for array in ("src_ids", "src_offsets", "tgt_ids", "tgt_offsets")]
     again, _ = encode(tmp_path, corpus, tokenizers)
     assert again.reused
     assert np.array_equal(again.output.train.tgt_ids, first.output.train.tgt_ids)
@@ -83,7 +84,7 @@ def test_a_second_run_reuses_the_cached_ids_until_an_input_changes(tmp_path, tok
     other_data, _ = encode(tmp_path, Corpus(train=TRAIN[:5], valid=TRAIN[:2], test=[]), tokenizers)
     assert not other_data.reused and len(other_data.output.train) == 5
 
-    (tmp_path / "data" / "train.npz").write_bytes(b"damaged")
+    (tmp_path / "data" / "train.tgt_ids.npy").write_bytes(b"damaged")
     repaired, _ = encode(tmp_path, Corpus(train=TRAIN[:5], valid=TRAIN[:2], test=[]), tokenizers)
     assert not repaired.reused and len(repaired.output.train) == 5
 
