@@ -108,6 +108,7 @@ class DataProgress(Event):
     total: int = 0  # the pairs asked for (train_size), 0 when not known ahead
     per_second: float = 0.0
     elapsed: float = 0.0
+    final: bool = False  # the split is read: ``pairs`` is its size
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,31 @@ class HeadlessPrinter:
     def _on_RunFinished(self, e: ev.RunFinished) -> None:
         self._line(f"Run {e.status} in {_fmt_seconds(e.seconds)}")
 
+    # --- data and encode ---
+
+    def _on_DataProgress(self, e: ev.DataProgress) -> None:
+        of = f"/{e.total:,}" if e.total else ""
+        self._progress(f"  Reading {e.split}: {e.pairs:,}{of} pairs | "
+                       f"{e.per_second:,.0f} pairs/s | Elapsed: {_fmt_seconds(e.elapsed)}",
+                       e.final)
+
+    def _on_DownloadProgress(self, e: ev.DownloadProgress) -> None:
+        if e.unit == "B":
+            done, total, speed = _fmt_size(int(e.done)), _fmt_size(int(e.total)), \
+                f"{_fmt_size(int(e.per_second))}/s"
+        else:
+            done, total, speed = f"{e.done:,.0f}", f"{e.total:,.0f}", \
+                f"{e.per_second:,.0f} {e.unit}/s"
+        of = f"/{total}" if e.total else ""
+        eta = f" | ETA: {_fmt_seconds(e.eta)}" if e.eta and not e.final else ""
+        self._progress(f"  {e.what}: {done}{of} | {speed}{eta}", e.final)
+
+    def _on_EncodeProgress(self, e: ev.EncodeProgress) -> None:
+        final = e.done >= e.total
+        pct = 100.0 * e.done / e.total if e.total else 100.0
+        self._progress(f"  Encoding {e.split}: {e.done:,}/{e.total:,} pairs ({pct:.1f}%) | "
+                       f"{e.per_second:,.0f} pairs/s | ETA: {_fmt_seconds(e.eta)}", final)
+
     # --- tokenizer ---
 
     def _on_WordCountProgress(self, e: ev.WordCountProgress) -> None:

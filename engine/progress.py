@@ -18,7 +18,7 @@ class ProgressClock:
                  interval: float = EVENT_INTERVAL) -> None:
         self.paused_so_far, self.interval = paused_so_far, interval
         self.started, self.paused0 = time.monotonic(), paused_so_far()
-        self.last = float("-inf")
+        self.last = self.started  # the first event comes one interval in
 
     def elapsed(self) -> float:
         """Seconds since the clock started, paused time excluded."""

@@ -94,7 +94,7 @@ def _progress(pairs: Iterable[Pair], split: str, total: int,
                               per_second=clock.rate(count), elapsed=round(clock.elapsed(), 3)))
         yield pair
     emit(DataProgress(split=split, pairs=count, total=total, per_second=clock.rate(count),
-                      elapsed=round(clock.elapsed(), 3)))
+                      elapsed=round(clock.elapsed(), 3), final=True))
 
 
 def run_data_stage(cfg: "DataConfig", emit: Emit,
