@@ -63,3 +63,19 @@ def test_progress_is_throttled_off_a_terminal_but_the_final_state_always_prints(
 def test_failure_names_the_stage_and_the_reason():
     text = printed([ev.RunFailed(stage="data", message="train.en: 3 lines, train.de: 4 lines")])
     assert "FAILED in stage data: train.en: 3 lines, train.de: 4 lines" in text
+
+
+def test_prep_progress_lines_for_reading_downloading_and_encoding():
+    text = printed([
+        ev.DownloadProgress(what="Downloading data", done=512 * 2**20, total=1.5 * 2**30,
+                            unit="B", per_second=20 * 2**20, eta=52.8, elapsed=25.6),
+        ev.DownloadProgress(what="Generating train split", done=4_508_785, total=4_508_785,
+                            unit="examples", per_second=90_000.0, elapsed=50.1, final=True),
+        ev.DataProgress(split="train", pairs=1_200_000, per_second=400_000.0, elapsed=3.0),
+        ev.EncodeProgress(split="train", done=2_000_000, total=4_500_000, per_second=40_000.0,
+                          eta=62.5, elapsed=50.0),
+    ])
+    assert "Downloading data: 512.0 MB/1.50 GB | 20.0 MB/s | ETA: 52.8s" in text
+    assert "Generating train split: 4,508,785/4,508,785 | 90,000 examples/s" in text
+    assert "Reading train: 1,200,000 pairs | 400,000 pairs/s" in text
+    assert "Encoding train: 2,000,000/4,500,000 pairs (44.4%) | 40,000 pairs/s | ETA: 1m02s" in text
