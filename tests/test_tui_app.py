@@ -12,16 +12,16 @@ import time
 import pytest
 from textual.widgets import DataTable, Static
 from textual_plotext import PlotextPlot
+from tui_runs import EPOCHS, write_finished_run
 
 from engine.events import MergeProgress, RunStarted, StageStarted
-from tui.app import TransformerApp, parse_args
-from tui.messages import EventsWaiting
 from engine.memory import MemoryReading
+from tui.app import TransformerApp
+from tui.messages import EventsWaiting
 from tui.widgets.dialogs import ConfirmScreen
 from tui.widgets.memory import MemoryPanel
 from tui.widgets.status import StatusBar
 from tui.widgets.tokenizer import TokenizerPanel
-from tui_runs import EPOCHS, write_finished_run
 
 FIXED_READING = MemoryReading(nvml_error="no NVIDIA driver found", process_rss=500 * 2**20,
                               system_used=4 * 2**30, system_total=16 * 2**30)
@@ -282,13 +282,3 @@ async def test_a_flood_of_events_from_a_thread_is_applied_whole_but_redrawn_at_a
         redraws = panel.draws - draws_before
         assert redraws <= seconds * 2 + 3, f"{redraws} redraws in {seconds:.1f}s"  # its pace,
         # not one per event
-
-
-def test_the_command_line_takes_presets_overrides_and_attach():
-    args = parse_args(["--preset", "quick", "--set", "training.epochs=1", "--set",
-                       "data.train_size=10", "--start", "--run-dir", "out"])
-    assert (args.preset, args.overrides, args.start, args.run_dir) == (
-        "quick", ["training.epochs=1", "data.train_size=10"], True, "out")
-    assert parse_args(["--attach", "saved/sample"]).attach == "saved/sample"
-    with pytest.raises(SystemExit):
-        parse_args(["--attach", "saved/sample", "--start"])

@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib
 import time
-from pathlib import Path
 
-import pytest
 from textual import events
 from textual.widgets import DataTable
 
-from engine import pipeline
 from tui.app import TransformerApp
-from tui.state import STAGE_ORDER
 from tui.widgets.status import StatusBar
 
 # Small enough to run in seconds, big enough that each stage emits progress.
@@ -36,26 +31,6 @@ SMALL = [
 # Long enough to pause, resume and stop in the middle of training.
 LONGER = [item for item in SMALL if not item.startswith("training.epochs")] + [
     "training.epochs=1000"]  # never reached: the test stops it
-
-
-def _missing_stages() -> list[str]:
-    missing = []
-    for name in STAGE_ORDER:
-        target = pipeline.STAGES.get(name)
-        if target is None:
-            missing.append(name)
-            continue
-        module, _, function = target.partition(":")
-        try:
-            getattr(importlib.import_module(module), function)
-        except (ImportError, AttributeError):
-            missing.append(name)
-    return missing
-
-
-pytestmark = pytest.mark.skipif(
-    bool(_missing_stages()),
-    reason=f"engine stages not implemented yet: {', '.join(_missing_stages())}")
 
 
 def scenario(test):

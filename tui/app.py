@@ -1,9 +1,8 @@
-"""transformer-tui: pick a preset, start, watch where the time goes, pause, resume, stop.
+"""transformer-tui: the App. Lays out the panels, binds the keys, and routes what arrives (engine
+events, worker messages, key actions) to the RunState and the panels. The command line is in
+tui/cli.py.
 
-    transformer-tui [--preset NAME|PATH] [--set section.key=value ...] [--start] [--run-dir DIR]
-    transformer-tui --attach RUN_DIR
-
-The engine runs in a Textual thread worker. Its ``emit`` puts events into an EventInbox, which
+The engine runs in a thread worker of the app. Its ``emit`` puts events into an EventInbox, which
 posts one message per burst to the app (thread-safe); the app applies every event to a RunState
 and a timer redraws the panels a few times a second, so a fast merge loop never floods the UI.
 ``--attach`` follows a run started elsewhere by tailing its events.jsonl, read-only.
@@ -11,28 +10,24 @@ and a timer redraws the panels a few times a second, so a fast merge loop never 
 
 from __future__ import annotations
 
-import argparse
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from textual import on
+from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Vertical
 from textual.widgets import Footer, Input, Select, Static, Tab, Tabs
+from textual.worker import get_current_worker
 
 from engine import pipeline
 from engine.config import PRESET_NAMES, RunConfig, load_config
 from engine.control import RunControl
 from engine.errors import EngineError
-from engine.events import CheckpointSaved
 from tui.inbox import EventInbox
 from tui.messages import EarlierCheckpoints, EventsWaiting, MemoryRead, RunEnded
-from engine.memory import MemoryProbe
-from tui.state import RunState
+from tui.state import RunState, Status
 from tui.tail import EventTail
 from tui.widgets.checkpoints import CheckpointsPanel
 from tui.widgets.controls import ControlBar
@@ -45,11 +40,13 @@ from tui.widgets.stages import StagesPanel
 from tui.widgets.status import StatusBar
 from tui.widgets.tokenizer import TokenizerPanel
 from tui.widgets.training import TrainingPanel
+from tui.workers import wait_unless_cancelled
 
 MIN_SIZE = (80, 24)  # below this the app says the terminal is too small
 COMPACT_BELOW = (110, 34)  # below this width or height, one page of panels at a time
 PAGES = ("run", "loss", "checkpoints", "log")  # compact pages; memory is on "run"
 EVENTS_PER_TURN = 2000  # events applied per UI turn when replaying a long events.jsonl
+STOPPABLE = (Status.STARTING, Status.RUNNING, Status.PAUSED)
 
 
 class TransformerApp(App):
@@ -76,14 +73,13 @@ class TransformerApp(App):
         self.attach = str(attach) if attach is not None else None
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.clock = clock
-        self.probe = probe  # anything with .sample() -> MemoryReading; default: MemoryProbe
+        self.probe = probe  # for the memory panel: anything with .sample() -> MemoryReading
         self.probe_seconds = probe_seconds
         self.refresh_hz = refresh_hz
         self.state = RunState(clock=clock)
         self.inbox = EventInbox(lambda: self.post_message(EventsWaiting()), clock=clock)
         self.control: RunControl | None = None
         self.config: RunConfig | None = None
-        self.closing = threading.Event()  # tells helper threads to end
         self._quit_when_done = False
         self._seen_status = -1
         self._dashboard_ready = False
@@ -102,7 +98,9 @@ class TransformerApp(App):
                 yield TokenizerPanel(id="tokenizer", classes="panel page-run")
                 yield TrainingPanel(id="training", classes="panel page-run")
                 yield LossPanel(id="loss", classes="panel page-loss")
-                yield MemoryPanel(attached=attached, id="memory", classes="panel page-run")
+                yield MemoryPanel(attached=attached, probe=self.probe,
+                                  probe_seconds=self.probe_seconds, id="memory",
+                                  classes="panel page-run")
                 yield CheckpointsPanel(attached_dir=self.attach or "", id="checkpoints",
                                        classes="panel page-checkpoints")
                 yield LogPanel(id="log", classes="panel page-log")
@@ -118,7 +116,6 @@ class TransformerApp(App):
         if self.attach is not None:
             self._start_attach()
         else:
-            self.run_worker(self._probe_loop, thread=True, group="probe", exit_on_error=False)
             self.query_one("#start").focus()
             if self.start_at_once:
                 self.action_start()
@@ -182,17 +179,6 @@ class TransformerApp(App):
     def on_memory_read(self, message: MemoryRead) -> None:
         self.state.set_reading(message.reading)
 
-    def _probe_loop(self) -> None:
-        probe = self.probe or MemoryProbe()
-        try:
-            while True:
-                self.post_message(MemoryRead(probe.sample()))
-                if self.closing.wait(self.probe_seconds):
-                    return
-        finally:
-            if probe is not self.probe:
-                probe.close()
-
     # --- a run in this process ---
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -205,9 +191,9 @@ class TransformerApp(App):
         if action == "start":
             return None if self.state.active else True
         if action == "toggle_pause":
-            return True if status in ("running", "paused") else None
+            return True if status in (Status.RUNNING, Status.PAUSED) else None
         if action == "stop":
-            return True if status in ("starting", "running", "paused") else None
+            return True if status in STOPPABLE else None
         return True
 
     def action_start(self) -> None:
@@ -237,19 +223,20 @@ class TransformerApp(App):
         overrides = f" with {' '.join(self.overrides)}" if self.overrides else ""
         self.state.note(f"starting {config.name} ({config.source}){overrides}"
                         + (f", resuming from {resume}" if resume else ""))
-        self.run_worker(lambda: self._run_engine(config, run_dir, control, resume), thread=True,
-                        group="engine", exit_on_error=False)
+        self.run_engine(config, run_dir, control, resume)
         self.refresh_panels()
 
-    def _run_engine(self, config: RunConfig, run_dir: Path, control: RunControl,
+    @work(thread=True, group="engine", exit_on_error=False)
+    def run_engine(self, config: RunConfig, run_dir: Path, control: RunControl,
                     resume: str | None) -> None:
         """The engine's thread. Its failures arrive as RunFailed events; what escapes run()
         itself (an unwritable run dir) still ends the run as failed, never the app."""
         try:
-            status = pipeline.run(config, run_dir, self.inbox.put, control=control, resume=resume)
+            status = Status(pipeline.run(config, run_dir, self.inbox.put, control=control,
+                                         resume=resume))
             reason = ""
         except Exception as exc:
-            status, reason = "failed", f"{type(exc).__name__}: {exc}"
+            status, reason = Status.FAILED, f"{type(exc).__name__}: {exc}"
         self.post_message(RunEnded(status, reason))
 
     def on_run_ended(self, message: RunEnded) -> None:
@@ -276,15 +263,7 @@ class TransformerApp(App):
             config = load_config(self.controls.preset() or "sample", self.overrides)
         except EngineError:
             return  # said when the user starts
-        run_dir = self.run_dir or Path("saved") / config.name
-        self.run_worker(lambda: self._read_checkpoints(run_dir), thread=True, group="earlier",
-                        exclusive=True, exit_on_error=False)
-
-    def _read_checkpoints(self, run_dir: Path) -> None:
-        tail, saved = EventTail(run_dir / "events.jsonl"), []
-        while events := tail.read_new():  # the whole file, a piece at a time
-            saved.extend(event for _, event in events if isinstance(event, CheckpointSaved))
-        self.post_message(EarlierCheckpoints(str(run_dir), saved))
+        self.query_one(CheckpointsPanel).read_earlier(self.run_dir or Path("saved") / config.name)
 
     def on_earlier_checkpoints(self, message: EarlierCheckpoints) -> None:
         self.state.earlier_checkpoints(message.run_dir, message.saved)
@@ -292,13 +271,13 @@ class TransformerApp(App):
     def action_toggle_pause(self) -> None:
         if self.control is None:
             return
-        if self.state.status == "running":
+        if self.state.status == Status.RUNNING:
             self.control.pause()
-        elif self.state.status == "paused":
+        elif self.state.status == Status.PAUSED:
             self.control.resume()
 
     def action_stop(self) -> None:
-        if self.control is None or self.state.status not in ("starting", "running", "paused"):
+        if self.control is None or self.state.status not in STOPPABLE:
             return
 
         def answered(yes: bool | None) -> None:
@@ -326,14 +305,14 @@ class TransformerApp(App):
             if not self.state.active:  # the run ended while the question was open
                 self.exit()
                 return
-            if self.state.status == "stopping" and self._quit_when_done:
+            if self.state.status == Status.STOPPING and self._quit_when_done:
                 self.exit()  # asked twice: leave now, the engine finishes stopping on its own
                 return
             self._quit_when_done = True
             self._request_stop()
             self.notify("Stopping the run (saving a checkpoint), then quitting…")
 
-        if self.state.status == "stopping" and self._quit_when_done:
+        if self.state.status == Status.STOPPING and self._quit_when_done:
             question = "The run is still stopping.\nQuit now without waiting for it?"
         else:
             question = "A run is active.\nStop it (a checkpoint is saved) and quit?"
@@ -378,21 +357,22 @@ class TransformerApp(App):
         self.state.note(f"attached to {run_dir / 'events.jsonl'} (read-only)")
         self.state.max_tokens = _config_max_tokens(run_dir / "config.toml")
         self.query_one("#checkpoint-table").focus()
-        self.run_worker(lambda: self._tail_loop(EventTail(run_dir / "events.jsonl")),
-                        thread=True, group="tail", exit_on_error=False)
+        self.follow_events(run_dir / "events.jsonl")
 
-    def _tail_loop(self, tail: EventTail) -> None:
-        while not self.closing.is_set():
+    @work(thread=True, group="tail", exit_on_error=False)
+    def follow_events(self, path: Path) -> None:
+        """Read the file from its start, then what is appended, until the app closes."""
+        worker, tail = get_current_worker(), EventTail(path)
+        while not worker.is_cancelled:
             events = tail.read_new()
             if events:
                 now = self.clock()
                 self.inbox.put_many([(now if at is None else at, event) for at, event in events])
-            elif self.closing.wait(0.25):
+            elif wait_unless_cancelled(worker, 0.25):
                 return
 
     def on_unmount(self) -> None:
         # The engine's thread must end for the process to exit: ask it to stop cleanly.
-        self.closing.set()
         if self.control is not None:
             self.control.stop()
 
@@ -408,40 +388,8 @@ def _config_max_tokens(path: Path) -> int | None:
         return None
 
 
-# --- command line --------------------------------------------------------------------------
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="transformer-tui",
-        description="Train a translation Transformer and watch it: pick a preset, start, pause, "
-                    "resume, stop. Keys: s start, p pause/resume, x stop, q quit, 1-4 pages.")
-    parser.add_argument("--preset", default="sample", metavar="NAME|PATH",
-                        help=f"a preset ({', '.join(PRESET_NAMES)}) or a TOML file (default sample)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="SECTION.KEY=VALUE", help="override a preset key (repeatable)")
-    parser.add_argument("--start", action="store_true", help="start the run at once")
-    parser.add_argument("--run-dir", metavar="DIR",
-                        help="where the run writes (default saved/<preset name>)")
-    parser.add_argument("--attach", metavar="RUN_DIR",
-                        help="follow a run started elsewhere (read-only), from its events.jsonl")
-    args = parser.parse_args(argv)
-    if args.attach and (args.start or args.overrides or args.run_dir):
-        parser.error("--attach follows an existing run; it takes no --start, --set or --run-dir")
-    return args
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    app = TransformerApp(preset=args.preset, overrides=args.overrides, start=args.start,
-                         attach=args.attach, run_dir=args.run_dir)
-    app.run()
-    status = app.state.status
-    if status == "failed":
-        print(f"transformer-tui: failed: {app.state.reason}", file=sys.stderr)
-        return 1
-    return 0
+    """The console script `transformer-tui` (kept here for installs that name tui.app:main)."""
+    from tui.cli import main as cli_main  # tui.cli imports this module
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return cli_main(argv)

@@ -14,20 +14,59 @@ import math
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Callable
 
-from engine.events import (BatchProgress, BatchSkipped, CheckpointSaved, EpochSummary, Event,
-                           MemorySample, MergeProgress, Notice, Preflight, RunFailed, RunFinished,
-                           RunPaused, RunResumed, RunStarted, StageFinished, StageStarted,
-                           WordCountProgress)
-from tui.format import duration
+from engine.events import (
+    BatchProgress,
+    BatchSkipped,
+    CheckpointSaved,
+    EpochSummary,
+    Event,
+    MemorySample,
+    MergeProgress,
+    Notice,
+    Preflight,
+    RunFailed,
+    RunFinished,
+    RunPaused,
+    RunResumed,
+    RunStarted,
+    StageFinished,
+    StageStarted,
+    WordCountProgress,
+)
 from engine.memory import MemoryReading
+from tui.format import duration
 
 # The stages of a full run, in order; shown before a run says which stages it has.
 STAGE_ORDER = ("data", "tokenizer", "encode", "batches", "model", "train")
 
-ACTIVE = ("starting", "running", "paused", "stopping")  # a run is in progress
-ENDED = ("finished", "stopped", "failed")
+
+
+class Status(str, Enum):
+    """Where the run the app shows stands. A str, so that it reads and compares as its word."""
+
+    IDLE = "idle"  # nothing started yet
+    STARTING = "starting"  # asked to start; no event from the run yet
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPING = "stopping"  # a stop was asked; the run stops at its next safe point
+    FINISHED = "finished"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def active(self) -> bool:
+        """A run is in progress."""
+        return self in (Status.STARTING, Status.RUNNING, Status.PAUSED, Status.STOPPING)
+
 
 LOSS_SMOOTHING = 0.9  # EMA weight of the history, debiased like TensorBoard's smoothing
 MAX_CURVE_POINTS = 4000  # the curve halves its resolution beyond this (a long run, many steps)
@@ -83,7 +122,7 @@ class RunState:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.versions: Counter[str] = Counter()
-        self.status = "idle"
+        self.status = Status.IDLE
         self.reason = ""  # why it failed
         self.preset = ""
         self.run_dir = ""
@@ -123,13 +162,13 @@ class RunState:
         self.log_total += 1
         self._touch("log")
 
-    def set_status(self, status: str, reason: str = "") -> None:
-        self.status, self.reason = status, reason
+    def set_status(self, status: Status, reason: str = "") -> None:
+        self.status, self.reason = Status(status), reason
         self._touch("status")
 
     def config_error(self, message: str) -> None:
         """A preset or override that could not be loaded: nothing started."""
-        self.set_status("failed", message)
+        self.set_status(Status.FAILED, message)
         self.note(f"error: {message}")
 
     def starting(self, preset: str, run_dir: str, max_tokens: int | None = None) -> None:
@@ -137,7 +176,7 @@ class RunState:
             self._forget_run()
         self.preset, self.run_dir = preset, run_dir
         self.max_tokens = max_tokens
-        self.set_status("starting")
+        self.set_status(Status.STARTING)
         self._touch("memory")
 
     def earlier_checkpoints(self, run_dir: str, saved: list[CheckpointSaved]) -> None:
@@ -163,21 +202,21 @@ class RunState:
         self._touch("memory")
 
     def stopping(self) -> None:
-        if self.status in ACTIVE:
-            self.set_status("stopping")
+        if self.status.active:
+            self.set_status(Status.STOPPING)
             self.note("stop requested: the run stops at its next safe point")
 
-    def ended(self, status: str, reason: str = "") -> None:
+    def ended(self, status: Status, reason: str = "") -> None:
         """The engine's thread returned; its status is final whatever events said."""
-        if status == "failed" and self.status != "failed":
-            self.set_status("failed", reason or "the run failed")
+        if status == Status.FAILED and self.status != Status.FAILED:
+            self.set_status(Status.FAILED, reason or "the run failed")
             self.note(f"failed: {self.reason}")
-        elif status != "failed":
+        elif status != Status.FAILED:
             self.set_status(status)
 
     @property
     def active(self) -> bool:
-        return self.status in ACTIVE
+        return self.status.active
 
     # --- derived values the panels show ---
 
@@ -222,7 +261,7 @@ class RunState:
         self.started_at, self.ended_seconds = at, None
         self.stages = {name: StageView(name) for name in e.stages}
         self.current_stage = ""
-        self.set_status("stopping" if self.status == "stopping" else "running")
+        self.set_status(Status.STOPPING if self.status == Status.STOPPING else Status.RUNNING)
         self._touch("stages", "tokenizer", "training")
         self.note(f"run started: preset {e.preset}, run dir {e.run_dir}", at)
 
@@ -256,20 +295,20 @@ class RunState:
         self.note(("warning: " if e.level == "warning" else "") + e.text, at)
 
     def _on_RunPaused(self, e: RunPaused, at: float) -> None:
-        if self.status != "stopping":
-            self.set_status("paused")
+        if self.status != Status.STOPPING:
+            self.set_status(Status.PAUSED)
         self.note(f"paused ({e.stage or 'between stages'})", at)
 
     def _on_RunResumed(self, e: RunResumed, at: float) -> None:
-        if self.status != "stopping":
-            self.set_status("running")
+        if self.status != Status.STOPPING:
+            self.set_status(Status.RUNNING)
         self._touch("stages")
         self.note(f"resumed after {duration(e.paused_seconds)} paused in all", at)
 
     def _on_RunFailed(self, e: RunFailed, at: float) -> None:
         self._end_stage("failed", at)
         self.ended_seconds = max(0.0, at - (self.started_at or at))
-        self.set_status("failed", e.message)
+        self.set_status(Status.FAILED, e.message)
         self.note(f"failed in stage {e.stage or '-'}: {e.message}", at)
         for line in e.details:
             self.note(f"  {line}", at)
@@ -277,7 +316,7 @@ class RunState:
     def _on_RunFinished(self, e: RunFinished, at: float) -> None:
         self._end_stage("stopped", at)
         self.ended_seconds = e.seconds
-        self.set_status(e.status)
+        self.set_status(Status(e.status))
         self.note(f"run {e.status} after {duration(e.seconds)}", at)
 
     def _end_stage(self, status: str, at: float) -> None:

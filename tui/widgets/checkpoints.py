@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Static
+from textual.worker import get_current_worker
 
 from engine.events import CheckpointSaved
 from tui.format import clock_time, number, size
+from tui.messages import EarlierCheckpoints
 from tui.state import RunState
+from tui.tail import EventTail
 from tui.widgets.panel import StateView, show_text
 
 COLUMNS = ("name", "epoch", "step", "val loss", "BLEU", "size", "saved at")
@@ -29,11 +34,12 @@ def checkpoint_file(saved: CheckpointSaved, run_dir: str) -> Path:
 class CheckpointsPanel(StateView, Vertical):
     parts = ("checkpoints",)
 
+    @dataclass
     class ResumeRequested(Message):
-        def __init__(self, saved: CheckpointSaved, path: Path) -> None:
-            super().__init__()
-            self.saved = saved
-            self.path = path
+        """Enter on a row: resume from this checkpoint (the app asks first)."""
+
+        saved: CheckpointSaved
+        path: Path
 
     def __init__(self, attached_dir: str = "", **kwargs) -> None:
         super().__init__(**kwargs)
@@ -71,6 +77,17 @@ class CheckpointsPanel(StateView, Vertical):
         hint = self.query_one("#checkpoint-hint", Static)
         show_text(hint, Text("Enter on a row: resume from it" if self._saved else
                              "none yet: saved at the end of epochs and on stop"))
+
+    @work(thread=True, group="earlier", exclusive=True, exit_on_error=False)
+    def read_earlier(self, run_dir: Path) -> None:
+        """The checkpoints an earlier run left in ``run_dir``, from its events.jsonl."""
+        worker = get_current_worker()
+        tail, saved = EventTail(run_dir / "events.jsonl"), []
+        while events := tail.read_new():  # the whole file, a piece at a time
+            if worker.is_cancelled:  # another preset was chosen meanwhile
+                return
+            saved.extend(event for _, event in events if isinstance(event, CheckpointSaved))
+        self.post_message(EarlierCheckpoints(str(run_dir), saved))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()

@@ -11,7 +11,7 @@ from textual_plotext import PlotextPlot
 
 from tui.format import number
 from tui.state import RunState
-from tui.widgets.panel import StateView, show_text, set_display
+from tui.widgets.panel import StateView, set_display, show_text
 
 
 class LossPanel(StateView, Vertical):

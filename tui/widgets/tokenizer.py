@@ -9,8 +9,7 @@ from textual.widgets import Sparkline, Static
 
 from tui.format import bar_line, count, duration, percent, rate, short_count
 from tui.state import RunState
-from tui.widgets.panel import StateView, show_text, set_display
-
+from tui.widgets.panel import StateView, set_display, show_text
 
 # the stage's totals already on screen (or of no use to a reader here)
 SHOWN_ABOVE = {"kind", "vocab_size", "merges", "seconds", "reused", "path"}
@@ -39,13 +38,15 @@ class TokenizerPanel(StateView, Vertical):
                 text.append("waiting for the tokenizer stage\n", style="dim")
         if words is not None:
             fraction = words.done / words.total if words.total else None
-            suffix = f"{percent(words.done, words.total)} {short_count(words.done)}/{short_count(words.total)}"
+            suffix = (f"{percent(words.done, words.total)} "
+                      f"{short_count(words.done)}/{short_count(words.total)}")
             text.append(bar_line("Words  ", fraction, suffix, width) + "\n")
             if words.done < words.total:
                 text.append(f"       {rate(words.per_second, 'sentences')}\n")
         if merges is not None:
             fraction = merges.merges / merges.target_merges if merges.target_merges else None
-            suffix = f"{percent(merges.merges, merges.target_merges)} {count(merges.merges)}/{count(merges.target_merges)}"
+            suffix = (f"{percent(merges.merges, merges.target_merges)} "
+                      f"{count(merges.merges)}/{count(merges.target_merges)}")
             text.append(bar_line("Merges ", fraction, suffix, width) + "\n")
             language = f"  [{merges.language}]" if merges.language else ""
             text.append(f"Vocab  {count(merges.vocab_size)}/{count(merges.target_vocab)}{language}\n")
