@@ -79,8 +79,12 @@ async def test_attach_to_a_finished_run_shows_its_loss_curve_and_checkpoints(tmp
         # the loss curve: smoothed train loss over 4 epochs, validation loss per epoch, BLEU
         plot = app.query_one("#loss-plot", PlotextPlot)
         assert plot.display
+        legend = text_of(app, "#loss-legend")  # above the chart, not over the curve
+        assert "train loss" in legend and "val loss" in legend and "BLEU" in legend
         chart = str(plot.render())
-        assert "train loss" in chart and "val loss" in chart and "BLEU" in chart
+        assert "train loss" not in chart
+        x_ticks = chart.rstrip().splitlines()[-2]  # the row above the "step" label
+        assert x_ticks.split() == ["50", "100"]  # whole steps, at a round spacing
         assert "val 2.4779 (epoch 4)" in text_of(app, "#loss-summary")
         # the checkpoints: every name saved, the periodic one keep_last removed marked so
         table = app.query_one("#checkpoint-table", DataTable)

@@ -2,10 +2,11 @@
 events, worker messages, key actions) to the RunState and the panels. The command line is in
 tui/cli.py.
 
-The engine runs in a thread worker of the app. Its ``emit`` puts events into an EventInbox, which
-posts one message per burst to the app (thread-safe); the app applies every event to a RunState
-and a timer redraws the panels a few times a second, so a fast merge loop never floods the UI.
-``--attach`` follows a run started elsewhere by tailing its events.jsonl, read-only.
+The app is a client of the run directory: whether it started the run or attaches to one
+(``--attach``), it follows the run's events.jsonl (the whole history, then what is appended) in a
+thread worker that puts events into an EventInbox, which posts one message per burst to the app;
+the app applies every event to a RunState and a timer redraws the panels a few times a second,
+so a fast merge loop never floods the UI. A run started here runs in a thread worker.
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ class TransformerApp(App):
         Binding("s", "start", "Start"),
         Binding("p", "toggle_pause", "Pause/Resume"),
         Binding("x", "stop", "Stop"),
+        Binding("r", "resume_checkpoint", "Resume from checkpoint", show=False),
         Binding("q", "quit", "Quit"),
+        Binding("ctrl+s", "screenshot", "Screenshot", show=False),
         *(Binding(str(i), f"page('{page}')", page.capitalize(), show=False)
           for i, page in enumerate(PAGES, start=1)),
     ]
@@ -79,6 +82,7 @@ class TransformerApp(App):
         self.state = RunState(clock=clock)
         self.inbox = EventInbox(lambda: self.post_message(EventsWaiting()), clock=clock)
         self.control: RunControl | None = None
+        self.tail: EventTail | None = None  # the events.jsonl followed
         self.config: RunConfig | None = None
         self._quit_when_done = False
         self._seen_status = -1
@@ -110,13 +114,14 @@ class TransformerApp(App):
     def on_mount(self) -> None:
         self.dashboard = self.query_one("#dashboard")
         self.controls = self.query_one(ControlBar)
+        self.query_one("#pages", Tabs).can_focus = False  # the keys 1-4 choose pages
         self.panels: list[StateView] = [w for w in self.query("*") if isinstance(w, StateView)]
         self.fit_to(self.size.width, self.size.height)
         self.set_interval(1 / self.refresh_hz, self.refresh_panels)
         if self.attach is not None:
             self._start_attach()
         else:
-            self.query_one("#start").focus()
+            self.query_one("#preset").focus()
             if self.start_at_once:
                 self.action_start()
             else:
@@ -152,6 +157,21 @@ class TransformerApp(App):
         main = self.query_one("#main")
         for name in PAGES:
             main.set_class(name == page, f"-page-{name}")
+        self.focus_page(page)
+
+    def focus_page(self, page: str | None = None) -> None:
+        """Focus the page's main widget: the checkpoint table, the log, or (on the run page,
+        before a start) the preset choice. Buttons never take focus: keys do what they do."""
+        page = page or next((name for name in PAGES
+                             if self.query_one("#main").has_class(f"-page-{name}")), "run")
+        if page == "checkpoints":
+            self.query_one("#checkpoint-table").focus()
+        elif page == "log":
+            self.query_one(LogPanel).focus()
+        elif page == "run" and self.attach is None and not self.state.active:
+            self.query_one("#preset").focus()
+        else:
+            self.set_focus(None)
 
     # --- events in, panels out ---
 
@@ -184,9 +204,10 @@ class TransformerApp(App):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         status = self.state.status
         if isinstance(self.screen, ConfirmScreen) and action in (
-                "start", "toggle_pause", "stop", "quit", "page"):
+                "start", "toggle_pause", "stop", "quit", "page", "resume_checkpoint"):
             return False  # a question is open: answer it first
-        if action in ("start", "toggle_pause", "stop") and self.attach is not None:
+        if action in ("start", "toggle_pause", "stop", "resume_checkpoint") \
+                and self.attach is not None:
             return False  # read-only: not shown at all
         if action == "start":
             return None if self.state.active else True
@@ -209,7 +230,19 @@ class TransformerApp(App):
         except EngineError as exc:
             self._config_failed(str(exc))
             return
-        self._launch(config, self.run_dir or Path("saved") / config.name)
+        run_dir = self.run_dir or Path("saved") / config.name
+        if not (run_dir / "events.jsonl").is_file():
+            self._launch(config, run_dir)
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._launch(config, run_dir)
+
+        self.push_screen(ConfirmScreen(
+            f"Start over in {run_dir}?\nAn earlier run lives there: its checkpoints will be "
+            "replaced. To continue it instead, resume from a checkpoint (3, then r).",
+            yes="Start over"), answered)
 
     def _config_failed(self, message: str) -> None:
         self.state.config_error(message)
@@ -223,7 +256,12 @@ class TransformerApp(App):
         overrides = f" with {' '.join(self.overrides)}" if self.overrides else ""
         self.state.note(f"starting {config.name} ({config.source}){overrides}"
                         + (f", resuming from {resume}" if resume else ""))
+        events = run_dir / "events.jsonl"
+        if self.tail is None or self.tail.path != events:
+            # a resume shows the run's whole history; a fresh start only its own events
+            self.follow(events, from_end=resume is None)
         self.run_engine(config, run_dir, control, resume)
+        self.focus_page()  # never a button: Enter must not quit or stop by accident
         self.refresh_panels()
 
     @work(thread=True, group="engine", exit_on_error=False)
@@ -232,7 +270,8 @@ class TransformerApp(App):
         """The engine's thread. Its failures arrive as RunFailed events; what escapes run()
         itself (an unwritable run dir) still ends the run as failed, never the app."""
         try:
-            status = Status(pipeline.run(config, run_dir, self.inbox.put, control=control,
+            # the events reach the app through events.jsonl, as from a run elsewhere
+            status = Status(pipeline.run(config, run_dir, lambda event: None, control=control,
                                          resume=resume))
             reason = ""
         except Exception as exc:
@@ -240,7 +279,7 @@ class TransformerApp(App):
         self.post_message(RunEnded(status, reason))
 
     def on_run_ended(self, message: RunEnded) -> None:
-        self._apply_events()  # whatever the engine emitted last, first
+        self._read_to_end()  # whatever the engine wrote last, first
         self.state.ended(message.status, message.reason)
         self.control = None
         self.refresh_panels()
@@ -318,6 +357,24 @@ class TransformerApp(App):
             question = "A run is active.\nStop it (a checkpoint is saved) and quit?"
         self.push_screen(ConfirmScreen(question, yes="Quit"), answered)
 
+    def action_resume_checkpoint(self) -> None:
+        """r: resume from the checkpoint selected in the table (asks first)."""
+        panel = self.query_one(CheckpointsPanel)
+        if not panel.request_resume():
+            self.notify("No checkpoint to resume from yet (3 shows the checkpoints).",
+                        severity="warning")
+
+    def action_screenshot(self) -> None:
+        """ctrl+s: the screen as an SVG file in the run directory (else here)."""
+        folder = Path(self.attach or self.state.run_dir or ".")
+        name = time.strftime("screenshot-%Y%m%d-%H%M%S.svg", time.localtime(self.clock()))
+        try:
+            path = self.save_screenshot(name, path=str(folder))
+        except OSError as exc:
+            self.notify(f"Cannot save a screenshot in {folder}: {exc}", severity="error")
+            return
+        self.notify(f"Screenshot saved: {path}")
+
     @on(CheckpointsPanel.ResumeRequested)
     def _resume_requested(self, event: CheckpointsPanel.ResumeRequested) -> None:
         saved, path = event.saved, event.path
@@ -357,12 +414,16 @@ class TransformerApp(App):
         self.state.note(f"attached to {run_dir / 'events.jsonl'} (read-only)")
         self.state.max_tokens = _config_max_tokens(run_dir / "config.toml")
         self.query_one("#checkpoint-table").focus()
-        self.follow_events(run_dir / "events.jsonl")
+        self.follow(run_dir / "events.jsonl")
 
-    @work(thread=True, group="tail", exit_on_error=False)
-    def follow_events(self, path: Path) -> None:
-        """Read the file from its start, then what is appended, until the app closes."""
-        worker, tail = get_current_worker(), EventTail(path)
+    def follow(self, path: Path, from_end: bool = False) -> None:
+        self.tail = EventTail(path, from_end=from_end)
+        self.follow_events(self.tail)
+
+    @work(thread=True, group="tail", exclusive=True, exit_on_error=False)
+    def follow_events(self, tail: EventTail) -> None:
+        """Read the file from where the tail is, then what is appended, until cancelled."""
+        worker = get_current_worker()
         while not worker.is_cancelled:
             events = tail.read_new()
             if events:
@@ -370,6 +431,13 @@ class TransformerApp(App):
                 self.inbox.put_many([(now if at is None else at, event) for at, event in events])
             elif wait_unless_cancelled(worker, 0.25):
                 return
+
+    def _read_to_end(self) -> None:
+        """On the UI thread: what the followed file holds that the worker has not read yet."""
+        while self.tail is not None and (events := self.tail.read_new()):
+            now = self.clock()
+            self.inbox.put_many([(now if at is None else at, event) for at, event in events])
+        self._apply_events()
 
     def on_unmount(self) -> None:
         # The engine's thread must end for the process to exit: ask it to stop cleanly.

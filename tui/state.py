@@ -62,6 +62,12 @@ class Status(str, Enum):
     def __format__(self, spec: str) -> str:
         return format(self.value, spec)
 
+    def stop_checkpoint(self) -> CheckpointSaved | None:
+        """The checkpoint that holds a stopped run's state: the last one saved."""
+        if not self.checkpoints:
+            return None
+        return max(self.checkpoints.values(), key=lambda saved: (saved.step, saved.saved_at))
+
     @property
     def active(self) -> bool:
         """A run is in progress."""
@@ -72,6 +78,7 @@ LOSS_SMOOTHING = 0.9  # EMA weight of the history, debiased like TensorBoard's s
 MAX_CURVE_POINTS = 4000  # the curve halves its resolution beyond this (a long run, many steps)
 MAX_RATE_POINTS = 240  # merges/s sparkline history, likewise
 LOG_LINES = 1000
+HISTORY = ("lr", "tokens_per_second", "gnorm", "loss_scale")  # per-step histories beside the loss
 
 
 @dataclass
@@ -140,6 +147,9 @@ class RunState:
         self.summaries: list[EpochSummary] = []
         self.skipped = 0
         self.train_curve = Curve()  # (step, smoothed loss)
+        # what people watch beside the loss, per step: learning rate, tokens/s, gradient norm,
+        # fp16 loss scale (the last two only when the engine reports them)
+        self.history = {name: Curve() for name in HISTORY}
         self._ema = 0.0
         self._ema_weight = 0.0
         # checkpoints, by name: a later save of checkpoint_last.pt replaces the row
@@ -193,6 +203,7 @@ class RunState:
     def _forget_run(self) -> None:
         self.words = self.merges = self.batch = self.memory = None
         self.merge_rates, self.train_curve = Curve(), Curve()
+        self.history = {name: Curve() for name in HISTORY}
         self._ema = self._ema_weight = 0.0
         self.summaries, self.checkpoints, self.skipped = [], {}, 0
         self._touch("tokenizer", "training", "loss", "checkpoints", "memory")
@@ -214,6 +225,12 @@ class RunState:
         elif status != Status.FAILED:
             self.set_status(status)
 
+    def stop_checkpoint(self) -> CheckpointSaved | None:
+        """The checkpoint that holds a stopped run's state: the last one saved."""
+        if not self.checkpoints:
+            return None
+        return max(self.checkpoints.values(), key=lambda saved: (saved.step, saved.saved_at))
+
     @property
     def active(self) -> bool:
         return self.status.active
@@ -234,6 +251,17 @@ class RunState:
         if stage.started_at is None:
             return None
         return max(0.0, self.clock() - stage.started_at)
+
+    def merge_rate(self) -> float | None:
+        """Merges per second now; for a phase that ended between two progress reports (the
+        engine's short window then holds no merge), the phase's average: never 0.0 for a phase
+        that did merges."""
+        m = self.merges
+        if m is None:
+            return None
+        if m.per_second > 0 or m.merges <= 0:
+            return m.per_second
+        return m.merges / m.elapsed if m.elapsed > 0 else None
 
     def run_eta(self) -> float | None:
         """Seconds to the end of training: this epoch's ETA plus the epochs after it."""
@@ -318,6 +346,10 @@ class RunState:
         self.ended_seconds = e.seconds
         self.set_status(Status(e.status))
         self.note(f"run {e.status} after {duration(e.seconds)}", at)
+        saved = self.stop_checkpoint()
+        if e.status == Status.STOPPED and saved is not None:
+            self.note(f"its state is in {saved.name} (epoch {saved.epoch}, step {saved.step:,}): "
+                      "select it on the checkpoints page and press r to resume", at)
 
     def _end_stage(self, status: str, at: float) -> None:
         stage = self.stages.get(self.current_stage)
@@ -335,15 +367,21 @@ class RunState:
                                         or e.language != self.merges.language):
             self.merge_rates = Curve()  # a new tokenizer (or the second language) starts over
         self.merges = e
-        self.merge_rates.add(e.elapsed, e.per_second, MAX_RATE_POINTS)
+        self.merge_rates.add(e.elapsed, self.merge_rate() or 0.0, MAX_RATE_POINTS)
         self._touch("tokenizer")
 
     def _on_BatchProgress(self, e: BatchProgress, at: float) -> None:
         if self.batch is not None and e.step < self.batch.step:
             # a new run (or a resume from an earlier checkpoint) in the same run dir
             self.train_curve.drop_from(e.step)
+            for curve in self.history.values():
+                curve.drop_from(e.step)
             self._ema = self._ema_weight = 0.0
         self.batch = e
+        for name, value in (("lr", e.lr), ("tokens_per_second", e.tokens_per_second),
+                            ("gnorm", e.gnorm), ("loss_scale", e.loss_scale)):
+            if value is not None and math.isfinite(value):
+                self.history[name].add(e.step, value, MAX_CURVE_POINTS)
         if math.isfinite(e.loss):
             self._ema = LOSS_SMOOTHING * self._ema + (1 - LOSS_SMOOTHING) * e.loss
             self._ema_weight = LOSS_SMOOTHING * self._ema_weight + (1 - LOSS_SMOOTHING)
