@@ -301,6 +301,7 @@ class TrainLoop:
         self.saved_position: tuple[int, int] | None = None  # (epoch, batch) of checkpoint_last
         self.session = _Clock(ctx.control)
         self.seconds_before = self.trainer.seconds
+        self.last_gnorm: torch.Tensor | None = None  # of the last update, for BatchProgress
 
     # -- helpers --
 
@@ -394,6 +395,13 @@ class TrainLoop:
         (t.scaler.scale(loss) if t.scaler is not None else loss).backward()
         return nll_value / tokens if finite else None
 
+    def _gnorm(self) -> float | None:
+        """The gradient norm of the last update (before clipping), when finite."""
+        if self.last_gnorm is None:
+            return None
+        value = float(self.last_gnorm)
+        return round(value, 4) if math.isfinite(value) else None
+
     def update(self) -> bool:
         """Apply the accumulated gradients; False when they were not finite (update skipped)."""
         t = self.trainer
@@ -404,6 +412,7 @@ class TrainLoop:
             t.scaler.unscale_(t.optimizer)
         # the total norm in one foreach pass; with clipping off (inf) the gradients stay as they are
         norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_norm or math.inf)
+        self.last_gnorm = norm  # a tensor: read (a device sync) only when progress is reported
         finite = bool(torch.isfinite(norm))
         if t.scaler is not None:
             scale = t.scaler.get_scale()
@@ -479,7 +488,8 @@ class TrainLoop:
                     lr=t.schedule.lr, batches_per_second=round(rate * world, 3),
                     tokens_per_second=round(tokens_here / seconds, 1),
                     eta=round((n - position - 1) / rate, 1) if rate > 0 else 0.0,
-                    elapsed=round(seconds, 3)))
+                    elapsed=round(seconds, 3), gnorm=self._gnorm(),
+                    loss_scale=t.scaler.get_scale() if t.scaler is not None else None))
             self.maybe_memory()
 
     @torch.no_grad()
