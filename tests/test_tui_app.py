@@ -10,15 +10,25 @@ import threading
 import time
 
 import pytest
-from textual.widgets import DataTable, Static
+from textual.widgets import Button, DataTable, Static
 from textual_plotext import PlotextPlot
-from tui_runs import EPOCHS, write_finished_run
+from tui_runs import EPOCHS, finished_run_events, jsonl_line, write_finished_run
 
-from engine.events import MergeProgress, RunStarted, StageStarted
+from engine.events import (
+    BatchProgress,
+    CheckpointSaved,
+    MergeProgress,
+    RunFinished,
+    RunPaused,
+    RunResumed,
+    RunStarted,
+    StageStarted,
+)
 from engine.memory import MemoryReading
 from tui.app import TransformerApp
 from tui.messages import EventsWaiting
 from tui.widgets.dialogs import ConfirmScreen
+from tui.widgets.log import LogPanel
 from tui.widgets.memory import MemoryPanel
 from tui.widgets.status import StatusBar
 from tui.widgets.tokenizer import TokenizerPanel
@@ -286,3 +296,144 @@ async def test_a_flood_of_events_from_a_thread_is_applied_whole_but_redrawn_at_a
         redraws = panel.draws - draws_before
         assert redraws <= seconds * 2 + 3, f"{redraws} redraws in {seconds:.1f}s"  # its pace,
         # not one per event
+
+
+@scenario
+async def test_each_page_key_focuses_the_pages_main_widget_and_never_a_button(tmp_path):
+    write_finished_run(tmp_path / "saved" / "sample", recorded_dir="saved/sample")
+    app = TransformerApp(preset="sample", probe=FixedProbe())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.query_one("#checkpoint-table", DataTable).row_count == 4)
+        assert app.focused is app.query_one("#preset")  # idle: choose a preset
+        for key, focused in (("3", "checkpoint-table"), ("4", "log"), ("2", None),
+                             ("1", "preset")):
+            await pilot.press(key)
+            await pilot.pause()
+            assert (app.focused.id if app.focused else None) == focused, key
+        for _ in range(8):  # Tab goes round the focusable widgets: never onto a button
+            await pilot.press("tab")
+            assert not isinstance(app.focused, Button)
+
+
+@scenario
+async def test_r_resumes_from_the_selected_checkpoint_after_asking(tmp_path):
+    write_finished_run(tmp_path / "saved" / "sample", recorded_dir="saved/sample")
+    app = TransformerApp(preset="sample", probe=FixedProbe())
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.query_one("#checkpoint-table", DataTable)
+        await until(pilot, lambda: table.row_count == 4)
+        # ordered by step: the epoch-2 checkpoint first, then the three of epoch 4
+        assert [table.get_row_at(i)[2] for i in range(4)] == ["60", "120", "120", "120"]
+        await pilot.press("3", "down", "r")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        question = str(app.screen.query_one("#question").render())
+        assert f"Resume from {table.get_row_at(1)[0]}?" in question and "step 120" in question
+        await pilot.press("n")  # these files are not real checkpoints: do not start
+        await pilot.pause()
+        assert app.state.status == "idle" and app.control is None
+
+
+@scenario
+async def test_at_80x24_the_status_is_one_row_and_the_log_written_while_hidden_is_not_wrapped(
+        tmp_path):
+    run_dir = tmp_path / "a-run-directory-with-a-rather-long-name" / "and-a-second-level"
+    write_finished_run(run_dir)
+    app = TransformerApp(attach=run_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.state.status == "finished")
+        app.refresh_panels(force=True)
+        await pilot.pause()
+        status = app.query_one(StatusBar)
+        assert status.size.height == 1 and "1m13s" in text_of(app, StatusBar)  # elapsed first
+        await pilot.press("4")  # the log was filled while its page was hidden
+        await until(pilot, lambda: app.query_one(LogPanel).lines, 5)
+        lines = [strip.text.rstrip() for strip in app.query_one(LogPanel).lines]
+        assert "run finished after 1m13s" in lines[-1]
+        assert max(len(line) for line in lines) > 60  # wrapped at the panel's width, not at 20
+        assert all(len(line) <= 76 for line in lines)
+
+
+def progress(step: int, **changes) -> BatchProgress:
+    fields = dict(epoch=1, epochs=2, batch=step, batches=100, step=step, loss=4.0, avg_loss=4.2,
+                  lr=0.0005, batches_per_second=3.0, tokens_per_second=2500.0, eta=30.0,
+                  elapsed=10.0)
+    return BatchProgress(**{**fields, **changes})
+
+
+@scenario
+async def test_paused_shows_in_speed_and_eta_and_a_stop_names_the_checkpoint_holding_its_state():
+    app = TransformerApp(probe=FixedProbe())
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.inbox.put(RunStarted(run_dir="saved/x", preset="x", stages=["train"]))
+        app.inbox.put(progress(10))
+        app.inbox.put(RunPaused(stage="train"))
+        await until(pilot, lambda: app.state.status == "paused")
+        app.refresh_panels(force=True)
+        await pilot.pause()
+        training = text_of(app, "#training")
+        assert "Speed  paused" in training and "ETA    paused" in training
+        assert "2,500 tok/s" not in training  # the last numbers would read as the present
+        app.inbox.put(RunResumed(stage="train", paused_seconds=3.0))
+        app.inbox.put(progress(11))
+        app.inbox.put(CheckpointSaved(path="saved/x/checkpoint_last.pt", name="checkpoint_last.pt",
+                                      epoch=1, step=11, val_loss=None, bleu=None,
+                                      size_bytes=1000, saved_at=1.0))
+        app.inbox.put(RunFinished(status="stopped", seconds=20.0))
+        await until(pilot, lambda: app.state.status == "stopped")
+        app.refresh_panels(force=True)
+        await pilot.pause()
+        assert "state saved in checkpoint_last.pt (step 11)" in text_of(app, StatusBar)
+        assert "Saved  checkpoint_last.pt (step 11): r resumes" in text_of(app, "#training")
+
+
+@scenario
+async def test_attached_mid_run_the_loss_page_shows_the_whole_run_and_the_numbers_beside_it(
+        tmp_path):
+    run_dir = tmp_path / "live"
+    events = finished_run_events()
+    half = next(i for i, (_, e) in enumerate(events) if isinstance(e, BatchProgress)
+                and e.epoch == 3)
+    run_dir.mkdir()
+    path = run_dir / "events.jsonl"
+    path.write_text("".join(jsonl_line(e, at) for at, e in events[:half]), encoding="utf-8")
+    app = TransformerApp(attach=run_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.state.batch is not None and app.state.batch.step == 60)
+        with open(path, "a", encoding="utf-8") as f:  # the run goes on while we watch
+            f.writelines(jsonl_line(e, at) for at, e in events[half:])
+        await until(pilot, lambda: app.state.status == "finished")
+        xs, _ = app.state.train_curve.points()
+        assert xs[0] == 1 and xs[-1] == 120  # from the first step, not from attaching
+        await pilot.press("2")
+        app.refresh_panels(force=True)
+        await pilot.pause()
+        assert "LR" in text_of(app, "#history-lr .history-label")
+        assert "3,100" in text_of(app, "#history-tokens_per_second .history-label")
+        assert not app.query_one("#history-gnorm").display  # not in this run's events
+
+
+@scenario
+async def test_ctrl_s_saves_a_screenshot_into_the_run_directory(tmp_path):
+    run_dir = tmp_path / "demo"
+    write_finished_run(run_dir)
+    app = TransformerApp(attach=run_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.state.status == "finished")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        shots = list(run_dir.glob("screenshot-*.svg"))
+        assert len(shots) == 1 and "FINISHED" in shots[0].read_text(encoding="utf-8")
+
+
+@scenario
+async def test_merges_per_second_is_never_0_for_a_phase_that_did_merges():
+    app = TransformerApp(probe=FixedProbe())
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.inbox.put(RunStarted(run_dir="saved/x", preset="x", stages=["tokenizer"]))
+        app.inbox.put(MergeProgress(merges=900, target_merges=900, vocab_size=1000,
+                                    target_vocab=1000, per_second=0.0, eta=0.0, elapsed=2.0))
+        await until(pilot, lambda: app.state.merges is not None)
+        app.refresh_panels(force=True)
+        await pilot.pause()
+        assert "450 merges/s" in text_of(app, "#tokenizer-text")
