@@ -384,7 +384,7 @@ async def test_paused_shows_in_speed_and_eta_and_a_stop_names_the_checkpoint_hol
         app.refresh_panels(force=True)
         await pilot.pause()
         assert "state saved in checkpoint_last.pt (step 11)" in text_of(app, StatusBar)
-        assert "Saved  checkpoint_last.pt (step 11): r resumes" in text_of(app, "#training")
+        assert "Saved  checkpoint_last.pt step 11" in text_of(app, "#training")
 
 
 @scenario

@@ -35,8 +35,11 @@ class TrainingPanel(StateView, Static):
         else:
             text.append(f"Speed  {rate(b.batches_per_second, 'batch')}  "
                         f"{rate(b.tokens_per_second, 'tok')}\n")
+            saved = state.stop_checkpoint()
             if state.active:
                 text.append(f"ETA    epoch {duration(b.eta)}  run {duration(state.run_eta())}")
+            elif state.status == Status.STOPPED and saved is not None:
+                text.append(f"Saved  {saved.name} step {count(saved.step)}", style="bold")
             else:
                 text.append(f"Ended  {state.status} in epoch {b.epoch}")
         if state.skipped:
@@ -45,8 +48,4 @@ class TrainingPanel(StateView, Static):
             s = state.summaries[-1]
             bleu = f"  BLEU {s.bleu:.2f}" if s.bleu is not None else ""
             text.append(f"\nVal    {number(s.val_loss)} ppl {s.val_ppl:.2f}{bleu}")
-        saved = state.stop_checkpoint()
-        if state.status == Status.STOPPED and saved is not None:
-            text.append(f"\nSaved  {saved.name} (step {count(saved.step)}): r resumes",
-                        style="bold")
         show_text(self, text)
