@@ -131,10 +131,9 @@ def cpu_seconds() -> float:
 def measure_engine(pairs: list[tuple[str, str]], vocab_size: int, out: Path) -> dict:
     from engine.config import config_from_dict
     from engine.control import RunControl
-    from engine.data import Corpus
+    from engine.data.corpus import Corpus
     from engine.events import MergeProgress, WordCountProgress
-    from engine.pipeline import RunContext
-    from engine.tokenizer import run_tokenizer_stage
+    from engine.tokenizer.stage import run_tokenizer_stage
 
     corpus = Corpus(train=pairs, valid=[], test=[])
     config = config_from_dict({"tokenizer": {"vocab_size": vocab_size, "shared": True,
@@ -152,11 +151,9 @@ def measure_engine(pairs: list[tuple[str, str]], vocab_size: int, out: Path) -> 
 
     shutil.rmtree(out, ignore_errors=True)  # else the stage would reuse an earlier run's result
     out.mkdir(parents=True)
-    ctx = RunContext(config=config, run_dir=out, emit=emit, control=RunControl(),
-                     outputs={"data": corpus})
     started, cpu = time.monotonic(), cpu_seconds()
     with PeakMemory() as memory:
-        result = run_tokenizer_stage(ctx)
+        result = run_tokenizer_stage(config.tokenizer, corpus, out, emit, RunControl())
     seconds, cpu = time.monotonic() - started, cpu_seconds() - cpu
     # merges per second over the merge phase: from the first event to the final one
     (t_first, m_first), (t_last, m_last) = arrivals[0], arrivals[-1]
@@ -171,7 +168,7 @@ def measure_engine(pairs: list[tuple[str, str]], vocab_size: int, out: Path) -> 
 
 
 def measure_bare(pairs: list[tuple[str, str]], vocab_size: int, out: Path) -> dict:
-    from engine.tokenizer import train_in_process
+    from engine.tokenizer.recipes import train_in_process
 
     sentences = [src for src, _ in pairs] + [tgt for _, tgt in pairs]
     started, cpu = time.monotonic(), cpu_seconds()

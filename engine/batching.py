@@ -10,13 +10,18 @@ run sees the same batches in the same order as an uninterrupted one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from engine.encode import EncodedData, EncodedSplit
 from engine.errors import ConfigError
-from engine.tokenizer import PAD_ID
+from engine.stages import StageResult
+from engine.vocab import PAD_ID
+
+if TYPE_CHECKING:
+    from engine.config import TrainingConfig
 
 
 @dataclass
@@ -102,11 +107,7 @@ def collate(split: EncodedSplit, rows: np.ndarray) -> Batch:
                  tokens=int(tgt_len.sum()), padded_tokens=src.size + tgt_in.size)
 
 
-def run_batches_stage(ctx):
-    from engine.pipeline import StageResult
-
-    data: EncodedData = ctx.outputs["encode"]
-    cfg = ctx.config.training
+def run_batches_stage(data: EncodedData, cfg: "TrainingConfig") -> StageResult[Batches]:
     lengths = {name: (data.split(name).src_lengths, decoder_lengths(data.split(name)))
                for name in ("train", "valid")}
     train = make_batches(*lengths["train"], cfg.max_tokens, cfg.seed)

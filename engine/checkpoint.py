@@ -1,14 +1,13 @@
-"""Checkpoints: plain dicts of tensors and plain values, written atomically, loaded safely.
+"""Save and resume: checkpoints as plain dicts of tensors and plain values, written atomically,
+loaded safely, and checked against the run that resumes from them.
 
 A checkpoint holds everything a run needs to continue at the next batch and everything
 ``translate`` needs on its own:
 
     model, optimizer, scheduler, scaler (or None)      state dicts
-    epoch            epochs completed
-    batch_in_epoch   batches of the next epoch already trained (a stop mid-epoch)
+    epoch, batch_in_epoch, epoch_nll, epoch_tokens, train_loss, val_loss, bleu, best,
+    seconds, batches_per_epoch   the training counters: ``Progress`` below
     step             optimizer updates so far
-    epoch_nll, epoch_tokens   the unfinished epoch's loss sums, so its average is exact on resume
-    train_loss, val_loss, bleu, best   the latest measurements, and the best so far
     rng              torch CPU/CUDA generator states (tensors), python and numpy states (lists)
     config, run_name the resolved RunConfig as a dict
     vocab            {"src_size", "tgt_size", "shared"}
@@ -16,24 +15,30 @@ A checkpoint holds everything a run needs to continue at the next batch and ever
     world_size       processes that trained it (torchrun); batch_in_epoch counts each one's
     rank_rng         with several processes: each rank's torch generator state, in rank order
 
-No pickled objects: ``torch.load(path, weights_only=True)`` reads it. Writing goes to a temporary
-file in the same directory, fsync, rename over the old file, fsync the directory: a crash or a
-``kill -9`` at any moment leaves either the old checkpoint or the new one, never half of one.
+No pickled objects: ``torch.load(path, weights_only=True)`` reads it. Writing is atomic
+(engine/atomic.py): a crash or a ``kill -9`` at any moment leaves either the old checkpoint or
+the new one, never half of one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import re
-import secrets
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from engine import atomic
 from engine.errors import EngineError
+
+if TYPE_CHECKING:
+    from engine.config import ModelConfig, RunConfig
+    from engine.tokenizer.stage import TokenizerSet
 
 LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
 PERIODIC = re.compile(r"model_epoch_(\d+)\.pt$")
@@ -46,41 +51,66 @@ def periodic_name(epoch: int) -> str:
     return f"model_epoch_{epoch}.pt"
 
 
+# --- the training counters -----------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """Where training stands, beyond the weights: what a resumed run continues from."""
+
+    epoch: int = 0  # epochs completed
+    batch_in_epoch: int = 0  # batches of epoch + 1 done (per rank in a torchrun job)
+    epoch_nll: float = 0.0  # NLL and target tokens of epoch + 1 so far: its average stays exact
+    epoch_tokens: int = 0
+    train_loss: float | None = None
+    val_loss: float | None = None
+    bleu: float | None = None
+    best: float | None = None  # best val loss (or BLEU), what checkpoint_best.pt holds
+    seconds: float = 0.0  # training time so far, pauses excluded, across resumes
+    batches_per_epoch: int = 0
+
+    def to_state(self) -> dict[str, Any]:
+        """The checkpoint's keys for these counters (top level, as in every checkpoint so far)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "Progress":
+        """The counters of a checkpoint; a key an older checkpoint lacks keeps its default."""
+        return cls(**{f.name: state[f.name] for f in dataclasses.fields(cls) if f.name in state})
+
+
+def training_state(trainer, config: "RunConfig", tokenizers: "TokenizerSet",
+                   world_size: int = 1) -> dict[str, Any]:
+    """Everything a run needs to continue at the next batch, and ``translate`` on its own.
+
+    ``trainer``: engine.train.Trainer (model, optimizer, schedule, scaler, precision, progress).
+    """
+    return {
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.schedule.state_dict(),
+        "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
+        **trainer.progress.to_state(),
+        "step": trainer.schedule.updates,
+        "world_size": world_size,  # batch_in_epoch counts each rank's batches
+        "rng": rng_state(),
+        "config": config.to_dict(), "run_name": config.name,
+        "precision": trainer.precision,
+        "vocab": {"src_size": tokenizers.src.get_vocab_size(),
+                  "tgt_size": tokenizers.tgt.get_vocab_size(),
+                  "shared": bool(tokenizers.shared)},
+        "tokenizers": {"src": tokenizers.src.to_str(), "tgt": tokenizers.tgt.to_str()},
+    }
+
+
 # --- writing -------------------------------------------------------------------------------
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # some filesystems cannot open directories; the rename is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _temporary_name(path: Path) -> Path:
-    return path.parent / f"{TEMP_PREFIX}{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> int:
     """Write ``state`` to ``path`` atomically; returns the file's size in bytes."""
     path = Path(path)
-    tmp = _temporary_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)  # umask applies, as for open()
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with atomic.atomic_file(path, prefix=TEMP_PREFIX) as f:
+        torch.save(state, f)
     return path.stat().st_size
 
 
@@ -88,19 +118,19 @@ def copy_checkpoint(source: Path, path: Path) -> int:
     """``path`` becomes the same checkpoint as ``source``, atomically (a hard link where the
     filesystem has them: no second write of a large file)."""
     source, path = Path(source), Path(path)
-    tmp = _temporary_name(path)
+    tmp = atomic.temporary_name(path, prefix=TEMP_PREFIX)
     try:
         os.link(source, tmp)
     except OSError:
         return save_checkpoint(load_checkpoint(source), path)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    atomic.fsync_dir(path.parent)
     return path.stat().st_size
 
 
 def remove_stale_temporaries(directory: Path) -> None:
     """Temporary files a killed process left behind."""
-    for tmp in Path(directory).glob(f"{TEMP_PREFIX}*.tmp"):
+    for tmp in Path(directory).glob(f"{TEMP_PREFIX}*{atomic.TEMP_SUFFIX}"):
         tmp.unlink(missing_ok=True)
 
 
@@ -168,7 +198,7 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     return state
 
 
-def check_fits(state: dict[str, Any], path: Path | str, model_cfg, src_vocab: int,
+def check_fits(state: dict[str, Any], path: Path | str, model_cfg: "ModelConfig", src_vocab: int,
                tgt_vocab: int, shared: bool) -> None:
     """Refuse, in one line, a checkpoint whose weights cannot fit the model this run builds."""
     saved_model = state["config"].get("model", {})
@@ -195,6 +225,58 @@ def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: Path |
                        or "Unexpected key" in line), str(exc).splitlines()[0])
         raise EngineError(f"{path}: checkpoint weights do not fit the model "
                           f"({detail[:200]})") from None
+
+
+# --- resuming ------------------------------------------------------------------------------
+
+
+def resume_path(resume: str, run_dir: Path) -> Path:
+    """``--resume last`` (the run directory's checkpoint_last.pt) or a checkpoint's path."""
+    if resume == "last":
+        path = Path(run_dir) / LAST
+        if not path.is_file():
+            raise EngineError(f"--resume last: no {LAST} in {run_dir} (nothing to "
+                              "resume; give a checkpoint path or start without --resume)")
+        return path
+    return Path(resume).expanduser()
+
+
+def check_same_tokenizers(state: dict[str, Any], tokenizers: "TokenizerSet", path: Path) -> None:
+    from tokenizers import Tokenizer
+
+    for side in ("src", "tgt"):
+        saved = state["tokenizers"][side]
+        here = getattr(tokenizers, side)
+        if saved != here.to_str() and Tokenizer.from_str(saved).get_vocab() != here.get_vocab():
+            raise EngineError(f"{path}: checkpoint was trained with another {side} tokenizer "
+                              "than this run's (same size, different tokens); resume in the "
+                              "run directory that trained it")
+
+
+def load_for_resume(resume: str, run_dir: Path, model_cfg: "ModelConfig",
+                    tokenizers: "TokenizerSet") -> tuple[Path, dict[str, Any]]:
+    """(path, state) of the checkpoint ``--resume`` names, refused in one line when it cannot
+    continue this run (other model shape, other vocabulary, other tokenizer)."""
+    path = resume_path(resume, run_dir)
+    state = load_checkpoint(path)  # CPU: RNG states must stay there
+    check_fits(state, path, model_cfg, tokenizers.src.get_vocab_size(),
+               tokenizers.tgt.get_vocab_size(), bool(tokenizers.shared))
+    check_same_tokenizers(state, tokenizers, path)
+    return path, state
+
+
+def restore_training(trainer, state: dict[str, Any], path: Path) -> None:
+    """Weights, optimizer, schedule, scaler, counters and random generators from ``state``."""
+    load_model_state(trainer.model, state, path)
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.schedule.load_state_dict(state["scheduler"])
+    if trainer.scaler is not None and state.get("scaler"):
+        trainer.scaler.load_state_dict(state["scaler"])
+    trainer.progress = Progress.from_state(state)
+    set_rng_state(state["rng"])
+
+
+# --- translating ---------------------------------------------------------------------------
 
 
 def build_for_inference(path: Path | str, device: str | torch.device = "cpu"):

@@ -20,6 +20,7 @@ from pathlib import Path
 from engine.config import PRESET_NAMES, describe_keys, load_config
 from engine.control import RunControl
 from engine.errors import EngineError
+from engine.stages import STAGES, stage_names
 
 COMMANDS = {  # subcommand -> "module:function(argv) -> exit status"
     "translate": "engine.commands:translate_main",
@@ -44,7 +45,7 @@ def train_parser() -> argparse.ArgumentParser:
                         help="override one config key, e.g. --set training.epochs=3 (repeatable)")
     parser.add_argument("--run-dir", type=Path, help="where outputs go (default: saved/<preset>)")
     parser.add_argument("--until", metavar="STAGE",
-                        help="stop after this stage: data, tokenizer, encode, batches, model, train")
+                        help=f"stop after this stage: {', '.join(STAGES)}")
     parser.add_argument("--resume", metavar="last|PATH",
                         help="continue training from a checkpoint (last = the run dir's checkpoint_last.pt)")
     return parser
@@ -70,13 +71,17 @@ def install_stop_signals(control: RunControl) -> None:
 
 def run_train(argv: list[str]) -> int:
     from engine import distributed
-    from engine.pipeline import run, stage_names
+    from engine.pipeline import run
     from engine.printer import HeadlessPrinter
 
     args = train_parser().parse_args(argv)
     try:
         config = load_config(args.preset, args.overrides)
         stage_names(args.until)  # validates --until before any work
+        if config.training.device == "cuda":  # only then is torch worth importing here
+            from engine.device import pick_device
+
+            pick_device("cuda")
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

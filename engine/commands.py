@@ -24,7 +24,7 @@ def _decode_options(parser: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace):
     from engine.checkpoint import build_for_inference
-    from engine.train import pick_device
+    from engine.device import pick_device
 
     if args.beam is not None and args.beam < 1:
         raise EngineError(f"--beam {args.beam}: must be 1 (greedy) or more")
@@ -58,7 +58,7 @@ def translate_main(argv: list[str]) -> int:
 
 
 def evaluate_main(argv: list[str]) -> int:
-    from engine.data import read_lines
+    from engine.data.local import read_lines
     from engine.decode import corpus_bleu
 
     parser = argparse.ArgumentParser(prog="transformer-train evaluate",

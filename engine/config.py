@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ except ModuleNotFoundError:  # Python 3.10
 
 from engine.errors import ConfigError
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+# The preset files ship inside the package (a wheel or `pipx install` has no source tree);
+# wheels install unpacked, so the resource is a real directory.
+PRESETS_DIR = Path(str(resources.files("engine") / "presets"))
 PRESET_NAMES = ("sample", "quick", "medium", "full")
 
 

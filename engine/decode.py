@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.model import DecoderCache, Transformer
-from engine.tokenizer import BOS_ID, EOS_ID, PAD_ID  # specials come first in every vocabulary
+from engine.vocab import BOS_ID, EOS_ID, PAD_ID  # specials come first in every vocabulary
 
 
 @contextlib.contextmanager

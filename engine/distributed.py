@@ -38,16 +38,21 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from engine.errors import EngineError
 from engine.events import Emit, Notice, RunFailed
+from engine.stages import MAIN_FIRST, StageResult
+
+if TYPE_CHECKING:
+    from engine.config import RunConfig
+
+T = TypeVar("T")
 
 TIMEOUT_ENV = "TRANSFORMER_DIST_TIMEOUT"  # seconds a training collective may wait
 PREPARE_TIMEOUT_ENV = "TRANSFORMER_DIST_PREPARE_TIMEOUT"  # seconds to wait for rank 0's stages
 DEFAULT_TIMEOUT = 300.0  # a checkpoint write on rank 0 is the longest legitimate wait
 DEFAULT_PREPARE_TIMEOUT = 6 * 3600.0  # a WMT14 download plus the full preset's tokenizer
-MAIN_FIRST = ("data", "tokenizer", "encode")  # stages rank 0 runs before the others
 _STATUS = {"ok": 0, "failed": 1, "stopped": 2}
 
 
@@ -312,9 +317,10 @@ def sync_gradients(parallel, sync: bool):
     return parallel.no_sync()
 
 
-def adapt_resume(state: dict[str, Any], trainer, path: Path | str, emit: Emit,
-                 update_freq: int, max_tokens: int) -> None:
-    """A checkpoint saved by another number of processes: continue with a notice, or refuse.
+def adapt_resume(state: dict[str, Any], epoch: int, batch_in_epoch: int, path: Path | str,
+                 update_freq: int, max_tokens: int) -> tuple[int, Notice | None]:
+    """A checkpoint saved by this run's number of processes, or by another one: (the batches of
+    the epoch this rank has done, a notice to show or None); an EngineError when it cannot go on.
 
     ``batch_in_epoch`` counts each rank's batches; ``saved ranks x batch_in_epoch`` batches of the
     epoch's order were done, which the new ranks split again when they can do so evenly.
@@ -323,20 +329,20 @@ def adapt_resume(state: dict[str, Any], trainer, path: Path | str, emit: Emit,
     world = world_size()
     if saved == world:
         _restore_rng_state(state.get("rank_rng"))  # each rank's own dropout masks go on
-        return
-    if trainer.batch_in_epoch:
-        done = trainer.batch_in_epoch * saved
+        return batch_in_epoch, None
+    if batch_in_epoch:
+        done = batch_in_epoch * saved
         if done % world:
             raise EngineError(
-                f"{path}: saved by {saved} process(es) in the middle of epoch {trainer.epoch + 1} "
+                f"{path}: saved by {saved} process(es) in the middle of epoch {epoch + 1} "
                 f"after {done} batches, which {world} processes cannot split evenly: resume with "
                 f"{saved} process(es), or from a checkpoint saved at the end of an epoch "
                 "(model_epoch_N.pt)")
-        trainer.batch_in_epoch = done // world
-    emit(Notice(level="warning", text=(
+        batch_in_epoch = done // world
+    return batch_in_epoch, Notice(level="warning", text=(
         f"{path} was trained by {saved} process(es), this run has {world}: an update now "
         f"averages {world} x {update_freq} batches of up to {max_tokens:,} tokens instead of "
-        f"{saved} x {update_freq} (change training.update_freq to keep the effective batch)")))
+        f"{saved} x {update_freq} (change training.update_freq to keep the effective batch)"))
 
 
 def gather_rng_states() -> list | None:
@@ -372,23 +378,25 @@ def _restore_rng_state(saved: list | None) -> None:
 # --- stages --------------------------------------------------------------------------------
 
 
-def run_stage(name: str, function: Callable, ctx):
-    """Run one pipeline stage on this rank; rank 0 first for the stages that write files."""
+def run_stage(name: str, call: Callable[[], StageResult[T]], config: "RunConfig",
+              run_dir: Path) -> StageResult[T]:
+    """Run one pipeline stage on this rank (``call`` runs it with its arguments); rank 0 first
+    for the stages that write the run directory's files."""
     if _job is None:
-        return function(ctx)
+        return call()
     try:
         if name in MAIN_FIRST:
-            result = _main_first(name, function, ctx)
+            result = _main_first(name, call, Path(run_dir))
         else:
-            result = function(ctx)
+            result = call()
         if name == "data":
-            _check_same_inputs(ctx.config, result.output)
+            _check_same_inputs(config, result.output)
         return result
     except Exception as exc:
         if isinstance(exc, EngineError) or not _is_peer_failure(exc):
             raise
         _job.failing = True
-        last = Path(ctx.run_dir) / "checkpoint_last.pt"
+        last = Path(run_dir) / "checkpoint_last.pt"
         kept = f"{last} holds the last saved state" if last.is_file() else "no checkpoint yet"
         raise EngineError(f"{describe()}: another process of the job died or stopped answering "
                           f"({_first_line(exc)}); {kept}") from None
@@ -403,12 +411,12 @@ def _broadcast_status(status: int) -> int:
     return int(tensor.item())
 
 
-def _main_first(name: str, function: Callable, ctx):
+def _main_first(name: str, call: Callable[[], StageResult[T]], run_dir: Path) -> StageResult[T]:
     from engine.control import RunStopped
 
     if _job.rank == 0:
         try:
-            result = function(ctx)
+            result = call()
         except RunStopped:
             _broadcast_status(_STATUS["stopped"])
             raise
@@ -422,18 +430,18 @@ def _main_first(name: str, function: Callable, ctx):
         raise RunStopped()
     if status != _STATUS["ok"]:
         raise EngineError(f"{describe()}: rank 0 failed in stage {name} (its error is in "
-                          f"{ctx.run_dir}/events.jsonl); stopping too")
-    if not (Path(ctx.run_dir) / "config.toml").is_file():
-        raise EngineError(f"{describe()}: {ctx.run_dir} does not show rank 0's files: with "
+                          f"{run_dir}/events.jsonl); stopping too")
+    if not (run_dir / "config.toml").is_file():
+        raise EngineError(f"{describe()}: {run_dir} does not show rank 0's files: with "
                           "several nodes, --run-dir must be on a filesystem every node shares")
-    result = function(ctx)
+    result = call()
     if name != "data" and not result.reused:
         raise EngineError(f"{describe()}: stage {name} could not reuse rank 0's output in "
-                          f"{ctx.run_dir}; start every process with the same inputs")
+                          f"{run_dir}; start every process with the same inputs")
     return result
 
 
-def _check_same_inputs(config, corpus) -> None:
+def _check_same_inputs(config: "RunConfig", corpus) -> None:
     """Every rank must have the same config and data, or their batches would not match."""
     import torch
     import torch.distributed as dist

@@ -14,18 +14,23 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from engine.control import RunStopped
+from engine import atomic
+from engine.control import RunControl, RunStopped
 from engine.errors import DataError
-from engine.events import Notice
-from engine.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from engine.events import Emit, Notice
+from engine.stages import StageResult
+from engine.vocab import BOS_ID, EOS_ID
+
+if TYPE_CHECKING:
+    from engine.data.corpus import Corpus
+    from engine.tokenizer.stage import TokenizerSet
 
 SPLITS = ("train", "valid", "test")
 CACHE_VERSION = 1  # bump when the array layout changes
@@ -124,15 +129,6 @@ def encode_pairs(pairs: Sequence[tuple[str, str]], src_tokenizer, tgt_tokenizer,
 # --- cache ---------------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_encoded(data: EncodedData, cache_dir: Path) -> None:
     cache_dir.mkdir(parents=True, exist_ok=True)
     (cache_dir / "fingerprint.json").unlink(missing_ok=True)  # arrays first, fingerprint last
@@ -141,11 +137,11 @@ def save_encoded(data: EncodedData, cache_dir: Path) -> None:
         arrays = {"src_ids": split.src_ids, "src_offsets": split.src_offsets,
                   "tgt_ids": split.tgt_ids, "tgt_offsets": split.tgt_offsets,
                   "dropped": np.array(split.dropped, dtype=np.int64)}
-        _write_atomic(cache_dir / f"{name}.npz", lambda f: np.savez(f, **arrays))
+        with atomic.atomic_file(cache_dir / f"{name}.npz") as f:
+            np.savez(f, **arrays)
     meta = {"fingerprint": data.fingerprint, "version": CACHE_VERSION,
             "pairs": {name: len(data.split(name)) for name in SPLITS}}
-    _write_atomic(cache_dir / "fingerprint.json",
-                  lambda f: f.write(json.dumps(meta, indent=2).encode()))
+    atomic.write_text(cache_dir / "fingerprint.json", json.dumps(meta, indent=2))
 
 
 def load_encoded(cache_dir: Path, fingerprint: str) -> EncodedData | None:
@@ -167,13 +163,9 @@ def load_encoded(cache_dir: Path, fingerprint: str) -> EncodedData | None:
 # --- stage ---------------------------------------------------------------------------------
 
 
-def run_encode_stage(ctx):
-    from engine.pipeline import StageResult
-
-    corpus = ctx.outputs["data"]
-    tokenizers = ctx.outputs["tokenizer"]
-    max_len = ctx.config.model.max_len
-    cache_dir = Path(ctx.run_dir) / "data"
+def run_encode_stage(corpus: "Corpus", tokenizers: "TokenizerSet", max_len: int, run_dir: Path,
+                     emit: Emit, control: RunControl) -> StageResult[EncodedData]:
+    cache_dir = Path(run_dir) / "data"
     fingerprint = encode_fingerprint(corpus.fingerprint(), tokenizers.src.to_str(),
                                      tokenizers.tgt.to_str(), max_len)
     started = time.monotonic()
@@ -181,7 +173,7 @@ def run_encode_stage(ctx):
     reused = data is not None
     if data is None:
         splits = {name: encode_pairs(getattr(corpus, name), tokenizers.src, tokenizers.tgt,
-                                     max_len, should_stop=ctx.control.checkpoint)
+                                     max_len, should_stop=control.checkpoint)
                   for name in SPLITS}
         data = EncodedData(fingerprint=fingerprint, **splits)
         save_encoded(data, cache_dir)
@@ -191,8 +183,8 @@ def run_encode_stage(ctx):
     dropped = {name: data.split(name).dropped for name in SPLITS}
     if any(dropped.values()):
         counts = ", ".join(f"{n} {name}" for name, n in dropped.items() if n)
-        ctx.emit(Notice(text=f"encode: dropped {counts} pairs longer than "
-                             f"model.max_len = {max_len} tokens"))
+        emit(Notice(text=f"encode: dropped {counts} pairs longer than "
+                         f"model.max_len = {max_len} tokens"))
     info = {f"{name}_pairs": len(data.split(name)) for name in SPLITS}
     info["dropped"] = sum(dropped.values())
     info["train_tokens"] = int(len(data.train.src_ids) + len(data.train.tgt_ids))

@@ -1,67 +1,42 @@
-"""The stage runner: config -> data -> tokenizer -> encode -> batches -> model -> train.
+"""The run: config -> data -> tokenizer -> encode -> batches -> model -> train.
 
-Each stage is a function of the run context that returns a ``StageResult``; its output is kept in
-``ctx.outputs[stage]`` for the stages after it. A stage whose inputs have not changed reuses what
-an earlier run left in the run directory and says so (``reused``).
+``run`` calls each stage in order with the outputs of the stages before it and gets a typed
+``StageResult`` back (engine/stages.py); a stage whose inputs have not changed reuses what an
+earlier run left in the run directory and says so (``reused``). The runner owns what is common
+to every stage: the events around it, pause/resume/stop, failures, and in a torchrun job the
+order in which the ranks run it (engine/distributed.py).
+
+Importing this module is cheap (no torch): the stage modules are imported when a run starts.
 """
 
 from __future__ import annotations
 
-import importlib
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable, TypeVar
 
-from engine import distributed
+from engine import atomic, distributed
 from engine.config import RunConfig
 from engine.control import RunControl, RunStopped
 from engine.errors import EngineError
-from engine.events import (Emit, JsonlWriter, RunFailed, RunFinished, RunPaused, RunResumed,
-                           RunStarted, StageFinished, StageStarted, fan_out)
+from engine.events import (
+    Emit,
+    JsonlWriter,
+    RunFailed,
+    RunFinished,
+    RunPaused,
+    RunResumed,
+    RunStarted,
+    StageFinished,
+    StageStarted,
+    fan_out,
+)
+from engine.stages import STAGES, StageResult, stage_names
 
-# stage name -> "module:function"; the function takes a RunContext and returns a StageResult
-STAGES: dict[str, str] = {
-    "data": "engine.data:run_data_stage",
-    "tokenizer": "engine.tokenizer:run_tokenizer_stage",
-    "encode": "engine.encode:run_encode_stage",
-    "batches": "engine.batching:run_batches_stage",
-    "model": "engine.train:run_model_stage",
-    "train": "engine.train:run_train_stage",
-}
+__all__ = ["STAGES", "run", "stage_names"]
 
-
-@dataclass
-class RunContext:
-    config: RunConfig
-    run_dir: Path
-    emit: Emit
-    control: RunControl
-    resume: str | None = None  # "last" or a checkpoint path, for the train stage
-    outputs: dict[str, Any] = field(default_factory=dict)
-    stage: str = ""  # the stage now running
-
-
-@dataclass
-class StageResult:
-    output: Any
-    info: dict[str, Any] = field(default_factory=dict)  # totals shown when the stage ends
-    reused: bool = False
-
-
-def stage_names(until: str | None = None) -> list[str]:
-    names = list(STAGES)
-    if until is not None:
-        if until not in STAGES:
-            raise EngineError(f"--until {until!r}: unknown stage (stages: {', '.join(STAGES)})")
-        names = names[: names.index(until) + 1]
-    return names
-
-
-def _stage_function(name: str) -> Callable[[RunContext], StageResult]:
-    module, _, function = STAGES[name].partition(":")
-    return getattr(importlib.import_module(module), function)
+T = TypeVar("T")
 
 
 def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None = None,
@@ -72,50 +47,41 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
     ``run_dir/config.toml``. Failures become a ``RunFailed`` event, never an exception.
     In a torchrun job only rank 0 writes those files (see engine/distributed.py).
     """
-    from engine.preflight import preflight  # torch import; keep `import engine.pipeline` light
-
     names = stage_names(until)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     writer = None
     if distributed.is_main():
-        (run_dir / "config.toml").write_text(config.to_toml(), encoding="utf-8")
+        atomic.write_text(run_dir / "config.toml", config.to_toml())
         writer = JsonlWriter(run_dir / "events.jsonl")
         emit = fan_out(writer, emit)
     control = control or RunControl()
-    ctx = RunContext(config=config, run_dir=run_dir, emit=emit, control=control, resume=resume)
+    stages = _StageRunner(config, run_dir, emit, control, names)
 
     def on_control(change: str) -> None:
         if change == "paused":
-            emit(RunPaused(stage=ctx.stage))
+            emit(RunPaused(stage=stages.current))
         elif change == "resumed":
-            emit(RunResumed(stage=ctx.stage, paused_seconds=round(control.paused_seconds, 3)))
+            emit(RunResumed(stage=stages.current, paused_seconds=round(control.paused_seconds, 3)))
 
     control.add_listener(on_control)
     started = time.monotonic()
     emit(RunStarted(run_dir=str(run_dir), preset=config.name, stages=names))
     status = "finished"
     try:
-        emit(preflight(config, run_dir))
-        for index, name in enumerate(names, start=1):
-            if control.checkpoint():
-                raise RunStopped()
-            ctx.stage = name
-            emit(StageStarted(stage=name, index=index, total=len(names)))
-            stage_started = time.monotonic()
-            result = distributed.run_stage(name, _stage_function(name), ctx)
-            ctx.outputs[name] = result.output
-            emit(StageFinished(stage=name, seconds=round(time.monotonic() - stage_started, 3),
-                               reused=result.reused, info=result.info))
+        _run_stages(stages, config, run_dir, emit, control, resume)
+    except _Done:
+        pass
     except RunStopped:
         status = "stopped"
     except EngineError as exc:
         status = "failed"
-        emit(RunFailed(stage=ctx.stage, message=str(exc), details=getattr(exc, "details", [])))
+        emit(RunFailed(stage=stages.current, message=str(exc), details=getattr(exc, "details", [])))
     except Exception as exc:  # a bug or an environment problem: keep the traceback in the log
         status = "failed"
         details = traceback.format_exc().splitlines()[-12:]
-        emit(RunFailed(stage=ctx.stage, message=f"{type(exc).__name__}: {exc}", details=details))
+        emit(RunFailed(stage=stages.current, message=f"{type(exc).__name__}: {exc}",
+                       details=details))
     finally:
         control.remove_listener(on_control)
     if status != "failed":
@@ -123,3 +89,55 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
     if writer is not None:
         writer.close()
     return status
+
+
+def _run_stages(stages: "_StageRunner", config: RunConfig, run_dir: Path, emit: Emit,
+                control: RunControl, resume: str | None) -> None:
+    """The pipeline itself: each stage with its inputs, in order. ``stages.run`` ends the run
+    (``_Done``) when asked for a stage past the last one (``--until``)."""
+    # torch and the tokenizers library load here, not when the app imports this module
+    from engine.batching import run_batches_stage
+    from engine.data.stage import run_data_stage
+    from engine.encode import run_encode_stage
+    from engine.preflight import preflight
+    from engine.tokenizer.stage import run_tokenizer_stage
+    from engine.train import run_model_stage, run_train_stage
+
+    emit(preflight(config, run_dir))
+    corpus = stages.run("data", lambda: run_data_stage(config.data, emit))
+    tokenizers = stages.run("tokenizer", lambda: run_tokenizer_stage(
+        config.tokenizer, corpus, run_dir, emit, control))
+    data = stages.run("encode", lambda: run_encode_stage(
+        corpus, tokenizers, config.model.max_len, run_dir, emit, control))
+    batches = stages.run("batches", lambda: run_batches_stage(data, config.training))
+    trainer = stages.run("model", lambda: run_model_stage(config, tokenizers, run_dir, emit,
+                                                          resume))
+    stages.run("train", lambda: run_train_stage(config, trainer, corpus, tokenizers, data,
+                                                batches, run_dir, emit, control))
+
+
+class _Done(Exception):
+    """The run's last stage (``--until``) has finished."""
+
+
+class _StageRunner:
+    """What happens around every stage: a stop check, the events, the torchrun ordering."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, emit: Emit, control: RunControl,
+                 names: list[str]) -> None:
+        self.config, self.run_dir, self.emit, self.control = config, run_dir, emit, control
+        self.names = names
+        self.current = ""  # the stage now running, for RunPaused/RunResumed/RunFailed
+
+    def run(self, name: str, call: Callable[[], StageResult[T]]) -> T:
+        if self.current == self.names[-1]:
+            raise _Done()
+        if self.control.checkpoint():
+            raise RunStopped()
+        self.current = name
+        self.emit(StageStarted(stage=name, index=STAGES.index(name) + 1, total=len(self.names)))
+        started = time.monotonic()
+        result = distributed.run_stage(name, call, self.config, self.run_dir)
+        self.emit(StageFinished(stage=name, seconds=round(time.monotonic() - started, 3),
+                                reused=result.reused, info=result.info))
+        return result.output

@@ -1,4 +1,7 @@
-"""Preflight, first thing in every run: which device trains, and is there disk for the run."""
+"""Preflight, first thing in every run: which device trains, and is there disk for the run.
+
+The device is engine/device.py's choice, the one training makes: an explicit ``device = "cuda"``
+without a GPU fails here, before any work."""
 
 from __future__ import annotations
 
@@ -51,7 +54,9 @@ def disk_needed_bytes(config: RunConfig) -> int:
 def preflight(config: RunConfig, run_dir: Path) -> Preflight:
     import torch
 
-    use_cuda = config.training.device != "cpu" and torch.cuda.is_available()
+    from engine.device import pick_device
+
+    use_cuda = pick_device(config.training.device).type == "cuda"
     if use_cuda:
         count = torch.cuda.device_count()
         names = [torch.cuda.get_device_name(i) for i in range(count)]
@@ -62,8 +67,6 @@ def preflight(config: RunConfig, run_dir: Path) -> Preflight:
     free = shutil.disk_usage(run_dir).free
     needed = disk_needed_bytes(config)
     warning = ""
-    if config.training.device == "cuda" and not use_cuda:
-        warning = "training.device = cuda but no CUDA device is available; training on the CPU"
     if free < needed:
         warning = (f"only {free / 1e9:.1f} GB free at {run_dir}, this preset needs about "
                    f"{needed / 1e9:.1f} GB (data, caches, checkpoints)")

@@ -103,8 +103,8 @@ class HeadlessPrinter:
             self._line(f"  Total time: {e.seconds:.1f}s")
         details = " | ".join(f"{k}: {_fmt_info(v)}" for k, v in e.info.items())
         state = "reused" if e.reused else "done"
-        self._line(f"   {e.stage} {state} in {_fmt_seconds(e.seconds)}"
-                   + (f" | {details}" if details else ""))
+        line = f"   {e.stage} {state} in {_fmt_seconds(e.seconds)}"
+        self._line(line + (f" | {details}" if details else ""))
 
     def _on_Notice(self, e: ev.Notice) -> None:
         self._line(("WARNING: " if e.level == "warning" else "  ") + e.text)

@@ -22,7 +22,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,13 +31,28 @@ import torch.nn.functional as F
 from engine import checkpoint as ckpt
 from engine import distributed
 from engine.batching import Batches, collate
-from engine.control import RunStopped
+from engine.checkpoint import Progress
+from engine.control import RunControl, RunStopped
+from engine.device import pick_device, resolve_precision
 from engine.encode import EncodedData
 from engine.errors import ConfigError, DataError, EngineError
-from engine.events import (BatchProgress, BatchSkipped, CheckpointSaved, EpochSummary,
-                           MemorySample, Notice)
+from engine.events import (
+    BatchProgress,
+    BatchSkipped,
+    CheckpointSaved,
+    Emit,
+    EpochSummary,
+    MemorySample,
+    Notice,
+)
 from engine.memory import MemoryProbe
-from engine.tokenizer import PAD_ID
+from engine.stages import StageResult
+from engine.vocab import PAD_ID
+
+if TYPE_CHECKING:
+    from engine.config import RunConfig
+    from engine.data.corpus import Corpus
+    from engine.tokenizer.stage import TokenizerSet
 
 PROGRESS_SECONDS = 0.25  # at most ~4 BatchProgress events a second (plus each epoch's last)
 MEMORY_SECONDS = 5.0  # one MemorySample every few seconds
@@ -98,46 +113,12 @@ def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, epsilon: flo
     return (1.0 - epsilon) * nll + epsilon * smooth, nll, int(target.numel())
 
 
-def pick_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("[training] device = \"cuda\" but no CUDA device is available "
-                          "(use \"auto\" or \"cpu\")")
-    if choice == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Native bf16 matrix instructions (AVX512-BF16 or AMX); elsewhere bf16 is emulated."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(choice: str, device: torch.device) -> tuple[str, torch.dtype | None]:
-    """("fp32" | "bf16" | "fp16", autocast dtype or None)."""
-    if choice == "auto":
-        if device.type == "cuda":
-            choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            choice = "bf16" if cpu_has_fast_bf16() else "fp32"
-    if choice == "fp16" and device.type != "cuda":
-        raise ConfigError("[training] precision = \"fp16\" needs a CUDA device; on the CPU use "
-                          "\"bf16\" or \"fp32\"")
-    if choice == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("[training] precision = \"bf16\": this GPU has no bfloat16; use "
-                          "\"fp16\" or \"auto\"")
-    return choice, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
-
-
 # --- model stage ---------------------------------------------------------------------------
 
 
 @dataclass
 class Trainer:
-    """What the model stage builds and the train stage advances; the checkpoint's contents."""
+    """What the model stage builds and the train stage advances; what a checkpoint holds."""
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -146,16 +127,7 @@ class Trainer:
     device: torch.device
     precision: str
     amp_dtype: torch.dtype | None
-    epoch: int = 0  # epochs completed
-    batch_in_epoch: int = 0  # batches of epoch + 1 done
-    epoch_nll: float = 0.0  # NLL and target tokens of epoch + 1 so far
-    epoch_tokens: int = 0
-    train_loss: float | None = None
-    val_loss: float | None = None
-    bleu: float | None = None
-    best: float | None = None  # best val loss (or BLEU), what checkpoint_best.pt holds
-    seconds: float = 0.0  # training time so far, pauses excluded, across resumes
-    batches_per_epoch: int = 0
+    progress: Progress = field(default_factory=Progress)
     resumed_from: str = ""
     parallel: Any = None  # DistributedDataParallel around model in a torchrun job, else None
 
@@ -163,67 +135,12 @@ class Trainer:
     def step(self) -> int:
         return self.schedule.updates
 
-    def state(self, config, tokenizers) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
-            "epoch_nll": self.epoch_nll, "epoch_tokens": self.epoch_tokens,
-            "train_loss": self.train_loss, "val_loss": self.val_loss, "bleu": self.bleu,
-            "best": self.best, "seconds": self.seconds,
-            "batches_per_epoch": self.batches_per_epoch,
-            "world_size": distributed.world_size(),  # batch_in_epoch counts each rank's batches
-            "rng": ckpt.rng_state(),
-            "config": config.to_dict(), "run_name": config.name,
-            "precision": self.precision,
-            "vocab": {"src_size": tokenizers.src.get_vocab_size(),
-                      "tgt_size": tokenizers.tgt.get_vocab_size(),
-                      "shared": bool(tokenizers.shared)},
-            "tokenizers": {"src": tokenizers.src.to_str(), "tgt": tokenizers.tgt.to_str()},
-        }
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        for key in ("epoch", "batch_in_epoch", "epoch_nll", "epoch_tokens", "train_loss",
-                    "val_loss", "bleu", "best", "seconds", "batches_per_epoch"):
-            if key in state:
-                setattr(self, key, state[key])
-        ckpt.set_rng_state(state["rng"])
-
-
-def _resume_path(ctx) -> Path:
-    if ctx.resume == "last":
-        path = Path(ctx.run_dir) / ckpt.LAST
-        if not path.is_file():
-            raise EngineError(f"--resume last: no {ckpt.LAST} in {ctx.run_dir} (nothing to "
-                              "resume; give a checkpoint path or start without --resume)")
-        return path
-    return Path(ctx.resume).expanduser()
-
-
-def _check_same_tokenizers(state: dict[str, Any], tokenizers, path: Path) -> None:
-    from tokenizers import Tokenizer
-
-    for side in ("src", "tgt"):
-        saved = state["tokenizers"][side]
-        here = getattr(tokenizers, side)
-        if saved != here.to_str() and Tokenizer.from_str(saved).get_vocab() != here.get_vocab():
-            raise EngineError(f"{path}: checkpoint was trained with another {side} tokenizer "
-                              "than this run's (same size, different tokens); resume in the "
-                              "run directory that trained it")
-
-
-def run_model_stage(ctx):
+def run_model_stage(config: RunConfig, tokenizers: TokenizerSet, run_dir: Path, emit: Emit,
+                    resume: str | None = None) -> StageResult[Trainer]:
+    """Build the Transformer, its optimizer and schedule; with ``resume``, restore a checkpoint."""
     from engine.model import Transformer
-    from engine.pipeline import StageResult
 
-    config = ctx.config
-    tokenizers = ctx.outputs["tokenizer"]
     if config.eval.best_by == "bleu" and config.eval.bleu_every == 0:
         raise ConfigError(f"{config.source}: [eval] best_by = \"bleu\" needs bleu_every >= 1")
     device = pick_device(config.training.device)
@@ -244,25 +161,25 @@ def run_model_stage(ctx):
                             config.training.lr_factor)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     trainer = Trainer(model, optimizer, schedule, scaler, device, precision, amp_dtype)
-    ckpt.remove_stale_temporaries(ctx.run_dir)
+    ckpt.remove_stale_temporaries(run_dir)
 
-    if ctx.resume:
-        path = _resume_path(ctx)
-        state = ckpt.load_checkpoint(path)  # CPU: RNG states must stay there
-        ckpt.check_fits(state, path, config.model, src_vocab, tgt_vocab, bool(tokenizers.shared))
-        _check_same_tokenizers(state, tokenizers, path)
-        ckpt.load_model_state(model, state, path)
-        trainer.restore(state)
-        distributed.adapt_resume(state, trainer, path, ctx.emit, config.training.update_freq,
-                                 config.training.max_tokens)
+    if resume:
+        path, state = ckpt.load_for_resume(resume, run_dir, config.model, tokenizers)
+        ckpt.restore_training(trainer, state, path)
+        progress = trainer.progress
+        progress.batch_in_epoch, notice = distributed.adapt_resume(
+            state, progress.epoch, progress.batch_in_epoch, path, config.training.update_freq,
+            config.training.max_tokens)
+        if notice is not None:
+            emit(notice)
         trainer.resumed_from = str(path)
 
     trainer.parallel = distributed.wrap_model(model)
     parameters = sum(p.numel() for p in model.parameters())  # tied weights counted once
     info = {"parameters": parameters, "device": device.type, "precision": precision}
     if trainer.resumed_from:
-        info.update(resumed_from=trainer.resumed_from, epoch=trainer.epoch,
-                    batch_in_epoch=trainer.batch_in_epoch, step=trainer.step)
+        info.update(resumed_from=trainer.resumed_from, epoch=trainer.progress.epoch,
+                    batch_in_epoch=trainer.progress.batch_in_epoch, step=trainer.step)
     return StageResult(output=trainer, info=info)
 
 
@@ -286,21 +203,20 @@ class _Clock:
 
 
 class TrainLoop:
-    def __init__(self, ctx) -> None:
-        self.ctx = ctx
-        self.config = ctx.config
-        self.cfg = ctx.config.training
-        self.trainer: Trainer = ctx.outputs["model"]
-        self.data: EncodedData = ctx.outputs["encode"]
-        self.batches: Batches = ctx.outputs["batches"]
-        self.tokenizers = ctx.outputs["tokenizer"]
-        self.run_dir = Path(ctx.run_dir)
+    def __init__(self, config: RunConfig, trainer: Trainer, corpus: Corpus,
+                 tokenizers: TokenizerSet, data: EncodedData, batches: Batches, run_dir: Path,
+                 emit: Emit, control: RunControl) -> None:
+        self.config, self.cfg = config, config.training
+        self.trainer, self.progress = trainer, trainer.progress
+        self.corpus, self.tokenizers, self.data, self.batches = corpus, tokenizers, data, batches
+        self.run_dir = Path(run_dir)
+        self.emit, self.control = emit, control
         self.memory = MemoryProbe()  # also read by the app's panel: one probe for both
         self.last_memory = 0.0
         self.bad_in_a_row = 0
         self.saved_position: tuple[int, int] | None = None  # (epoch, batch) of checkpoint_last
-        self.session = _Clock(ctx.control)
-        self.seconds_before = self.trainer.seconds
+        self.session = _Clock(control)
+        self.seconds_before = self.progress.seconds
         self.last_gnorm: torch.Tensor | None = None  # of the last update, for BatchProgress
 
     # -- helpers --
@@ -317,7 +233,7 @@ class TrainLoop:
         if force or now - self.last_memory >= MEMORY_SECONDS:
             self.last_memory = now
             reading = self.memory.sample()
-            self.ctx.emit(MemorySample(
+            self.emit(MemorySample(
                 devices=reading.devices, torch_allocated=reading.torch_allocated,
                 torch_reserved=reading.torch_reserved, torch_peak=reading.torch_peak,
                 process_rss=reading.process_rss or 0, system_used=reading.system_used or 0,
@@ -325,16 +241,17 @@ class TrainLoop:
 
     def save_last(self) -> None:
         t = self.trainer
-        position = (t.epoch, t.batch_in_epoch)
+        p = self.progress
+        position = (p.epoch, p.batch_in_epoch)
         if self.saved_position == position:
             return
         rank_rng = distributed.gather_rng_states()  # every rank's dropout generator, for resume
         if not distributed.is_main():
             self.saved_position = position
             return  # rank 0 writes the checkpoint
-        t.seconds = self.total_seconds()
+        p.seconds = self.total_seconds()
         path = self.run_dir / ckpt.LAST
-        state = t.state(self.config, self.tokenizers)
+        state = ckpt.training_state(t, self.config, self.tokenizers, distributed.world_size())
         if rank_rng is not None:
             state["rank_rng"] = rank_rng
         size = ckpt.save_checkpoint(state, path)
@@ -343,9 +260,10 @@ class TrainLoop:
 
     def announce(self, path: Path, size: int) -> None:
         t = self.trainer
-        self.ctx.emit(CheckpointSaved(path=str(path), name=path.name, epoch=t.epoch, step=t.step,
-                                      val_loss=t.val_loss, bleu=t.bleu, size_bytes=size,
-                                      saved_at=time.time()))
+        p = self.progress
+        self.emit(CheckpointSaved(path=str(path), name=path.name, epoch=p.epoch, step=t.step,
+                                  val_loss=p.val_loss, bleu=p.bleu, size_bytes=size,
+                                  saved_at=time.time()))
 
     def stop(self) -> None:
         self.save_last()
@@ -359,8 +277,8 @@ class TrainLoop:
                 f"wait for its gradients; lower training.max_tokens (now {self.cfg.max_tokens}) "
                 "and raise training.update_freq to keep the batch size")
         self.bad_in_a_row += 1
-        self.ctx.emit(BatchSkipped(reason=reason, epoch=epoch, batch=batch, tokens=tokens,
-                                   in_a_row=self.bad_in_a_row))
+        self.emit(BatchSkipped(reason=reason, epoch=epoch, batch=batch, tokens=tokens,
+                               in_a_row=self.bad_in_a_row))
         if self.bad_in_a_row >= self.cfg.max_bad_batches:
             last = self.run_dir / ckpt.LAST
             kept = f"{last} holds the last good state" if last.is_file() else "no checkpoint yet"
@@ -433,7 +351,8 @@ class TrainLoop:
     # -- epochs --
 
     def train_epoch(self, epoch: int) -> None:
-        t, cfg, control = self.trainer, self.cfg, self.ctx.control
+        t, cfg, control = self.trainer, self.cfg, self.control
+        p = self.progress
         order = distributed.shard(self.batches.epoch_order(epoch))  # this rank's batches
         n = len(order)
         world = distributed.world_size()  # progress counts the whole job's batches
@@ -441,7 +360,7 @@ class TrainLoop:
         clock = _Clock(control)
         done_here = tokens_here = 0
         last_progress = 0.0
-        for position in range(t.batch_in_epoch, n):
+        for position in range(p.batch_in_epoch, n):
             boundary = position % cfg.update_freq == 0
             # blocks while paused; in a torchrun job a stop on any rank stops every rank here
             if distributed.any_rank(control.checkpoint()) and boundary:
@@ -465,15 +384,15 @@ class TrainLoop:
             if nll is None and not out_of_memory:
                 self.bad_batch("nan", epoch, position + 1, batch.padded_tokens)
             if nll is not None:
-                t.epoch_nll += nll * tokens
-                t.epoch_tokens += tokens
+                p.epoch_nll += nll * tokens
+                p.epoch_tokens += tokens
                 tokens_here += tokens
             if last_in_group and not self.update() and nll is not None:
                 self.bad_batch("nan", epoch, position + 1, batch.padded_tokens)
                 nll = None
             if nll is not None:
                 self.bad_in_a_row = 0
-            t.batch_in_epoch = position + 1
+            p.batch_in_epoch = position + 1
             done_here += 1
 
             now = time.monotonic()
@@ -481,10 +400,10 @@ class TrainLoop:
                 last_progress = now
                 seconds = max(clock.seconds(), 1e-9)
                 rate = done_here / seconds
-                self.ctx.emit(BatchProgress(
+                self.emit(BatchProgress(
                     epoch=epoch, epochs=cfg.epochs, batch=(position + 1) * world,
                     batches=n * world, step=t.step,
-                    loss=nll, avg_loss=t.epoch_nll / max(t.epoch_tokens, 1),
+                    loss=nll, avg_loss=p.epoch_nll / max(p.epoch_tokens, 1),
                     lr=t.schedule.lr, batches_per_second=round(rate * world, 3),
                     tokens_per_second=round(tokens_here / seconds, 1),
                     eta=round((n - position - 1) / rate, 1) if rate > 0 else 0.0,
@@ -499,7 +418,7 @@ class TrainLoop:
         t.model.eval()
         nll_sum, tokens_sum, stopped = 0.0, 0, False
         for rows in distributed.shard_list(self.batches.valid):  # each rank a share
-            if self.ctx.control.checkpoint():
+            if self.control.checkpoint():
                 stopped = True
                 break
             batch = collate(self.data.valid, rows)
@@ -523,7 +442,7 @@ class TrainLoop:
         from engine.decode import corpus_bleu, translate
 
         t, ev = self.trainer, self.config.eval
-        corpus = self.ctx.outputs["data"]
+        corpus = self.corpus
         pairs = corpus.valid[:ev.bleu_samples] if ev.bleu_samples else corpus.valid
         t.model.eval()
         with torch.no_grad(), self.autocast():
@@ -536,26 +455,27 @@ class TrainLoop:
 
     def finish_epoch(self, epoch: int, epoch_clock: _Clock) -> None:
         t, ev = self.trainer, self.config.eval
+        p = self.progress
         val_loss = self.validate()
         if val_loss is None:
             self.stop()  # every batch is done, validation is not: resume validates
-        t.train_loss = t.epoch_nll / max(t.epoch_tokens, 1)
-        t.val_loss = val_loss
+        p.train_loss = p.epoch_nll / max(p.epoch_tokens, 1)
+        p.val_loss = val_loss
         bleu_now = ev.bleu_every and epoch % ev.bleu_every == 0
-        t.bleu = distributed.from_main(self.bleu) if bleu_now else None  # rank 0 decodes
-        t.epoch, t.batch_in_epoch, t.epoch_nll, t.epoch_tokens = epoch, 0, 0.0, 0
+        p.bleu = distributed.from_main(self.bleu) if bleu_now else None  # rank 0 decodes
+        p.epoch, p.batch_in_epoch, p.epoch_nll, p.epoch_tokens = epoch, 0, 0.0, 0
 
         if ev.best_by == "bleu":
-            improved = t.bleu is not None and (t.best is None or t.bleu > t.best)
+            improved = p.bleu is not None and (p.best is None or p.bleu > p.best)
             if improved:
-                t.best = t.bleu
+                p.best = p.bleu
         else:
-            improved = t.best is None or val_loss < t.best
+            improved = p.best is None or val_loss < p.best
             if improved:
-                t.best = val_loss
-        self.ctx.emit(EpochSummary(
-            epoch=epoch, epochs=self.cfg.epochs, step=t.step, train_loss=t.train_loss,
-            train_ppl=_ppl(t.train_loss), val_loss=val_loss, val_ppl=_ppl(val_loss), bleu=t.bleu,
+                p.best = val_loss
+        self.emit(EpochSummary(
+            epoch=epoch, epochs=self.cfg.epochs, step=t.step, train_loss=p.train_loss,
+            train_ppl=_ppl(p.train_loss), val_loss=val_loss, val_ppl=_ppl(val_loss), bleu=p.bleu,
             epoch_seconds=round(epoch_clock.seconds(), 3),
             total_seconds=round(self.total_seconds(), 3)))
 
@@ -573,30 +493,31 @@ class TrainLoop:
 
     def run(self) -> dict[str, Any]:
         t, cfg = self.trainer, self.cfg
+        p = self.progress
         if len(self.data.valid) == 0:
             raise DataError("no validation pairs are left after encoding (all longer than "
                             f"model.max_len = {self.config.model.max_len}?)")
-        t.batches_per_epoch = t.batches_per_epoch or len(self.batches.train)
-        if t.batches_per_epoch != len(self.batches.train) and t.batch_in_epoch:
-            self.ctx.emit(Notice(level="warning", text=(
-                f"the checkpoint's run had {t.batches_per_epoch} batches per epoch, this one "
-                f"has {len(self.batches.train)} (max_tokens changed?): epoch {t.epoch + 1} "
-                f"continues at batch {t.batch_in_epoch + 1} of the new batches")))
-        t.batches_per_epoch = len(self.batches.train)
-        if t.epoch >= cfg.epochs:
-            self.ctx.emit(Notice(text=f"the checkpoint has already trained {t.epoch} epochs of "
-                                      f"{cfg.epochs}; raise training.epochs to train more"))
+        p.batches_per_epoch = p.batches_per_epoch or len(self.batches.train)
+        if p.batches_per_epoch != len(self.batches.train) and p.batch_in_epoch:
+            self.emit(Notice(level="warning", text=(
+                f"the checkpoint's run had {p.batches_per_epoch} batches per epoch, this one "
+                f"has {len(self.batches.train)} (max_tokens changed?): epoch {p.epoch + 1} "
+                f"continues at batch {p.batch_in_epoch + 1} of the new batches")))
+        p.batches_per_epoch = len(self.batches.train)
+        if p.epoch >= cfg.epochs:
+            self.emit(Notice(text=f"the checkpoint has already trained {p.epoch} epochs of "
+                                  f"{cfg.epochs}; raise training.epochs to train more"))
         self.maybe_memory(force=True)
-        first_epoch = t.epoch + 1
+        first_epoch = p.epoch + 1
         for epoch in range(first_epoch, cfg.epochs + 1):
-            epoch_clock = _Clock(self.ctx.control)
+            epoch_clock = _Clock(self.control)
             self.train_epoch(epoch)
             self.finish_epoch(epoch, epoch_clock)
         self.maybe_memory(force=True)
-        t.seconds = self.total_seconds()
-        return {"epochs": t.epoch, "steps": t.step, "train_loss": t.train_loss,
-                "val_loss": t.val_loss, "val_ppl": _ppl(t.val_loss), "bleu": t.bleu,
-                "best": t.best, "seconds": round(t.seconds, 1)}
+        p.seconds = self.total_seconds()
+        return {"epochs": p.epoch, "steps": t.step, "train_loss": p.train_loss,
+                "val_loss": p.val_loss, "val_ppl": _ppl(p.val_loss), "bleu": p.bleu,
+                "best": p.best, "seconds": round(p.seconds, 1)}
 
 
 def _ppl(loss: float | None) -> float:
@@ -605,8 +526,9 @@ def _ppl(loss: float | None) -> float:
     return math.exp(min(loss, 50.0))  # exp(50) already says "untrained"; avoid overflow
 
 
-def run_train_stage(ctx):
-    from engine.pipeline import StageResult
-
-    info = TrainLoop(ctx).run()
-    return StageResult(output=ctx.outputs["model"], info=info)
+def run_train_stage(config: RunConfig, trainer: Trainer, corpus: Corpus, tokenizers: TokenizerSet,
+                    data: EncodedData, batches: Batches, run_dir: Path, emit: Emit,
+                    control: RunControl) -> StageResult[Trainer]:
+    """Train epochs ``progress.epoch + 1 .. training.epochs``; the output is the trained trainer."""
+    loop = TrainLoop(config, trainer, corpus, tokenizers, data, batches, run_dir, emit, control)
+    return StageResult(output=trainer, info=loop.run())

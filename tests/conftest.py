@@ -6,12 +6,12 @@ import os
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import engine  # noqa: E402,F401  (sets OMP_WAIT_POLICY before any test module imports torch)
-
 import gzip  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+
+import engine  # noqa: E402,F401  (sets OMP_WAIT_POLICY before any test module imports torch)
 
 MULTI30K = Path(__file__).parents[1] / ".." / "shared" / "data" / "multi30k"
 

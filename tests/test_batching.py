@@ -10,13 +10,17 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from engine.batching import (Batches, collate, decoder_lengths, make_batches, padding_efficiency,
-                             run_batches_stage)
+from engine.batching import (
+    Batches,
+    collate,
+    decoder_lengths,
+    make_batches,
+    padding_efficiency,
+    run_batches_stage,
+)
 from engine.config import config_from_dict
-from engine.control import RunControl
 from engine.encode import EncodedSplit, encode_pairs
 from engine.errors import ConfigError
-from engine.pipeline import RunContext
 
 MULTI30K = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "multi30k").resolve()
 
@@ -85,9 +89,7 @@ def test_the_stage_reports_batches_per_epoch_and_padding_efficiency(tmp_path):
     split = split_from_rows([[4] * int(n) for n in src], [[2] + [4] * int(n) for n in tgt])
     data = EncodedData(train=split, valid=split, test=split, fingerprint="x")
     config = config_from_dict({"training": {"max_tokens": 400, "seed": 3}})
-    ctx = RunContext(config=config, run_dir=tmp_path, emit=lambda e: None, control=RunControl())
-    ctx.outputs["encode"] = data
-    result = run_batches_stage(ctx)
+    result = run_batches_stage(data, config.training)
     assert result.info["batches_per_epoch"] == len(result.output.train) > 1
     expected = padding_efficiency(result.output.train, src, decoder_lengths(split))
     assert result.info["padding_efficiency"] == round(expected, 3)

@@ -16,10 +16,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from engine import checkpoint as ckpt
 from engine.config import config_from_dict
-from engine.control import RunControl
-from engine.data import Corpus
 from engine.errors import EngineError
-from engine.pipeline import RunContext
+from engine.tokenizer.stage import TokenizerSet
 from engine.train import run_model_stage
 
 SENTENCES = [("a small dog runs", "ein kleiner hund rennt"), ("the red car", "das rote auto"),
@@ -34,21 +32,17 @@ def tokenizer_set(pairs, vocab_size=80):
     tok.train_from_iterator([s for p in pairs for s in p], trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=["<pad>", "<unk>", "<s>", "</s>"],
         show_progress=False))
-    try:
-        from engine.tokenizer import TokenizerSet
-    except ImportError:  # the tokenizer module lands separately; same fields
-        from types import SimpleNamespace as TokenizerSet
     return TokenizerSet(src=tok, tgt=tok, shared=True, files=[])
 
 
-def model_context(tmp_path, tokenizers, **model):
-    config = config_from_dict({"model": {"d_model": 16, "ffn_hidden": 32, "n_head": 2,
-                                         "n_layers": 1, "max_len": 16, **model},
-                               "training": {"precision": "fp32"}})
-    ctx = RunContext(config=config, run_dir=tmp_path, emit=lambda e: None, control=RunControl())
-    ctx.outputs["data"] = Corpus(train=SENTENCES, valid=SENTENCES[:3], test=[])
-    ctx.outputs["tokenizer"] = tokenizers
-    return ctx
+def model_config(**model):
+    return config_from_dict({"model": {"d_model": 16, "ffn_hidden": 32, "n_head": 2,
+                                       "n_layers": 1, "max_len": 16, **model},
+                             "training": {"precision": "fp32"}})
+
+
+def build_model(tmp_path, tokenizers, config):
+    return run_model_stage(config, tokenizers, tmp_path, emit=lambda e: None).output
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -60,10 +54,10 @@ def tokenizers():
 
 
 def test_a_checkpoint_is_plain_data_and_rebuilds_the_model_for_translation(tmp_path, tokenizers):
-    ctx = model_context(tmp_path, tokenizers)
-    trainer = run_model_stage(ctx).output
+    config = model_config()
+    trainer = build_model(tmp_path, tokenizers, config)
     path = tmp_path / ckpt.LAST
-    size = ckpt.save_checkpoint(trainer.state(ctx.config, tokenizers), path)
+    size = ckpt.save_checkpoint(ckpt.training_state(trainer, config, tokenizers), path)
     assert size == path.stat().st_size > 0
 
     raw = torch.load(path, weights_only=True)  # no pickled objects inside
@@ -72,7 +66,7 @@ def test_a_checkpoint_is_plain_data_and_rebuilds_the_model_for_translation(tmp_p
     assert raw["config"]["model"]["d_model"] == 16 and raw["epoch"] == 0 and raw["step"] == 0
 
     model, src_tok, tgt_tok, config = ckpt.build_for_inference(path)
-    assert config.model == ctx.config.model
+    assert config.model == model_config().model
     assert src_tok.encode("a small dog").ids == tokenizers.src.encode("a small dog").ids
     src = torch.tensor([src_tok.encode("the red car").ids + [3]])
     tgt = torch.tensor([[2] + tgt_tok.encode("das rote").ids])
@@ -82,12 +76,13 @@ def test_a_checkpoint_is_plain_data_and_rebuilds_the_model_for_translation(tmp_p
 
 
 def test_a_checkpoint_for_another_model_is_refused_in_one_line(tmp_path, tokenizers):
-    ctx = model_context(tmp_path, tokenizers, d_model=32)
+    config = model_config(d_model=32)
     path = tmp_path / "wide.pt"
-    ckpt.save_checkpoint(run_model_stage(ctx).output.state(ctx.config, tokenizers), path)
+    ckpt.save_checkpoint(ckpt.training_state(build_model(tmp_path, tokenizers, config), config,
+                                             tokenizers), path)
     state = ckpt.load_checkpoint(path)
 
-    narrow = model_context(tmp_path, tokenizers).config.model
+    narrow = model_config().model
     vocab = tokenizers.src.get_vocab_size()
     with pytest.raises(EngineError, match=r"model\.d_model = 32, this run has 16") as err:
         ckpt.check_fits(state, path, narrow, vocab, vocab, True)

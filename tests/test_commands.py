@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import tiny_config
 
 from engine.checkpoint import build_for_inference, load_checkpoint
 from engine.control import RunControl
 from engine.pipeline import run
-from tiny_runs import tiny_config
+
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
@@ -48,7 +49,7 @@ def test_translate_arguments_and_a_stream_of_lines(trained_run):
 
 
 def test_evaluate_prints_sacrebleu_with_its_signature_and_writes_hypotheses(trained_run, tmp_path):
-    from engine.sample_data import sample_corpus
+    from engine.data.sample import sample_corpus
 
     test_pairs = sample_corpus(400, 40, 20, seed=1234).test
     src, ref = tmp_path / "test.en", tmp_path / "test.de"

@@ -4,8 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import (PRESET_NAMES, RunConfig, config_from_dict, describe_keys, load_config,
-                           resolve_preset)
+from engine.config import (
+    PRESET_NAMES,
+    RunConfig,
+    config_from_dict,
+    describe_keys,
+    load_config,
+    resolve_preset,
+)
 from engine.errors import ConfigError
 
 

@@ -6,12 +6,13 @@ import socket
 import pytest
 
 from engine.config import DataConfig, load_config
-from engine.control import RunControl
-from engine.data import (LoadReport, hub_reachable, load_corpus, load_wmt14, read_parallel,
-                         run_data_stage)
+from engine.data.corpus import LoadReport
+from engine.data.local import read_parallel
+from engine.data.stage import load_corpus, run_data_stage
+from engine.data.wmt14 import hub_reachable, load_wmt14
 from engine.errors import DataError
 from engine.events import Notice, RunFailed, StageFinished
-from engine.pipeline import RunContext, run
+from engine.pipeline import run
 
 
 def _local(train, valid, test=("", ""), **sizes) -> DataConfig:
@@ -222,9 +223,7 @@ def test_the_data_stage_reports_counts_and_dropped_blank_pairs(write_text, tmp_p
         f"data.valid_src={valid[0]}", f"data.valid_tgt={valid[1]}", "data.train_size=0",
         "data.valid_size=0", "data.test_size=0"])
     events = []
-    ctx = RunContext(config=config, run_dir=tmp_path / "run", emit=events.append,
-                     control=RunControl())
-    result = run_data_stage(ctx)
+    result = run_data_stage(config.data, events.append)
     assert result.output.train == [("one", "eins"), ("two", "zwei")]
     assert result.info["train"] == 2 and result.info["valid"] == 1 and result.info["test"] == 0
     assert result.info["source"] == "local" and result.info["dropped_blank"] == 1

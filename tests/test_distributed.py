@@ -24,8 +24,17 @@ from engine import checkpoint as ckpt
 from engine.config import load_config
 from engine.control import RunControl
 from engine.distributed import shard_order
-from engine.events import (BatchProgress, CheckpointSaved, EpochSummary, Notice, RunFailed,
-                           RunFinished, RunStarted, StageFinished, read_events)
+from engine.events import (
+    BatchProgress,
+    CheckpointSaved,
+    EpochSummary,
+    Notice,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    StageFinished,
+    read_events,
+)
 from engine.pipeline import run
 
 # the sample preset shrunk to a few seconds: 14 batches of <= 400 tokens, a 1-layer model

@@ -8,12 +8,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from engine.config import config_from_dict
 from engine.control import RunControl
-from engine.data import Corpus
+from engine.data.corpus import Corpus
 from engine.encode import run_encode_stage
 from engine.errors import DataError
 from engine.events import Notice
-from engine.pipeline import RunContext
-from engine.tokenizer import BOS_ID, EOS_ID
+from engine.tokenizer.stage import TokenizerSet
+from engine.vocab import BOS_ID, EOS_ID
 
 TRAIN = [("a small dog runs", "ein kleiner hund rennt"),
          ("the red car is fast", "das rote auto ist schnell"),
@@ -27,10 +27,6 @@ def tokenizer_set(pairs):
     tok.decoder = decoders.Metaspace()
     tok.train_from_iterator([s for p in pairs for s in p], trainers.BpeTrainer(
         vocab_size=60, special_tokens=["<pad>", "<unk>", "<s>", "</s>"], show_progress=False))
-    try:
-        from engine.tokenizer import TokenizerSet
-    except ImportError:  # the tokenizer module lands separately; same fields
-        from types import SimpleNamespace as TokenizerSet
     return TokenizerSet(src=tok, tgt=tok, shared=True, files=[])
 
 
@@ -42,9 +38,9 @@ def tokenizers():
 def encode(run_dir, corpus, tokenizers, max_len=16):
     events = []
     config = config_from_dict({"model": {"max_len": max_len}})
-    ctx = RunContext(config=config, run_dir=run_dir, emit=events.append, control=RunControl())
-    ctx.outputs.update(data=corpus, tokenizer=tokenizers)
-    return run_encode_stage(ctx), events
+    result = run_encode_stage(corpus, tokenizers, config.model.max_len, run_dir, events.append,
+                              RunControl())
+    return result, events
 
 
 def test_sources_end_with_eos_and_targets_are_wrapped_in_bos_eos(tmp_path, tokenizers):

@@ -18,12 +18,12 @@ from tokenizers import Tokenizer
 
 from engine.config import config_from_dict
 from engine.control import RunControl, RunStopped
-from engine.data import Corpus
+from engine.data.corpus import Corpus
 from engine.errors import ChildProcessFailed, ConfigError, DataError, EngineError
-from engine.events import MergeProgress, WordCountProgress
-from engine.events import RunFailed
-from engine.pipeline import RunContext, run as run_pipeline
-from engine.tokenizer import SPECIALS, load_tokenizer_set, run_tokenizer_stage
+from engine.events import MergeProgress, RunFailed, WordCountProgress
+from engine.pipeline import run as run_pipeline
+from engine.tokenizer.stage import load_tokenizer_set, run_tokenizer_stage
+from engine.vocab import SPECIALS
 
 MULTI30K = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "multi30k").resolve()
 
@@ -59,8 +59,7 @@ class Run:
         self.control = RunControl()
         config = config_from_dict({"tokenizer": {"vocab_size": 300, "min_frequency": 2, **tokenizer}})
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.ctx = RunContext(config=config, run_dir=run_dir, emit=self.emit, control=self.control,
-                              outputs={"data": corpus})
+        self.config, self.run_dir, self.corpus = config, run_dir, corpus
 
     def emit(self, event: object) -> None:
         self.events.append((time.monotonic(), event))
@@ -68,7 +67,8 @@ class Run:
             self.on_event(self, event)
 
     def __call__(self):
-        return run_tokenizer_stage(self.ctx)
+        return run_tokenizer_stage(self.config.tokenizer, self.corpus, self.run_dir, self.emit,
+                                   self.control)
 
     def of(self, kind: type) -> list:
         return [event for _, event in self.events if isinstance(event, kind)]
@@ -127,7 +127,7 @@ def test_one_tokenizer_per_language(tmp_path):
     assert result.info["vocab_size_en"] == en.get_vocab_size()
     assert result.info["vocab_size_de"] == de.get_vocab_size()
 
-    again = load_tokenizer_set(tmp_path / "run", run.ctx.config)
+    again = load_tokenizer_set(tmp_path / "run", run.config)
     assert again.src.to_str() == en.to_str() and again.tgt.to_str() == de.to_str()
 
 
@@ -331,7 +331,7 @@ def test_a_child_that_dies_becomes_an_error_with_its_last_stderr_lines(tmp_path)
 
     def remove_run_dir(run: Run, event: object) -> None:
         if isinstance(event, MergeProgress):
-            shutil.rmtree(run.ctx.run_dir, ignore_errors=True)
+            shutil.rmtree(run.run_dir, ignore_errors=True)
 
     with pytest.raises(ChildProcessFailed) as error:
         Run(tmp_path / "gone", random_word_corpus(100_000), on_event=remove_run_dir, **BIG)()

@@ -12,16 +12,26 @@ import threading
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_runs import tiny_config
 
 from engine import checkpoint as ckpt
 from engine import train
 from engine.control import RunControl
-from engine.events import (BatchProgress, BatchSkipped, CheckpointSaved, EpochSummary,
-                           MemorySample, Notice, RunFailed, RunFinished, RunPaused, RunResumed,
-                           StageFinished)
+from engine.events import (
+    BatchProgress,
+    BatchSkipped,
+    CheckpointSaved,
+    EpochSummary,
+    MemorySample,
+    Notice,
+    RunFailed,
+    RunFinished,
+    RunPaused,
+    RunResumed,
+    StageFinished,
+)
 from engine.pipeline import run
 from engine.train import label_smoothed_loss, noam_lr
-from tiny_runs import tiny_config
 
 
 def train_run(run_dir, config, control=None, resume=None, on_event=None):

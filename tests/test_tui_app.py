@@ -154,8 +154,7 @@ async def test_a_bad_override_names_the_key_and_what_would_be_accepted():
     app = TransformerApp(overrides=["training.epochs=zero"], probe=FixedProbe())
     async with app.run_test() as pilot:
         await pilot.press("s")
-        await pilot.pause()
-        assert app.state.status == "failed"
+        await until(pilot, lambda: app.state.status == "failed")
         assert "[training] epochs = 'zero': must be an integer" in app.state.reason
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from tui_runs import write_finished_run
 
 from tui.app import TransformerApp
-from tui_runs import write_finished_run
 
 
 @pytest.fixture

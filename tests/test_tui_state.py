@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from engine.events import (BatchProgress, MergeProgress, RunFailed, RunPaused, RunResumed,
-                           RunStarted, StageStarted)
-from tui.state import MAX_CURVE_POINTS, Curve, RunState
 from tui_runs import EPOCHS, finished_run_events
+
+from engine.events import (
+    BatchProgress,
+    MergeProgress,
+    RunFailed,
+    RunPaused,
+    RunResumed,
+    RunStarted,
+    StageStarted,
+)
+from tui.state import MAX_CURVE_POINTS, Curve, RunState
 
 
 def replay(events, state=None):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from tui_runs import jsonl_line
+
 from engine.events import JsonlWriter, Notice, RunStarted, to_json
 from tui.tail import EventTail
-from tui_runs import jsonl_line
 
 
 def test_it_reads_what_jsonlwriter_wrote_with_the_time_of_each_event(tmp_path):

@@ -7,9 +7,21 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from engine.events import (BatchProgress, CheckpointSaved, EpochSummary, Event, MemorySample,
-                           MergeProgress, Preflight, RunFinished, RunStarted, StageFinished,
-                           StageStarted, WordCountProgress, to_json)
+from engine.events import (
+    BatchProgress,
+    CheckpointSaved,
+    EpochSummary,
+    Event,
+    MemorySample,
+    MergeProgress,
+    Preflight,
+    RunFinished,
+    RunStarted,
+    StageFinished,
+    StageStarted,
+    WordCountProgress,
+    to_json,
+)
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 EPOCHS = 4

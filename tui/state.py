@@ -37,10 +37,11 @@ from engine.events import (
     WordCountProgress,
 )
 from engine.memory import MemoryReading
+from engine.stages import STAGES
 from tui.format import duration
 
 # The stages of a full run, in order; shown before a run says which stages it has.
-STAGE_ORDER = ("data", "tokenizer", "encode", "batches", "model", "train")
+STAGE_ORDER = STAGES  # engine/stages.py: the one list of stage names
 
 
 
@@ -61,12 +62,6 @@ class Status(str, Enum):
 
     def __format__(self, spec: str) -> str:
         return format(self.value, spec)
-
-    def stop_checkpoint(self) -> CheckpointSaved | None:
-        """The checkpoint that holds a stopped run's state: the last one saved."""
-        if not self.checkpoints:
-            return None
-        return max(self.checkpoints.values(), key=lambda saved: (saved.step, saved.saved_at))
 
     @property
     def active(self) -> bool:

@@ -26,9 +26,12 @@ directions. ``generate_pairs`` is deterministic: same seed, same pairs.
 from __future__ import annotations
 
 import random
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from engine.data import Corpus
+from engine.data.corpus import Corpus, needs_swap, swapped
+
+if TYPE_CHECKING:
+    from engine.config import DataConfig
 
 DEFAULT_SIZES = (6000, 300, 300)  # train, valid, test when a size is 0
 MIN_WORDS, MAX_WORDS = 4, 20  # English words per sentence, punctuation aside
@@ -1138,3 +1141,13 @@ def sample_corpus(train_size: int = 0, valid_size: int = 0, test_size: int = 0,
     pairs = generate_pairs(test_n + valid_n + train_n, seed)
     return Corpus(train=pairs[test_n + valid_n:], valid=pairs[test_n:test_n + valid_n],
                   test=pairs[:test_n], src_lang="en", tgt_lang="de")
+
+
+def load_sample(cfg: "DataConfig") -> Corpus:
+    """The sample corpus in the direction ``cfg`` asks for (generated en-de, swapped for de-en)."""
+    swap = needs_swap(cfg)
+    corpus = sample_corpus(cfg.train_size, cfg.valid_size, cfg.test_size, cfg.seed)
+    if swap:
+        corpus = Corpus(swapped(corpus.train), swapped(corpus.valid), swapped(corpus.test),
+                        src_lang="de", tgt_lang="en")
+    return corpus

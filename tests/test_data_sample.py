@@ -4,9 +4,8 @@ import re
 
 import pytest
 
-from engine import sample_data
-from engine.sample_data import (ADJECTIVES, NOUN_BY_NAME, VERBS, NounPhrase, generate_pairs,
-                                sample_corpus)
+from engine.data import sample as sample_data
+from engine.data.sample import ADJECTIVES, NOUN_BY_NAME, VERBS, NounPhrase, generate_pairs, sample_corpus
 
 
 @pytest.fixture(scope="module")
