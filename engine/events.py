@@ -36,6 +36,7 @@ class RunStarted(Event):
     run_dir: str
     preset: str
     stages: list[str]
+    processes: int = 1  # torchrun ranks in the job
 
 
 @dataclass(frozen=True)

@@ -362,8 +362,9 @@ class TrainLoop:
         last_progress = 0.0
         for position in range(p.batch_in_epoch, n):
             boundary = position % cfg.update_freq == 0
-            # blocks while paused; in a torchrun job a stop on any rank stops every rank here
-            if distributed.any_rank(control.checkpoint()) and boundary:
+            # blocks while paused; in a torchrun job every rank pauses, resumes and stops here
+            # together (a stop waits for the update boundary)
+            if distributed.agree_control(control) and boundary:
                 self.stop()
             batch = collate(self.data.train, self.batches.train[order[position]])
             last_in_group = (position + 1) % cfg.update_freq == 0 or position == n - 1
@@ -418,7 +419,10 @@ class TrainLoop:
         t.model.eval()
         nll_sum, tokens_sum, stopped = 0.0, 0, False
         for rows in distributed.shard_list(self.batches.valid):  # each rank a share
-            if self.control.checkpoint():
+            # ranks validate unequal shares: no collective per batch, so no pause here under
+            # torchrun (the next training batch pauses); a stop is summed below
+            if (self.control.stop_requested if distributed.active()
+                    else self.control.checkpoint()):
                 stopped = True
                 break
             batch = collate(self.data.valid, rows)
@@ -479,14 +483,17 @@ class TrainLoop:
             epoch_seconds=round(epoch_clock.seconds(), 3),
             total_seconds=round(self.total_seconds(), 3)))
 
+        periodic = epoch % self.cfg.checkpoint_every == 0
+        if periodic:  # recorded before saving, so a resume from this checkpoint knows it too
+            p.periodic = [*p.periodic, ckpt.periodic_name(epoch)]
         self.save_last()
         if not distributed.is_main():
             return  # rank 0 writes the checkpoints
         last = self.run_dir / ckpt.LAST
-        if epoch % self.cfg.checkpoint_every == 0:
+        if periodic:
             path = self.run_dir / ckpt.periodic_name(epoch)
             self.announce(path, ckpt.copy_checkpoint(last, path))
-            ckpt.prune_periodic(self.run_dir, self.cfg.keep_last)
+            ckpt.prune_periodic(self.run_dir, self.cfg.keep_last, p.periodic)
         if improved:
             path = self.run_dir / ckpt.BEST
             self.announce(path, ckpt.copy_checkpoint(last, path))
