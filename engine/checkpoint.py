@@ -68,6 +68,9 @@ class Progress:
     best: float | None = None  # best val loss (or BLEU), what checkpoint_best.pt holds
     seconds: float = 0.0  # training time so far, pauses excluded, across resumes
     batches_per_epoch: int = 0
+    # the periodic checkpoints (file names) this run wrote, across resumes: keep_last prunes
+    # only these, never another run's files that happen to share the directory
+    periodic: list[str] = dataclasses.field(default_factory=list)
 
     def to_state(self) -> dict[str, Any]:
         """The checkpoint's keys for these counters (top level, as in every checkpoint so far)."""
@@ -141,11 +144,13 @@ def periodic_checkpoints(directory: Path) -> list[Path]:
     return [p for _, p in found]
 
 
-def prune_periodic(directory: Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` model_epoch_N.pt (0 keeps all); returns removed."""
+def prune_periodic(directory: Path, keep_last: int, written: list[str]) -> list[Path]:
+    """Delete all but the newest ``keep_last`` model_epoch_N.pt (0 keeps all) among those named
+    in ``written`` (the ones this run wrote); returns removed."""
     if keep_last <= 0:
         return []
-    removed = periodic_checkpoints(directory)[:-keep_last]
+    ours = [p for p in periodic_checkpoints(directory) if p.name in set(written)]
+    removed = ours[:-keep_last]
     for p in removed:
         p.unlink(missing_ok=True)
     return removed

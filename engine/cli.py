@@ -2,30 +2,49 @@
 
     transformer-train [--preset NAME|PATH] [--set section.key=value ...] [--run-dir DIR]
                       [--until STAGE] [--resume last|PATH]
+                      [--fresh]
     transformer-train translate|evaluate|average ...   (see `transformer-train COMMAND --help`)
+    transformer-train status [DIR ...]                 one line per run (default: under saved/)
+    transformer-train pause|resume|stop DIR            steer the live run in DIR
+
+The training command is the run process (engine/runs.py): it locks its run directory (a second
+run there refuses), writes a heartbeat, and obeys the control channel; the pipeline runs in an
+engine thread while the main thread does that and handles SIGTERM/SIGINT/SIGHUP (stop with a
+checkpoint; a second Ctrl-C aborts). The app starts the same process detached.
 
 Under torchrun (WORLD_SIZE > 1 in the environment) every process joins one distributed job:
     torchrun --nproc_per_node=N -m engine --preset NAME ...   (see engine/distributed.py)
 
-Exit status: 0 finished or stopped on request, 1 the run failed, 2 bad input.
+Exit status: 0 finished or stopped on request, 1 the run failed (status/pause/resume/stop: no
+live run there), 2 bad input or a run directory in use / holding an earlier run.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Callable
 
+from engine import runs
 from engine.config import PRESET_NAMES, describe_keys, load_config
 from engine.control import RunControl
 from engine.errors import EngineError
+from engine.events import fan_out
 from engine.stages import STAGES, stage_names
 
 COMMANDS = {  # subcommand -> "module:function(argv) -> exit status"
     "translate": "engine.commands:translate_main",
     "evaluate": "engine.commands:evaluate_main",
     "average": "engine.commands:average_main",
+    "status": "engine.cli:status_main",
+    "pause": "engine.cli:pause_main",
+    "resume": "engine.cli:resume_main",
+    "stop": "engine.cli:stop_main",
 }
 
 
@@ -48,25 +67,123 @@ def train_parser() -> argparse.ArgumentParser:
                         help=f"stop after this stage: {', '.join(STAGES)}")
     parser.add_argument("--resume", metavar="last|PATH",
                         help="continue training from a checkpoint (last = the run dir's checkpoint_last.pt)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="the run dir holds an earlier run: move it to DIR/previous/<UTC time>/ "
+                             "and start anew (without it, such a start is refused)")
     return parser
 
 
-def install_stop_signals(control: RunControl) -> None:
-    """SIGINT (Ctrl-C) and SIGHUP (a dropped SSH session) stop cleanly: a checkpoint is saved.
+class StopSignals:
+    """SIGTERM (a scheduler, `kill`), SIGINT (Ctrl-C) and SIGHUP (a closed terminal or dropped
+    SSH session) stop the run at the next update boundary: checkpoint_last.pt is saved and
+    RunFinished(stopped) written. A second Ctrl-C while stopping aborts at once.
 
-    A second Ctrl-C while stopping interrupts at once.
+    The handler only records the signal; the main thread's loop acts on it. Nothing here writes
+    to the terminal: after SIGHUP it is gone, and a write would fail with EIO.
     """
 
-    def on_signal(signum: int, frame: object) -> None:
-        if control.stop_requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        print(f"\n{signal.Signals(signum).name}: stopping after the current batch "
-              "(Ctrl-C again to abort)", file=sys.stderr, flush=True)
-        control.stop()
+    def __init__(self, abort: Callable[[], None]) -> None:
+        self.received: list[int] = []
+        self.abort = abort
+        self.install()
 
-    signal.signal(signal.SIGINT, on_signal)
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, on_signal)
+    def install(self) -> None:
+        for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), self.on_signal)
+
+    def on_signal(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGINT and signal.SIGINT in self.received:
+            self.abort()  # does not return
+        self.received.append(signum)
+
+    @property
+    def hung_up(self) -> bool:
+        return hasattr(signal, "SIGHUP") and signal.SIGHUP in self.received
+
+
+class TerminalSafe:
+    """The printer, until the terminal goes away (EIO after a hang-up, EPIPE from a closed pipe):
+    from then on output is dropped and the run goes on."""
+
+    def __init__(self, printer: Callable) -> None:
+        self.printer = printer
+        self.broken = False
+
+    def __call__(self, event) -> None:
+        if self.broken:
+            return
+        try:
+            self.printer(event)
+        except OSError:
+            self.broken = True
+
+
+class HeartbeatFields:
+    """What the heartbeat reports (the stage, the update), picked from the events as they pass."""
+
+    def __init__(self) -> None:
+        self.stage, self.step = "", 0
+
+    def __call__(self, event) -> None:
+        from engine.events import BatchProgress, EpochSummary, StageStarted
+
+        if isinstance(event, StageStarted):
+            self.stage = event.stage
+        elif isinstance(event, (BatchProgress, EpochSummary)):
+            self.step = event.step
+
+
+def claim_run_dir(run_dir: Path, args: argparse.Namespace, processes: int,
+                  argv: list[str]) -> tuple[runs.RunLock, Path | None]:
+    """Rank 0's lock on the run directory, after the checks that keep one run per directory and
+    never overwrite an earlier run; (lock, where --fresh moved the earlier run or None)."""
+    lock = runs.RunLock.acquire(run_dir, processes, argv)  # RunDirBusy names the live pid
+    try:
+        earlier = None if args.resume else runs.earlier_run(run_dir)
+        if earlier is None:
+            return lock, None
+        if not args.fresh:
+            where = (f"epoch {earlier.epoch}/{earlier.epochs}, step {earlier.step}"
+                     if earlier.epochs else "its checkpoints")
+            raise EngineError(
+                f"{run_dir} holds an earlier run ({earlier.state.value}, {where}): continue it "
+                "with --resume last, or start anew with --fresh (moves it to "
+                f"{run_dir / runs.PREVIOUS}/<UTC time>/)")
+        return lock, runs.move_aside(run_dir, keep=(runs.LOCK,))
+    except BaseException:
+        lock.release()
+        raise
+
+
+def steer(run_dir: Path, control: RunControl, engine: threading.Thread, fields: HeartbeatFields,
+          signals: StopSignals, owner: bool, on_hangup: Callable[[], None]) -> None:
+    """The run process's main thread while the engine thread runs: signals; on rank 0 (the
+    ``owner`` of the run directory) also the control channel and the heartbeat."""
+    applied = 0  # seq of the last control request applied
+    next_beat = 0.0
+    handled = 0  # signals acted on so far
+    hung_up = False
+    while engine.is_alive():
+        for signum in signals.received[handled:]:
+            control.stop()
+            handled += 1
+        if signals.hung_up and not hung_up:
+            hung_up = True
+            on_hangup()
+        changed = False
+        if owner:
+            request = runs.read_control(run_dir)
+            if request is not None and request["seq"] > applied:
+                applied = request["seq"]
+                changed = True
+                {"pause": control.pause, "resume": control.resume, "stop": control.stop}[
+                    request["command"]]()
+            if changed or time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + runs.HEARTBEAT_SECONDS
+                runs.write_heartbeat(run_dir, stage=fields.stage, step=fields.step,
+                                     paused=control.paused, control_seq=applied)
+        engine.join(runs.POLL_SECONDS)
 
 
 def run_train(argv: list[str]) -> int:
@@ -76,6 +193,9 @@ def run_train(argv: list[str]) -> int:
 
     args = train_parser().parse_args(argv)
     try:
+        if args.fresh and args.resume:
+            raise EngineError("--fresh and --resume exclude each other: --resume last continues "
+                              "the run in the directory, --fresh moves it aside and starts anew")
         config = load_config(args.preset, args.overrides)
         stage_names(args.until)  # validates --until before any work
         if config.training.device == "cuda":  # only then is torch worth importing here
@@ -87,21 +207,136 @@ def run_train(argv: list[str]) -> int:
         return 2
     run_dir = args.run_dir or default_run_dir(config.name)
     control = RunControl()
-    install_stop_signals(control)
+    lock: runs.RunLock | None = None
+
+    def abort() -> None:  # a second Ctrl-C: no checkpoint, but the run's history says why
+        if lock is not None and distributed.is_main():
+            runs.record_abort(run_dir, "aborted by a second Ctrl-C while stopping; "
+                              "the last saved checkpoint stays loadable")
+            lock.release()
+        os._exit(130)
+
+    signals = StopSignals(abort)
     try:
         distributed.init_from_env(config.training.device)  # a no-op without torchrun
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    signals.install()  # over torchrun's SIGTERM handler: a SIGTERM stops the job (see steer)
+    refusal = ""
+    if distributed.is_main():
+        try:
+            lock, moved = claim_run_dir(run_dir, args, distributed.world_size(), sys.argv)
+            if moved is not None:
+                print(f"moved the earlier run in {run_dir} to {moved}", file=sys.stderr)
+        except EngineError as exc:
+            refusal = str(exc)
+    # every rank learns rank 0's answer (a refused job must not leave ranks waiting for it)
+    if distributed.from_main(lambda: 1.0 if refusal else 0.0):
+        if refusal:
+            print(f"error: {refusal}", file=sys.stderr)
+        distributed.teardown()
+        return 2
     # rank 0 prints the progress; the other ranks only their own failure
-    printer = (HeadlessPrinter() if distributed.is_main()
-               else distributed.failures_only(HeadlessPrinter(sys.stderr)))
-    status = "failed"
+    printer = TerminalSafe(HeadlessPrinter() if distributed.is_main()
+                           else distributed.failures_only(HeadlessPrinter(sys.stderr)))
+    fields = HeartbeatFields()
+    emit = fan_out(fields, printer)
+    outcome = {"status": "failed"}
+
+    def engine_thread() -> None:
+        outcome["status"] = run(config, run_dir, emit, control, until=args.until,
+                                resume=args.resume)
+
+    def on_hangup() -> None:
+        # the terminal is gone: stop printing, and send what anything still writes (a warning
+        # from a library, the interpreter at exit) to run.log instead of failing with EIO
+        printer.broken = True
+        _redirect_output(run_dir / runs.LOG)
+
+    engine = threading.Thread(target=engine_thread, name="engine", daemon=True)
     try:
-        status = run(config, run_dir, printer, control, until=args.until, resume=args.resume)
+        engine.start()
+        steer(run_dir, control, engine, fields, signals, owner=lock is not None,
+              on_hangup=on_hangup)
+        engine.join()
     finally:
-        distributed.teardown(failed=status == "failed")
-    return {"finished": 0, "stopped": 0}.get(status, 1)
+        if lock is not None:
+            lock.release()
+        distributed.teardown(failed=outcome["status"] == "failed")
+    return {"finished": 0, "stopped": 0}.get(outcome["status"], 1)
+
+
+def _redirect_output(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError:
+        fd = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+# --- status, pause, resume, stop -------------------------------------------------------------
+
+
+def status_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="transformer-train status",
+        description="One line per run: state (running, paused, stalled, finished, stopped, "
+                    "failed, dead, new), pid and host, processes, epoch/step, last losses.")
+    parser.add_argument("run_dirs", nargs="*", type=Path, metavar="DIR",
+                        help="run directories (default: every run under saved/)")
+    args = parser.parse_args(argv)
+    if not args.run_dirs:
+        summaries = runs.list_runs(Path("saved"))
+        for summary in summaries:
+            print(runs.describe(summary))
+        if not summaries:
+            print("no runs under saved/")
+        return 0
+    missing = False
+    for run_dir in args.run_dirs:
+        summary = runs.summarize(run_dir)
+        print(runs.describe(summary))
+        missing |= not summary.live
+    return 1 if missing else 0
+
+
+def control_main(command: str, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog=f"transformer-train {command}",
+        description=f"Ask the live run in DIR to {command} (at its next update boundary).")
+    parser.add_argument("run_dir", type=Path, metavar="DIR")
+    args = parser.parse_args(argv)
+    owner = runs.read_lock(args.run_dir) or {}
+    try:
+        seq = runs.send_control(args.run_dir, command)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    beat = runs.wait_applied(args.run_dir, seq)
+    who = f"pid {owner.get('pid', '?')}"
+    if beat is None:
+        print(f"{args.run_dir}: {command} requested ({who} has not acknowledged it yet)")
+        return 0
+    done = {"pause": "paused", "resume": "resumed",
+            "stop": "stopping at the next update boundary (checkpoint_last.pt is saved)"}[command]
+    print(f"{args.run_dir}: {done} ({who}, stage {beat.get('stage') or '-'}, "
+          f"step {beat.get('step', 0)})")
+    return 0
+
+
+def pause_main(argv: list[str]) -> int:
+    return control_main("pause", argv)
+
+
+def resume_main(argv: list[str]) -> int:
+    return control_main("resume", argv)
+
+
+def stop_main(argv: list[str]) -> int:
+    return control_main("stop", argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -243,6 +243,42 @@ def any_rank(flag: bool) -> bool:
     return reduce_sums([1.0 if flag else 0.0])[0] > 0
 
 
+CONTROL_POLL_SECONDS = 0.2  # while paused, the ranks agree on the control state this often
+_GO, _PAUSE, _STOP = 0, 1, 2
+
+
+def agree_control(control) -> bool:
+    """At a safe point (a batch, a stage boundary): block while paused, True when the run must
+    stop. In a torchrun job every rank calls it at the same point and they act together: rank 0
+    holds the control channel (engine/runs.py), a stop on any rank (its own SIGTERM or Ctrl-C)
+    stops all, and a pause holds every rank here, agreeing again every CONTROL_POLL_SECONDS so
+    that no collective waits for the length of the pause (a pause may last hours).
+    """
+    if _job is None:
+        return control.checkpoint()
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    mirrored = False  # this rank is paused because another rank (rank 0) is
+    while True:
+        own_pause = control.paused and not mirrored
+        mine = _STOP if control.stop_requested else _PAUSE if own_pause else _GO
+        # gloo on the CPU: no device synchronisation for a flag
+        state = torch.tensor([mine], dtype=torch.int64)
+        dist.all_reduce(state, op=dist.ReduceOp.MAX, group=_job.wait_group)
+        agreed = int(state.item())
+        if agreed != _PAUSE:
+            if mirrored:
+                control.resume()
+            return agreed == _STOP
+        if not control.paused:
+            control.pause()
+            mirrored = True
+        time.sleep(CONTROL_POLL_SECONDS)
+
+
 def reduce_batch(nll: float | None, tokens: int) -> tuple[float | None, int]:
     """The whole job's (NLL per target token, target tokens) for one batch position.
 

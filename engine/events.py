@@ -36,6 +36,7 @@ class RunStarted(Event):
     run_dir: str
     preset: str
     stages: list[str]
+    processes: int = 1  # torchrun ranks in the job
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,8 @@ class BatchProgress(Event):
     tokens_per_second: float  # target tokens
     eta: float  # seconds to the end of the epoch
     elapsed: float
+    gnorm: float | None = None  # gradient norm of the last update (fairseq's gnorm)
+    loss_scale: float | None = None  # fp16 loss scale of the last update; None without fp16
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,8 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
 
     control.add_listener(on_control)
     started = time.monotonic()
-    emit(RunStarted(run_dir=str(run_dir), preset=config.name, stages=names))
+    emit(RunStarted(run_dir=str(run_dir), preset=config.name, stages=names,
+                    processes=distributed.world_size()))
     status = "finished"
     try:
         _run_stages(stages, config, run_dir, emit, control, resume)
@@ -132,7 +133,7 @@ class _StageRunner:
     def run(self, name: str, call: Callable[[], StageResult[T]]) -> T:
         if self.current == self.names[-1]:
             raise _Done()
-        if self.control.checkpoint():
+        if distributed.agree_control(self.control):  # every rank blocks while paused
             raise RunStopped()
         self.current = name
         self.emit(StageStarted(stage=name, index=STAGES.index(name) + 1, total=len(self.names)))

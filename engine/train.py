@@ -217,6 +217,7 @@ class TrainLoop:
         self.saved_position: tuple[int, int] | None = None  # (epoch, batch) of checkpoint_last
         self.session = _Clock(control)
         self.seconds_before = self.progress.seconds
+        self.last_gnorm: torch.Tensor | None = None  # of the last update, for BatchProgress
 
     # -- helpers --
 
@@ -312,6 +313,13 @@ class TrainLoop:
         (t.scaler.scale(loss) if t.scaler is not None else loss).backward()
         return nll_value / tokens if finite else None
 
+    def _gnorm(self) -> float | None:
+        """The gradient norm of the last update (before clipping), when finite."""
+        if self.last_gnorm is None:
+            return None
+        value = float(self.last_gnorm)
+        return round(value, 4) if math.isfinite(value) else None
+
     def update(self) -> bool:
         """Apply the accumulated gradients; False when they were not finite (update skipped)."""
         t = self.trainer
@@ -322,6 +330,7 @@ class TrainLoop:
             t.scaler.unscale_(t.optimizer)
         # the total norm in one foreach pass; with clipping off (inf) the gradients stay as they are
         norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_norm or math.inf)
+        self.last_gnorm = norm  # a tensor: read (a device sync) only when progress is reported
         finite = bool(torch.isfinite(norm))
         if t.scaler is not None:
             scale = t.scaler.get_scale()
@@ -353,8 +362,9 @@ class TrainLoop:
         last_progress = 0.0
         for position in range(p.batch_in_epoch, n):
             boundary = position % cfg.update_freq == 0
-            # blocks while paused; in a torchrun job a stop on any rank stops every rank here
-            if distributed.any_rank(control.checkpoint()) and boundary:
+            # blocks while paused; in a torchrun job every rank pauses, resumes and stops here
+            # together (a stop waits for the update boundary)
+            if distributed.agree_control(control) and boundary:
                 self.stop()
             batch = collate(self.data.train, self.batches.train[order[position]])
             last_in_group = (position + 1) % cfg.update_freq == 0 or position == n - 1
@@ -398,7 +408,8 @@ class TrainLoop:
                     lr=t.schedule.lr, batches_per_second=round(rate * world, 3),
                     tokens_per_second=round(tokens_here / seconds, 1),
                     eta=round((n - position - 1) / rate, 1) if rate > 0 else 0.0,
-                    elapsed=round(seconds, 3)))
+                    elapsed=round(seconds, 3), gnorm=self._gnorm(),
+                    loss_scale=t.scaler.get_scale() if t.scaler is not None else None))
             self.maybe_memory()
 
     @torch.no_grad()
@@ -408,7 +419,10 @@ class TrainLoop:
         t.model.eval()
         nll_sum, tokens_sum, stopped = 0.0, 0, False
         for rows in distributed.shard_list(self.batches.valid):  # each rank a share
-            if self.control.checkpoint():
+            # ranks validate unequal shares: no collective per batch, so no pause here under
+            # torchrun (the next training batch pauses); a stop is summed below
+            if (self.control.stop_requested if distributed.active()
+                    else self.control.checkpoint()):
                 stopped = True
                 break
             batch = collate(self.data.valid, rows)
@@ -469,14 +483,17 @@ class TrainLoop:
             epoch_seconds=round(epoch_clock.seconds(), 3),
             total_seconds=round(self.total_seconds(), 3)))
 
+        periodic = epoch % self.cfg.checkpoint_every == 0
+        if periodic:  # recorded before saving, so a resume from this checkpoint knows it too
+            p.periodic = [*p.periodic, ckpt.periodic_name(epoch)]
         self.save_last()
         if not distributed.is_main():
             return  # rank 0 writes the checkpoints
         last = self.run_dir / ckpt.LAST
-        if epoch % self.cfg.checkpoint_every == 0:
+        if periodic:
             path = self.run_dir / ckpt.periodic_name(epoch)
             self.announce(path, ckpt.copy_checkpoint(last, path))
-            ckpt.prune_periodic(self.run_dir, self.cfg.keep_last)
+            ckpt.prune_periodic(self.run_dir, self.cfg.keep_last, p.periodic)
         if improved:
             path = self.run_dir / ckpt.BEST
             self.announce(path, ckpt.copy_checkpoint(last, path))

@@ -126,15 +126,18 @@ def test_random_states_round_trip_through_a_checkpoint(tmp_path):
     assert torch.equal(expected[0], again[0]) and expected[1:] == again[1:]
 
 
-def test_only_the_newest_periodic_checkpoints_are_kept(tmp_path):
+def test_only_the_newest_periodic_checkpoints_this_run_wrote_are_kept(tmp_path):
     for epoch in (2, 4, 6, 8, 10):
         ckpt.save_checkpoint({"epoch": epoch}, tmp_path / ckpt.periodic_name(epoch))
     ckpt.save_checkpoint({"epoch": 10}, tmp_path / ckpt.LAST)
-    removed = ckpt.prune_periodic(tmp_path, keep_last=3)
+    ckpt.save_checkpoint({"epoch": 12}, tmp_path / ckpt.periodic_name(12))  # another run's
+    written = [ckpt.periodic_name(epoch) for epoch in (2, 4, 6, 8, 10)]
+    removed = ckpt.prune_periodic(tmp_path, keep_last=3, written=written)
     assert sorted(p.name for p in removed) == ["model_epoch_2.pt", "model_epoch_4.pt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "checkpoint_last.pt", "model_epoch_10.pt", "model_epoch_6.pt", "model_epoch_8.pt"]
-    assert ckpt.prune_periodic(tmp_path, keep_last=0) == []  # 0 keeps all
+        "checkpoint_last.pt", "model_epoch_10.pt", "model_epoch_12.pt", "model_epoch_6.pt",
+        "model_epoch_8.pt"]
+    assert ckpt.prune_periodic(tmp_path, keep_last=0, written=written) == []  # 0 keeps all
 
 
 # --- kill -9 during a write -------------------------------------------------------------------
@@ -150,7 +153,8 @@ def save_forever(run_dir: Path, weights: torch.Tensor, writing) -> None:
                  "step": step}
         ckpt.save_checkpoint(state, run_dir / ckpt.LAST)
         ckpt.copy_checkpoint(run_dir / ckpt.LAST, run_dir / ckpt.periodic_name(step))
-        ckpt.prune_periodic(run_dir, keep_last=2)
+        ckpt.prune_periodic(run_dir, keep_last=2,
+                            written=[ckpt.periodic_name(n) for n in range(1, step + 1)])
 
 
 def test_kill_9_during_checkpoint_writes_never_leaves_a_checkpoint_that_fails_to_load(tmp_path):

@@ -1,38 +1,34 @@
-"""transformer-tui: pick a preset, start, watch where the time goes, pause, resume, stop.
+"""transformer-tui: the App. Lays out the panels, binds the keys, and routes what arrives (engine
+events, worker messages, key actions) to the RunState and the panels. The command line is in
+tui/cli.py.
 
-    transformer-tui [--preset NAME|PATH] [--set section.key=value ...] [--start] [--run-dir DIR]
-    transformer-tui --attach RUN_DIR
-
-The engine runs in a Textual thread worker. Its ``emit`` puts events into an EventInbox, which
-posts one message per burst to the app (thread-safe); the app applies every event to a RunState
-and a timer redraws the panels a few times a second, so a fast merge loop never floods the UI.
-``--attach`` follows a run started elsewhere by tailing its events.jsonl, read-only.
+The app is a client of the run directory: whether it started the run or attaches to one
+(``--attach``), it follows the run's events.jsonl (the whole history, then what is appended) in a
+thread worker that puts events into an EventInbox, which posts one message per burst to the app;
+the app applies every event to a RunState and a timer redraws the panels a few times a second,
+so a fast merge loop never floods the UI. A run started here runs in a thread worker.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from textual import on
+from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Vertical
 from textual.widgets import Footer, Input, Select, Static, Tab, Tabs
+from textual.worker import get_current_worker
 
 from engine import pipeline
 from engine.config import PRESET_NAMES, RunConfig, load_config
 from engine.control import RunControl
 from engine.errors import EngineError
-from engine.events import CheckpointSaved
-from engine.memory import MemoryProbe
 from tui.inbox import EventInbox
 from tui.messages import EarlierCheckpoints, EventsWaiting, MemoryRead, RunEnded
-from tui.state import RunState
+from tui.state import RunState, Status
 from tui.tail import EventTail
 from tui.widgets.checkpoints import CheckpointsPanel
 from tui.widgets.controls import ControlBar
@@ -45,11 +41,13 @@ from tui.widgets.stages import StagesPanel
 from tui.widgets.status import StatusBar
 from tui.widgets.tokenizer import TokenizerPanel
 from tui.widgets.training import TrainingPanel
+from tui.workers import wait_unless_cancelled
 
 MIN_SIZE = (80, 24)  # below this the app says the terminal is too small
 COMPACT_BELOW = (110, 34)  # below this width or height, one page of panels at a time
 PAGES = ("run", "loss", "checkpoints", "log")  # compact pages; memory is on "run"
 EVENTS_PER_TURN = 2000  # events applied per UI turn when replaying a long events.jsonl
+STOPPABLE = (Status.STARTING, Status.RUNNING, Status.PAUSED)
 
 
 class TransformerApp(App):
@@ -60,7 +58,9 @@ class TransformerApp(App):
         Binding("s", "start", "Start"),
         Binding("p", "toggle_pause", "Pause/Resume"),
         Binding("x", "stop", "Stop"),
+        Binding("r", "resume_checkpoint", "Resume from checkpoint", show=False),
         Binding("q", "quit", "Quit"),
+        Binding("ctrl+s", "screenshot", "Screenshot", show=False),
         *(Binding(str(i), f"page('{page}')", page.capitalize(), show=False)
           for i, page in enumerate(PAGES, start=1)),
     ]
@@ -76,14 +76,14 @@ class TransformerApp(App):
         self.attach = str(attach) if attach is not None else None
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.clock = clock
-        self.probe = probe  # anything with .sample() -> MemoryReading; default: MemoryProbe
+        self.probe = probe  # for the memory panel: anything with .sample() -> MemoryReading
         self.probe_seconds = probe_seconds
         self.refresh_hz = refresh_hz
         self.state = RunState(clock=clock)
         self.inbox = EventInbox(lambda: self.post_message(EventsWaiting()), clock=clock)
         self.control: RunControl | None = None
+        self.tail: EventTail | None = None  # the events.jsonl followed
         self.config: RunConfig | None = None
-        self.closing = threading.Event()  # tells helper threads to end
         self._quit_when_done = False
         self._seen_status = -1
         self._dashboard_ready = False
@@ -102,7 +102,9 @@ class TransformerApp(App):
                 yield TokenizerPanel(id="tokenizer", classes="panel page-run")
                 yield TrainingPanel(id="training", classes="panel page-run")
                 yield LossPanel(id="loss", classes="panel page-loss")
-                yield MemoryPanel(attached=attached, id="memory", classes="panel page-run")
+                yield MemoryPanel(attached=attached, probe=self.probe,
+                                  probe_seconds=self.probe_seconds, id="memory",
+                                  classes="panel page-run")
                 yield CheckpointsPanel(attached_dir=self.attach or "", id="checkpoints",
                                        classes="panel page-checkpoints")
                 yield LogPanel(id="log", classes="panel page-log")
@@ -112,14 +114,14 @@ class TransformerApp(App):
     def on_mount(self) -> None:
         self.dashboard = self.query_one("#dashboard")
         self.controls = self.query_one(ControlBar)
+        self.query_one("#pages", Tabs).can_focus = False  # the keys 1-4 choose pages
         self.panels: list[StateView] = [w for w in self.query("*") if isinstance(w, StateView)]
         self.fit_to(self.size.width, self.size.height)
         self.set_interval(1 / self.refresh_hz, self.refresh_panels)
         if self.attach is not None:
             self._start_attach()
         else:
-            self.run_worker(self._probe_loop, thread=True, group="probe", exit_on_error=False)
-            self.query_one("#start").focus()
+            self.query_one("#preset").focus()
             if self.start_at_once:
                 self.action_start()
             else:
@@ -155,6 +157,21 @@ class TransformerApp(App):
         main = self.query_one("#main")
         for name in PAGES:
             main.set_class(name == page, f"-page-{name}")
+        self.focus_page(page)
+
+    def focus_page(self, page: str | None = None) -> None:
+        """Focus the page's main widget: the checkpoint table, the log, or (on the run page,
+        before a start) the preset choice. Buttons never take focus: keys do what they do."""
+        page = page or next((name for name in PAGES
+                             if self.query_one("#main").has_class(f"-page-{name}")), "run")
+        if page == "checkpoints":
+            self.query_one("#checkpoint-table").focus()
+        elif page == "log":
+            self.query_one(LogPanel).focus()
+        elif page == "run" and self.attach is None and not self.state.active:
+            self.query_one("#preset").focus()
+        else:
+            self.set_focus(None)
 
     # --- events in, panels out ---
 
@@ -182,32 +199,22 @@ class TransformerApp(App):
     def on_memory_read(self, message: MemoryRead) -> None:
         self.state.set_reading(message.reading)
 
-    def _probe_loop(self) -> None:
-        probe = self.probe or MemoryProbe()
-        try:
-            while True:
-                self.post_message(MemoryRead(probe.sample()))
-                if self.closing.wait(self.probe_seconds):
-                    return
-        finally:
-            if probe is not self.probe:
-                probe.close()
-
     # --- a run in this process ---
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         status = self.state.status
         if isinstance(self.screen, ConfirmScreen) and action in (
-                "start", "toggle_pause", "stop", "quit", "page"):
+                "start", "toggle_pause", "stop", "quit", "page", "resume_checkpoint"):
             return False  # a question is open: answer it first
-        if action in ("start", "toggle_pause", "stop") and self.attach is not None:
+        if action in ("start", "toggle_pause", "stop", "resume_checkpoint") \
+                and self.attach is not None:
             return False  # read-only: not shown at all
         if action == "start":
             return None if self.state.active else True
         if action == "toggle_pause":
-            return True if status in ("running", "paused") else None
+            return True if status in (Status.RUNNING, Status.PAUSED) else None
         if action == "stop":
-            return True if status in ("starting", "running", "paused") else None
+            return True if status in STOPPABLE else None
         return True
 
     def action_start(self) -> None:
@@ -223,7 +230,19 @@ class TransformerApp(App):
         except EngineError as exc:
             self._config_failed(str(exc))
             return
-        self._launch(config, self.run_dir or Path("saved") / config.name)
+        run_dir = self.run_dir or Path("saved") / config.name
+        if not (run_dir / "events.jsonl").is_file():
+            self._launch(config, run_dir)
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._launch(config, run_dir)
+
+        self.push_screen(ConfirmScreen(
+            f"Start over in {run_dir}?\nAn earlier run lives there: its checkpoints will be "
+            "replaced. To continue it instead, resume from a checkpoint (3, then r).",
+            yes="Start over"), answered)
 
     def _config_failed(self, message: str) -> None:
         self.state.config_error(message)
@@ -237,23 +256,30 @@ class TransformerApp(App):
         overrides = f" with {' '.join(self.overrides)}" if self.overrides else ""
         self.state.note(f"starting {config.name} ({config.source}){overrides}"
                         + (f", resuming from {resume}" if resume else ""))
-        self.run_worker(lambda: self._run_engine(config, run_dir, control, resume), thread=True,
-                        group="engine", exit_on_error=False)
+        events = run_dir / "events.jsonl"
+        if self.tail is None or self.tail.path != events:
+            # a resume shows the run's whole history; a fresh start only its own events
+            self.follow(events, from_end=resume is None)
+        self.run_engine(config, run_dir, control, resume)
+        self.focus_page()  # never a button: Enter must not quit or stop by accident
         self.refresh_panels()
 
-    def _run_engine(self, config: RunConfig, run_dir: Path, control: RunControl,
+    @work(thread=True, group="engine", exit_on_error=False)
+    def run_engine(self, config: RunConfig, run_dir: Path, control: RunControl,
                     resume: str | None) -> None:
         """The engine's thread. Its failures arrive as RunFailed events; what escapes run()
         itself (an unwritable run dir) still ends the run as failed, never the app."""
         try:
-            status = pipeline.run(config, run_dir, self.inbox.put, control=control, resume=resume)
+            # the events reach the app through events.jsonl, as from a run elsewhere
+            status = Status(pipeline.run(config, run_dir, lambda event: None, control=control,
+                                         resume=resume))
             reason = ""
         except Exception as exc:
-            status, reason = "failed", f"{type(exc).__name__}: {exc}"
+            status, reason = Status.FAILED, f"{type(exc).__name__}: {exc}"
         self.post_message(RunEnded(status, reason))
 
     def on_run_ended(self, message: RunEnded) -> None:
-        self._apply_events()  # whatever the engine emitted last, first
+        self._read_to_end()  # whatever the engine wrote last, first
         self.state.ended(message.status, message.reason)
         self.control = None
         self.refresh_panels()
@@ -276,15 +302,7 @@ class TransformerApp(App):
             config = load_config(self.controls.preset() or "sample", self.overrides)
         except EngineError:
             return  # said when the user starts
-        run_dir = self.run_dir or Path("saved") / config.name
-        self.run_worker(lambda: self._read_checkpoints(run_dir), thread=True, group="earlier",
-                        exclusive=True, exit_on_error=False)
-
-    def _read_checkpoints(self, run_dir: Path) -> None:
-        tail, saved = EventTail(run_dir / "events.jsonl"), []
-        while events := tail.read_new():  # the whole file, a piece at a time
-            saved.extend(event for _, event in events if isinstance(event, CheckpointSaved))
-        self.post_message(EarlierCheckpoints(str(run_dir), saved))
+        self.query_one(CheckpointsPanel).read_earlier(self.run_dir or Path("saved") / config.name)
 
     def on_earlier_checkpoints(self, message: EarlierCheckpoints) -> None:
         self.state.earlier_checkpoints(message.run_dir, message.saved)
@@ -292,13 +310,13 @@ class TransformerApp(App):
     def action_toggle_pause(self) -> None:
         if self.control is None:
             return
-        if self.state.status == "running":
+        if self.state.status == Status.RUNNING:
             self.control.pause()
-        elif self.state.status == "paused":
+        elif self.state.status == Status.PAUSED:
             self.control.resume()
 
     def action_stop(self) -> None:
-        if self.control is None or self.state.status not in ("starting", "running", "paused"):
+        if self.control is None or self.state.status not in STOPPABLE:
             return
 
         def answered(yes: bool | None) -> None:
@@ -326,18 +344,36 @@ class TransformerApp(App):
             if not self.state.active:  # the run ended while the question was open
                 self.exit()
                 return
-            if self.state.status == "stopping" and self._quit_when_done:
+            if self.state.status == Status.STOPPING and self._quit_when_done:
                 self.exit()  # asked twice: leave now, the engine finishes stopping on its own
                 return
             self._quit_when_done = True
             self._request_stop()
             self.notify("Stopping the run (saving a checkpoint), then quitting…")
 
-        if self.state.status == "stopping" and self._quit_when_done:
+        if self.state.status == Status.STOPPING and self._quit_when_done:
             question = "The run is still stopping.\nQuit now without waiting for it?"
         else:
             question = "A run is active.\nStop it (a checkpoint is saved) and quit?"
         self.push_screen(ConfirmScreen(question, yes="Quit"), answered)
+
+    def action_resume_checkpoint(self) -> None:
+        """r: resume from the checkpoint selected in the table (asks first)."""
+        panel = self.query_one(CheckpointsPanel)
+        if not panel.request_resume():
+            self.notify("No checkpoint to resume from yet (3 shows the checkpoints).",
+                        severity="warning")
+
+    def action_screenshot(self) -> None:
+        """ctrl+s: the screen as an SVG file in the run directory (else here)."""
+        folder = Path(self.attach or self.state.run_dir or ".")
+        name = time.strftime("screenshot-%Y%m%d-%H%M%S.svg", time.localtime(self.clock()))
+        try:
+            path = self.save_screenshot(name, path=str(folder))
+        except OSError as exc:
+            self.notify(f"Cannot save a screenshot in {folder}: {exc}", severity="error")
+            return
+        self.notify(f"Screenshot saved: {path}")
 
     @on(CheckpointsPanel.ResumeRequested)
     def _resume_requested(self, event: CheckpointsPanel.ResumeRequested) -> None:
@@ -378,21 +414,33 @@ class TransformerApp(App):
         self.state.note(f"attached to {run_dir / 'events.jsonl'} (read-only)")
         self.state.max_tokens = _config_max_tokens(run_dir / "config.toml")
         self.query_one("#checkpoint-table").focus()
-        self.run_worker(lambda: self._tail_loop(EventTail(run_dir / "events.jsonl")),
-                        thread=True, group="tail", exit_on_error=False)
+        self.follow(run_dir / "events.jsonl")
 
-    def _tail_loop(self, tail: EventTail) -> None:
-        while not self.closing.is_set():
+    def follow(self, path: Path, from_end: bool = False) -> None:
+        self.tail = EventTail(path, from_end=from_end)
+        self.follow_events(self.tail)
+
+    @work(thread=True, group="tail", exclusive=True, exit_on_error=False)
+    def follow_events(self, tail: EventTail) -> None:
+        """Read the file from where the tail is, then what is appended, until cancelled."""
+        worker = get_current_worker()
+        while not worker.is_cancelled:
             events = tail.read_new()
             if events:
                 now = self.clock()
                 self.inbox.put_many([(now if at is None else at, event) for at, event in events])
-            elif self.closing.wait(0.25):
+            elif wait_unless_cancelled(worker, 0.25):
                 return
+
+    def _read_to_end(self) -> None:
+        """On the UI thread: what the followed file holds that the worker has not read yet."""
+        while self.tail is not None and (events := self.tail.read_new()):
+            now = self.clock()
+            self.inbox.put_many([(now if at is None else at, event) for at, event in events])
+        self._apply_events()
 
     def on_unmount(self) -> None:
         # The engine's thread must end for the process to exit: ask it to stop cleanly.
-        self.closing.set()
         if self.control is not None:
             self.control.stop()
 
@@ -408,40 +456,8 @@ def _config_max_tokens(path: Path) -> int | None:
         return None
 
 
-# --- command line --------------------------------------------------------------------------
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="transformer-tui",
-        description="Train a translation Transformer and watch it: pick a preset, start, pause, "
-                    "resume, stop. Keys: s start, p pause/resume, x stop, q quit, 1-4 pages.")
-    parser.add_argument("--preset", default="sample", metavar="NAME|PATH",
-                        help=f"a preset ({', '.join(PRESET_NAMES)}) or a TOML file (default sample)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="SECTION.KEY=VALUE", help="override a preset key (repeatable)")
-    parser.add_argument("--start", action="store_true", help="start the run at once")
-    parser.add_argument("--run-dir", metavar="DIR",
-                        help="where the run writes (default saved/<preset name>)")
-    parser.add_argument("--attach", metavar="RUN_DIR",
-                        help="follow a run started elsewhere (read-only), from its events.jsonl")
-    args = parser.parse_args(argv)
-    if args.attach and (args.start or args.overrides or args.run_dir):
-        parser.error("--attach follows an existing run; it takes no --start, --set or --run-dir")
-    return args
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    app = TransformerApp(preset=args.preset, overrides=args.overrides, start=args.start,
-                         attach=args.attach, run_dir=args.run_dir)
-    app.run()
-    status = app.state.status
-    if status == "failed":
-        print(f"transformer-tui: failed: {app.state.reason}", file=sys.stderr)
-        return 1
-    return 0
+    """The console script `transformer-tui` (kept here for installs that name tui.app:main)."""
+    from tui.cli import main as cli_main  # tui.cli imports this module
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return cli_main(argv)

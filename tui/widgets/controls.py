@@ -8,6 +8,7 @@ from textual.containers import Horizontal
 from textual.widgets import Button, Input, Label, Select
 
 from engine.config import PRESET_NAMES
+from tui.state import Status
 
 FILE_CHOICE = "file"
 
@@ -38,6 +39,8 @@ class ControlBar(Horizontal):
         yield Button("Quit", id="quit", action="app.quit", compact=True)
 
     def on_mount(self) -> None:
+        for button in self.query(Button):
+            button.can_focus = False  # keys do what buttons do; focus never rests on Quit
         if self.attached is None:
             self._show_path_input()
 
@@ -55,13 +58,13 @@ class ControlBar(Horizontal):
             return self.query_one("#preset-path", Input).value.strip()
         return str(choice)
 
-    def show_state(self, status: str) -> None:
+    def show_state(self, status: Status) -> None:
         if self.attached is not None:
             return
-        active = status in ("starting", "running", "paused", "stopping")
         for selector in ("#preset", "#preset-path", "#start"):
-            self.query_one(selector).disabled = active
+            self.query_one(selector).disabled = status.active
         pause = self.query_one("#pause", Button)
-        pause.label = "Resume" if status == "paused" else "Pause"
-        pause.disabled = status not in ("running", "paused")
-        self.query_one("#stop", Button).disabled = status not in ("starting", "running", "paused")
+        pause.label = "Resume" if status == Status.PAUSED else "Pause"
+        pause.disabled = status not in (Status.RUNNING, Status.PAUSED)
+        self.query_one("#stop", Button).disabled = status not in (
+            Status.STARTING, Status.RUNNING, Status.PAUSED)

@@ -7,23 +7,47 @@ from __future__ import annotations
 from typing import Any
 
 from rich.text import Text
+from textual import work
 from textual.widgets import Static
+from textual.worker import get_current_worker
 
+from engine.memory import MemoryProbe
 from tui.format import bar_line, count, size, size_pair
+from tui.messages import MemoryRead
 from tui.state import RunState
 from tui.widgets.panel import StateView, show_text
+from tui.workers import wait_unless_cancelled
 
 
 class MemoryPanel(StateView, Static):
     parts = ("memory",)
     min_seconds = 1.0
 
-    def __init__(self, attached: bool = False, **kwargs: Any) -> None:
+    def __init__(self, attached: bool = False, probe: Any = None, probe_seconds: float = 2.0,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.attached = attached
+        self.probe = probe  # anything with .sample() -> MemoryReading; default: MemoryProbe
+        self.probe_seconds = probe_seconds
 
     def on_mount(self) -> None:
         self.border_title = "GPU memory"
+        if not self.attached:  # attached, the run's own MemorySample events say it
+            self.read_memory()
+
+    @work(thread=True, group="probe", exit_on_error=False)
+    def read_memory(self) -> None:
+        """Read memory every probe_seconds, off the UI thread (NVML calls can block)."""
+        worker = get_current_worker()
+        probe = self.probe or MemoryProbe()
+        try:
+            while not worker.is_cancelled:
+                self.post_message(MemoryRead(probe.sample()))
+                if wait_unless_cancelled(worker, self.probe_seconds):
+                    return
+        finally:
+            if probe is not self.probe:
+                probe.close()
 
     def draw(self, state: RunState) -> None:
         width = self.content_size.width or 40

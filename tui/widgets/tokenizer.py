@@ -8,7 +8,7 @@ from textual.containers import Vertical
 from textual.widgets import Sparkline, Static
 
 from tui.format import bar_line, count, duration, percent, rate, short_count
-from tui.state import RunState
+from tui.state import RunState, Status
 from tui.widgets.panel import StateView, set_display, show_text
 
 # the stage's totals already on screen (or of no use to a reader here)
@@ -38,17 +38,23 @@ class TokenizerPanel(StateView, Vertical):
                 text.append("waiting for the tokenizer stage\n", style="dim")
         if words is not None:
             fraction = words.done / words.total if words.total else None
-            suffix = f"{percent(words.done, words.total)} {short_count(words.done)}/{short_count(words.total)}"
+            suffix = (f"{percent(words.done, words.total)} "
+                      f"{short_count(words.done)}/{short_count(words.total)}")
             text.append(bar_line("Words  ", fraction, suffix, width) + "\n")
             if words.done < words.total:
                 text.append(f"       {rate(words.per_second, 'sentences')}\n")
         if merges is not None:
             fraction = merges.merges / merges.target_merges if merges.target_merges else None
-            suffix = f"{percent(merges.merges, merges.target_merges)} {count(merges.merges)}/{count(merges.target_merges)}"
+            suffix = (f"{percent(merges.merges, merges.target_merges)} "
+                      f"{count(merges.merges)}/{count(merges.target_merges)}")
             text.append(bar_line("Merges ", fraction, suffix, width) + "\n")
             language = f"  [{merges.language}]" if merges.language else ""
             text.append(f"Vocab  {count(merges.vocab_size)}/{count(merges.target_vocab)}{language}\n")
-            text.append(f"Speed  {rate(merges.per_second, 'merges')}  ETA {duration(merges.eta)}\n")
+            if state.status == Status.PAUSED and merges.merges < merges.target_merges:
+                text.append("Speed  paused  ETA paused\n")
+            else:
+                text.append(f"Speed  {rate(state.merge_rate(), 'merges')}  "
+                            f"ETA {duration(merges.eta)}\n")
         extra = {k: v for k, v in (stage.info if stage else {}).items() if k not in SHOWN_ABOVE}
         if extra:
             text.append("  ".join(f"{k.replace('_', ' ')} {v:,}" if isinstance(v, int)
