@@ -436,3 +436,40 @@ async def test_merges_per_second_is_never_0_for_a_phase_that_did_merges():
         app.refresh_panels(force=True)
         await pilot.pause()
         assert "450 merges/s" in text_of(app, "#tokenizer-text")
+
+
+@scenario
+async def test_the_prep_stages_progress_shows_while_they_run_then_gives_way_to_the_tokenizer():
+    from engine.events import DownloadProgress, EncodeProgress, WordCountProgress
+
+    app = TransformerApp(probe=FixedProbe())
+    stages = ["data", "tokenizer", "encode"]
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.inbox.put(RunStarted(run_dir="saved/x", preset="full", stages=stages))
+        app.inbox.put(StageStarted(stage="data", index=1, total=3))
+        app.inbox.put(DownloadProgress(what="Downloading data", done=300 * 2**20,
+                                       total=600 * 2**20, unit="B", per_second=10 * 2**20,
+                                       eta=30.0, elapsed=30.0))
+        await until(pilot, lambda: app.state.prep is not None)
+        app.refresh_panels(force=True)
+        await pilot.pause()
+        shown = text_of(app, "#tokenizer-text")
+        assert "Fetch" in shown and "50.0%" in shown and "300.0 MiB/600.0 MiB" in shown
+        assert "10.0 MiB/s" in shown and "ETA 30s" in shown
+
+        app.inbox.put(StageStarted(stage="tokenizer", index=2, total=3))
+        app.inbox.put(WordCountProgress(done=10, total=20, per_second=5.0, elapsed=2.0))
+        await until(pilot, lambda: app.state.words is not None)
+        app.refresh_panels(force=True)
+        await pilot.pause()
+        assert "Fetch" not in text_of(app, "#tokenizer-text")  # the stage it belonged to ended
+
+        app.inbox.put(StageStarted(stage="encode", index=3, total=3))
+        app.inbox.put(EncodeProgress(split="train", done=1_500_000, total=4_500_000,
+                                     per_second=40_000.0, eta=75.0, elapsed=37.5))
+        await until(pilot, lambda: isinstance(app.state.prep, EncodeProgress))
+        app.refresh_panels(force=True)
+        await pilot.pause()
+        shown = text_of(app, "#tokenizer-text")
+        assert "Encode" in shown and "33.3%" in shown and "1.50M/4.50M" in shown
+        assert "train  40,000 pairs/s  ETA 1m15s" in shown

@@ -21,6 +21,9 @@ from engine.events import (
     BatchProgress,
     BatchSkipped,
     CheckpointSaved,
+    DataProgress,
+    DownloadProgress,
+    EncodeProgress,
     EpochSummary,
     Event,
     MemorySample,
@@ -134,6 +137,8 @@ class RunState:
         self.stages: dict[str, StageView] = {name: StageView(name) for name in STAGE_ORDER}
         self.current_stage = ""
         # tokenizer
+        # prep: the running stage's latest reading / download / encoding progress, if any
+        self.prep: DataProgress | DownloadProgress | EncodeProgress | None = None
         self.words: WordCountProgress | None = None
         self.merges: MergeProgress | None = None
         self.merge_rates = Curve()  # (elapsed, merges per second)
@@ -196,7 +201,7 @@ class RunState:
                       "select one to resume from it")
 
     def _forget_run(self) -> None:
-        self.words = self.merges = self.batch = self.memory = None
+        self.words = self.merges = self.batch = self.memory = self.prep = None
         self.merge_rates, self.train_curve = Curve(), Curve()
         self.history = {name: Curve() for name in HISTORY}
         self._ema = self._ema_weight = 0.0
@@ -302,7 +307,8 @@ class RunState:
         stage = self.stages.setdefault(e.stage, StageView(e.stage))
         stage.status, stage.started_at, stage.seconds = "running", at, None
         self.current_stage = e.stage
-        self._touch("stages")
+        self.prep = None  # progress belongs to the stage that sent it
+        self._touch("stages", "tokenizer")
         self.note(f"stage {e.index}/{e.total} {e.stage} started", at)
 
     def _on_StageFinished(self, e: StageFinished, at: float) -> None:
@@ -352,6 +358,20 @@ class RunState:
             stage.status = status
             stage.seconds = max(0.0, at - (stage.started_at or at))
             self._touch("stages")
+
+    def _on_DataProgress(self, e: DataProgress, at: float) -> None:
+        self.prep = e
+        self._touch("tokenizer")
+
+    def _on_DownloadProgress(self, e: DownloadProgress, at: float) -> None:
+        self.prep = e
+        self._touch("tokenizer")
+        if e.final:
+            self.note(f"{e.what}: done ({_short(e.done)} {e.unit} in {duration(e.elapsed)})", at)
+
+    def _on_EncodeProgress(self, e: EncodeProgress, at: float) -> None:
+        self.prep = e
+        self._touch("tokenizer")
 
     def _on_WordCountProgress(self, e: WordCountProgress, at: float) -> None:
         self.words = e

@@ -1,4 +1,5 @@
-"""Tokenizer panel: word counting, merge progress, merges per second (now and its history)."""
+"""Tokenizer panel: word counting, merge progress, merges per second (now and its history); and
+the other prep stages' progress while they run (WMT14 download, reading pairs, encoding)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Sparkline, Static
 
-from tui.format import bar_line, count, duration, percent, rate, short_count
+from engine.events import DataProgress, DownloadProgress, EncodeProgress
+from tui.format import bar_line, count, duration, percent, rate, short_count, size
 from tui.state import RunState, Status
 from tui.widgets.panel import StateView, set_display, show_text
 
@@ -31,7 +33,9 @@ class TokenizerPanel(StateView, Vertical):
         text = Text(no_wrap=True, overflow="ellipsis")
         words, merges = state.words, state.merges
         stage = state.stages.get("tokenizer")
-        if words is None and merges is None:
+        if state.prep is not None:
+            prep_lines(text, state.prep, width)
+        elif words is None and merges is None:
             if stage is not None and stage.status == "reused":
                 text.append("tokenizer.json reused from an earlier run\n")
             else:
@@ -65,3 +69,31 @@ class TokenizerPanel(StateView, Vertical):
         rates = state.merge_rates.points()[1]
         sparkline.data = rates
         set_display(sparkline, len(rates) >= 4)  # a history, not a stage over in a blink
+
+
+def prep_lines(text: Text, e: DataProgress | DownloadProgress | EncodeProgress, width: int) -> None:
+    """A bar (when the total is known), then speed and ETA: what the data and encode stages
+    report while they run."""
+    if isinstance(e, EncodeProgress):
+        suffix = f"{percent(e.done, e.total)} {short_count(e.done)}/{short_count(e.total)}"
+        text.append(bar_line("Encode ", e.done / e.total if e.total else None, suffix, width)
+                    + "\n")
+        text.append(f"       {e.split}  {rate(e.per_second, 'pairs')}  ETA {duration(e.eta)}\n")
+    elif isinstance(e, DownloadProgress):
+        amount = size if e.unit == "B" else short_count
+        done = amount(e.done) + (f"/{amount(e.total)}" if e.total else "")
+        if e.total:
+            text.append(bar_line("Fetch  ", e.done / e.total, f"{percent(e.done, e.total)} {done}",
+                                 width) + "\n")
+        else:
+            text.append(f"Fetch  {done}\n")
+        speed = f"{size(e.per_second)}/s" if e.unit == "B" else rate(e.per_second, e.unit)
+        eta = f"  ETA {duration(e.eta)}" if e.eta and not e.final else ""
+        text.append(f"       {e.what}  {speed}{eta}\n")
+    else:
+        if e.total:
+            suffix = f"{percent(e.pairs, e.total)} {short_count(e.pairs)}/{short_count(e.total)}"
+            text.append(bar_line("Read   ", e.pairs / e.total, suffix, width) + "\n")
+        else:
+            text.append(f"Read   {short_count(e.pairs)} pairs\n")
+        text.append(f"       {e.split}  {rate(e.per_second, 'pairs')}\n")
