@@ -308,7 +308,8 @@ def test_wmt14_loading_reports_the_library_progress_as_events_not_on_stderr(wmt1
     assert capfd.readouterr().err == ""  # no bar drawn where the app draws
 
 
-def test_a_download_reports_bytes_speed_and_eta(wmt14_parquet, monkeypatch, capfd):
+def test_a_download_reports_bytes_speed_and_eta(wmt14_parquet, datasets_cache, monkeypatch,
+                                                capfd):
     """The bytes path of a real download, from an in-memory filesystem: datasets' own
     downloader (fsspec_get + its tqdm callback) runs as it would against the Hub."""
     from pathlib import Path
@@ -320,15 +321,16 @@ def test_a_download_reports_bytes_speed_and_eta(wmt14_parquet, monkeypatch, capf
     from engine.events import DownloadProgress
 
     data = Path(wmt14_parquet["train"]).read_bytes()
-    fsspec.filesystem("memory").pipe("/wmt14-test/train.parquet", data)
+    url = f"memory://{datasets_cache.parent.name}/train.parquet"  # new to every cache
+    fsspec.filesystem("memory").pipe(url, data)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # memory:// is no network
     monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
     events = []
     datasets.disable_progress_bars()
     with library_progress(events.append):
         rows = datasets.load_dataset("parquet", split="train",
-                                     data_files={"train": "memory://wmt14-test/train.parquet"})
-    assert len(rows) == 40
+                                     data_files={"train": url})
+    assert len(rows) == 40 and (datasets_cache / "downloads").is_dir()
     downloads = [e for e in events if isinstance(e, DownloadProgress) and e.unit == "B"]
     assert downloads[-1].final and downloads[-1].done == downloads[-1].total == len(data)
     assert capfd.readouterr().err == ""
