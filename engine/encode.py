@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 SPLITS = ("train", "valid", "test")
 CACHE_VERSION = 2  # bump when the array layout changes (2: one .npy per array, memory-mapped)
-CHUNK = 20_000  # pairs per encode_batch call: work for every core, bounded memory, a stop check
+CHUNK = 10_000  # pairs per encode_batch call: work for every core, a progress event, a stop check
 ARRAYS = ("src_ids", "src_offsets", "tgt_ids", "tgt_offsets")
 
 
