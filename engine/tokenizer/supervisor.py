@@ -251,16 +251,17 @@ class ChildTraining:
         return chars
 
     def check_alphabet(self) -> None:
-        """vocab_size must hold the specials and every character; fail as soon as it cannot."""
+        """vocab_size must hold the specials and every character; checked before training (the
+        data stage collected the characters while it wrote the files)."""
         needed = self.initial_vocab()
         if needed > self.vocab_size:
             raise ConfigError(
                 f"[tokenizer] vocab_size = {self.vocab_size}: smaller than the alphabet of the "
-                f"training text ({needed - len(SPECIALS):,} characters so far) plus "
+                f"training text ({needed - len(SPECIALS):,} characters) plus "
                 f"{len(SPECIALS)} special tokens; use at least {needed:,}, more to leave room "
                 "for merges")
 
-    # --- worker threads ---
+    # --- the reader thread ---
 
     def read_progress(self) -> None:
         """The trainer's JSON lines: {"stage": ..., "current": ..., "total": ...}."""
