@@ -268,6 +268,8 @@ class ChildTraining:
         assert self.child is not None and self.child.stderr is not None
         for raw in self.child.stderr:
             line = raw.decode("utf-8", "replace").rstrip()
+            if line.startswith("{") and not raw.endswith(b"\n"):
+                continue  # a progress line cut short by the child's death says nothing
             self.stderr_tail.append(line)
             progress = None
             if line.startswith("{"):
