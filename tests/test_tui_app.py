@@ -468,3 +468,4 @@ async def test_with_no_arguments_the_app_lists_the_runs_and_enter_attaches(tmp_p
         await pilot.press("n")
         await until(pilot, lambda: not isinstance(app.screen, RunsScreen))
         assert app.query_one("#start").display and app.focused is app.query_one("#preset")
+        assert app.followed is None and app.state.status == "idle"

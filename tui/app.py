@@ -217,6 +217,7 @@ class TransformerApp(App):
     def attach_to(self, run_dir: Path) -> None:
         """Become a client of the run in ``run_dir``: its history, then live, with control."""
         self.followed = run_dir
+        self.inbox.take()  # what a tail before this one read belongs to another run
         self.state.starting("", str(run_dir), fresh=True)
         self.state.set_status(Status.IDLE)  # until its events or its process say more
         self.controls.follow(str(run_dir))
@@ -230,6 +231,15 @@ class TransformerApp(App):
         self.watch_process(run_dir, None)
         self.action_page("run")
 
+    def unfollow(self) -> None:
+        """Be a client of no run (a live one goes on): back to choosing what to start."""
+        for group in ("tail", "process"):
+            self.workers.cancel_group(self, group)
+        self.followed = self.tail = None
+        self.inbox.take()  # what the cancelled tail had read belongs to that run
+        self.state.starting("", "", fresh=True)
+        self.state.set_status(Status.IDLE)
+
     def follow(self, path: Path) -> None:
         self.tail = EventTail(path)
         self.follow_events(self.tail)
@@ -240,7 +250,7 @@ class TransformerApp(App):
         worker = get_current_worker()
         while not worker.is_cancelled:
             events = tail.read_new()
-            if events:
+            if events and not worker.is_cancelled:  # (cancelled: another run is shown now)
                 now = self.clock()
                 self.inbox.put_many([(now if at is None else at, event) for at, event in events])
             elif wait_unless_cancelled(worker, 0.25):
@@ -361,8 +371,8 @@ class TransformerApp(App):
         follow it."""
         self.config = config
         events = run_dir / "events.jsonl"
+        self.followed = run_dir
         if fresh or self.tail is None or self.tail.path != events:
-            self.followed = run_dir
             self.state.starting(config.name, str(run_dir), config.training.max_tokens, fresh=True)
             self.follow(events)  # a resume shows the run's whole history
         else:
@@ -504,9 +514,9 @@ class TransformerApp(App):
         def chosen(choice: Path | str | None) -> None:
             if isinstance(choice, Path):
                 self.attach_to(choice)
-            elif choice == "new" and not self.state.active:
+            elif choice == "new":
+                self.unfollow()
                 self.controls.pick()
-                self.followed = None
                 self.action_page("run")
                 self.look_for_earlier_run()
 
