@@ -13,7 +13,6 @@ applies every event to a RunState and a timer redraws the panels a few times a s
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +29,7 @@ from engine.config import PRESET_NAMES, RunConfig, load_config
 from engine.errors import EngineError
 from tui.inbox import EventInbox
 from tui.messages import EarlierCheckpoints, EventsWaiting, MemoryRead, ProcessSeen
+from tui.rundir import config_max_tokens, last_line, reap_child, who_holds
 from tui.state import RunState, Status
 from tui.tail import EventTail
 from tui.widgets.checkpoints import CheckpointsPanel
@@ -226,7 +226,7 @@ class TransformerApp(App):
             self.state.config_error(f"{run_dir}: no such run directory")
             return
         self.state.note(f"attached to {run_dir}")
-        self.state.max_tokens = _config_max_tokens(run_dir / "config.toml")
+        self.state.max_tokens = config_max_tokens(run_dir / "config.toml")
         self.follow(run_dir / "events.jsonl")
         self.watch_process(run_dir, None)
         self.action_page("run")
@@ -264,16 +264,16 @@ class TransformerApp(App):
         exit_status: int | None = None
         while not worker.is_cancelled:
             if pid is not None and exit_status is None:
-                exit_status = _reap(pid)
+                exit_status = reap_child(pid)
             try:
                 summary = runs.summarize(run_dir)
             except (OSError, EngineError):
                 summary = None
             if summary is not None:
                 self.post_message(ProcessSeen(
-                    run_dir=str(run_dir), state=summary.state.value, who=_who(summary),
+                    run_dir=str(run_dir), state=summary.state.value, who=who_holds(summary),
                     child_running=pid is not None and exit_status is None,
-                    exit_status=exit_status, log_line=_last_line(run_dir / "run.log")))
+                    exit_status=exit_status, log_line=last_line(run_dir / "run.log")))
             if wait_unless_cancelled(worker, PROCESS_SECONDS):
                 return
 
@@ -338,7 +338,7 @@ class TransformerApp(App):
                     self.attach_to(run_dir)
 
             self.push_screen(ChoiceScreen(
-                f"A run is live in {run_dir} ({_who(earlier)}).\nOne run per directory: "
+                f"A run is live in {run_dir} ({who_holds(earlier)}).\nOne run per directory: "
                 "attach to it, or choose another --run-dir.",
                 [("attach", "Attach to it", "a")]), attach)
         else:
@@ -532,45 +532,6 @@ class TransformerApp(App):
             self.notify(f"Cannot save a screenshot in {folder}: {exc}", severity="error")
             return
         self.notify(f"Screenshot saved: {path}")
-
-
-def _who(summary: Any) -> str:
-    if summary.pid is None:
-        return ""
-    processes = f", {summary.processes} processes" if summary.processes > 1 else ""
-    return f"pid {summary.pid} on {summary.host}{processes}" if summary.host else \
-        f"pid {summary.pid}{processes}"
-
-
-def _reap(pid: int) -> int | None:
-    """The exit status of our child ``pid`` once it has ended (reaping it, so that it does
-    not linger as a zombie that looks alive); None while it runs or if it is not ours."""
-    try:
-        done, status = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return None
-    return os.waitstatus_to_exitcode(status) if done else None
-
-
-def _last_line(path: Path) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, 2) - 4096))
-            lines = f.read().decode("utf-8", errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return lines[-1].strip() if lines else ""
-
-
-def _config_max_tokens(path: Path) -> int | None:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    try:
-        return int(tomllib.loads(path.read_text(encoding="utf-8"))["training"]["max_tokens"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:
