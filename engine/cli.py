@@ -85,12 +85,15 @@ class StopSignals:
     def __init__(self, abort: Callable[[], None]) -> None:
         self.received: list[int] = []
         self.abort = abort
+        # a SIGHUP or SIGINT this process was started ignoring stays ignored: `nohup` and a
+        # shell's background job ask for a run that outlives the terminal
+        self.names = [name for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name)
+                      and signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN]
         self.install()
 
     def install(self) -> None:
-        for name in ("SIGTERM", "SIGINT", "SIGHUP"):
-            if hasattr(signal, name):
-                signal.signal(getattr(signal, name), self.on_signal)
+        for name in self.names:
+            signal.signal(getattr(signal, name), self.on_signal)
 
     def on_signal(self, signum: int, frame: object) -> None:
         if signum == signal.SIGINT and signal.SIGINT in self.received:
@@ -165,9 +168,9 @@ def steer(run_dir: Path, control: RunControl, engine: threading.Thread, fields: 
     handled = 0  # signals acted on so far
     hung_up = False
     while engine.is_alive():
-        for signum in signals.received[handled:]:
+        if len(signals.received) > handled:  # acted on here, not in the handler
+            handled = len(signals.received)
             control.stop()
-            handled += 1
         if signals.hung_up and not hung_up:
             hung_up = True
             on_hangup()
@@ -181,8 +184,11 @@ def steer(run_dir: Path, control: RunControl, engine: threading.Thread, fields: 
                     request["command"]]()
             if changed or time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + runs.HEARTBEAT_SECONDS
-                runs.write_heartbeat(run_dir, stage=fields.stage, step=fields.step,
-                                     paused=control.paused, control_seq=applied)
+                try:
+                    runs.write_heartbeat(run_dir, stage=fields.stage, step=fields.step,
+                                         paused=control.paused, control_seq=applied)
+                except OSError:
+                    pass  # a full disk must not end the run from here; the engine reports it
         engine.join(runs.POLL_SECONDS)
 
 
