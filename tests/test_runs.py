@@ -99,6 +99,20 @@ def checkpoint_hashes(run_dir: Path) -> dict[str, str]:
     return {p.name: sha256(p) for p in sorted(run_dir.glob("*.pt"))}
 
 
+def assert_stopped_with_a_checkpoint(run_dir: Path) -> None:
+    """The run ended stopped, and checkpoint_last.pt holds its last update."""
+    import torch
+
+    told = events(run_dir)
+    assert not [e for e in told if e["event"] == "RunFailed"], told[-1]
+    assert told[-1]["event"] == "RunFinished" and told[-1]["status"] == "stopped"
+    last = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
+    # progress is reported 4 times a second: the last report may be a few updates back
+    assert last["step"] >= batches(run_dir)[-1]["step"]
+    saved = [e for e in told if e["event"] == "CheckpointSaved" and e["name"] == "checkpoint_last.pt"]
+    assert saved[-1]["step"] == last["step"]
+
+
 @pytest.fixture
 def reaper():
     """Processes a test started: killed if the test failed before they ended."""
@@ -141,11 +155,7 @@ def test_pause_resume_and_stop_a_headless_run_from_another_terminal(tmp_path, re
     stopped = cli("stop", str(run_dir))
     assert stopped.returncode == 0 and "stopping" in stopped.stdout
     assert ends(process) == 0
-    told = events(run_dir)
-    assert told[-1]["event"] == "RunFinished" and told[-1]["status"] == "stopped"
-    saved = [e for e in told if e["event"] == "CheckpointSaved"][-1]
-    assert saved["name"] == "checkpoint_last.pt"
-    assert saved["step"] >= batches(run_dir)[-1]["step"]  # progress is reported 4 times a second
+    assert_stopped_with_a_checkpoint(run_dir)
     assert not (run_dir / runs.LOCK).exists()
 
     # afterwards: one line each, non-zero, saying why
@@ -297,10 +307,7 @@ def test_sigterm_stops_at_the_next_update_with_a_checkpoint(tmp_path, reaper):
     training(run_dir, process, at_least=3)
     process.send_signal(signal.SIGTERM)
     assert ends(process) == 0
-    told = events(run_dir)
-    assert told[-1]["event"] == "RunFinished" and told[-1]["status"] == "stopped"
-    assert told[-2]["event"] == "CheckpointSaved" and told[-2]["name"] == "checkpoint_last.pt"
-    assert (run_dir / "checkpoint_last.pt").is_file()
+    assert_stopped_with_a_checkpoint(run_dir)
 
 
 def test_closing_the_terminal_stops_the_run_with_a_checkpoint_instead_of_failing(tmp_path,
@@ -330,10 +337,7 @@ def test_closing_the_terminal_stops_the_run_with_a_checkpoint_instead_of_failing
     assert output  # it was printing to the terminal
     os.close(master)  # the terminal goes away
     assert ends(process) == 0
-    told = events(run_dir)
-    assert not [e for e in told if e["event"] == "RunFailed"], told[-1]
-    assert told[-1]["event"] == "RunFinished" and told[-1]["status"] == "stopped"
-    assert told[-2]["event"] == "CheckpointSaved" and told[-2]["name"] == "checkpoint_last.pt"
+    assert_stopped_with_a_checkpoint(run_dir)
 
 
 def test_a_second_ctrl_c_while_stopping_aborts_at_once_and_says_so(tmp_path, reaper):
@@ -403,14 +407,11 @@ def test_pause_resume_and_stop_reach_both_ranks_of_a_torchrun_job(tmp_path, reap
     assert cli("stop", str(run_dir)).returncode == 0
     assert ends(job, timeout=90) == 0  # both ranks ended cleanly, at the same update
 
-    told = events(run_dir)
-    assert told[-1]["event"] == "RunFinished" and told[-1]["status"] == "stopped"
-    assert not [e for e in told if e["event"] == "RunFailed"]
+    assert_stopped_with_a_checkpoint(run_dir)
     import torch
 
     last = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
     assert last["world_size"] == 2 and len(last["rank_rng"]) == 2  # saved with both ranks there
-    assert last["step"] == told[-2]["step"]
 
 
 def test_keep_last_deletes_only_periodic_checkpoints_this_run_wrote(tmp_path, one_thread):
@@ -449,6 +450,22 @@ def test_launch_detached_starts_a_run_in_its_own_session_logging_to_run_log(tmp_
     finally:
         if runs.pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_sigterm_to_torchrun_stops_every_rank_with_a_checkpoint(tmp_path, reaper):
+    # a batch scheduler ending the job: torchrun passes the signal on to each rank
+    run_dir = tmp_path / "job"
+    sets = [arg for item in TINY + [FOREVER] for arg in ("--set", item)]
+    job = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "engine", "--preset", "sample", "--run-dir", str(run_dir), *sets],
+        env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reaper(job)
+    training(run_dir, job, at_least=2)
+    job.send_signal(signal.SIGTERM)
+    ends(job, timeout=60)  # torchrun itself reports the signal as a failure of its own
+    assert_stopped_with_a_checkpoint(run_dir)
+    assert not (run_dir / runs.LOCK).exists()
 
 
 # --- unit pieces -------------------------------------------------------------------------------
