@@ -4,10 +4,11 @@ a key press is handled while the tokenizer and the training run.
 Throughput: the same config runs through ``engine.pipeline.run`` headless (events to
 events.jsonl only) and through the app (TransformerApp under Textual's headless driver at
 120x40, every panel drawn), interleaved round by round so that a shared, noisy machine slows
-both alike (short runs, many rounds: the load drifts over minutes). The headless peer runs the
-engine in a plain thread, as the app's worker does, so that only the app differs
-(``--main-thread`` also times it in the main thread, as transformer-train runs it; with spinning
-OpenMP threads that alone changed throughput several-fold on a loaded machine). A run's
+both alike (short runs, many rounds: the load drifts over minutes). The app starts the run as
+its own detached run process (python -m engine) and follows its events.jsonl; the headless peer
+runs the engine in a plain thread of this process (``--main-thread``: in the main thread, as
+transformer-train runs it; with spinning OpenMP threads that alone changed throughput
+several-fold on a loaded machine). A run's
 training tokens/s is the mean over its epochs of the epoch's average (the last BatchProgress of
 an epoch; validation excluded). The ratio app / headless is printed for each round, then the
 median and quartiles; the target is >= 0.95. The UI thread's CPU time is printed too: it does

@@ -85,29 +85,26 @@ class StopSignals:
     def __init__(self, abort: Callable[[], None]) -> None:
         self.received: list[int] = []
         self.abort = abort
-        self.install()
-
-    def install(self) -> None:
-        for name in ("SIGTERM", "SIGINT", "SIGHUP"):
-            if hasattr(signal, name):
-                signal.signal(getattr(signal, name), self.on_signal)
+        # a SIGHUP or SIGINT this process was started ignoring stays ignored: `nohup` and a
+        # shell's background job ask for a run that outlives the terminal
+        self.names = [name for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name)
+                      and signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN]
+        for name in self.names:
+            signal.signal(getattr(signal, name), self.on_signal)
 
     def on_signal(self, signum: int, frame: object) -> None:
         if signum == signal.SIGINT and signal.SIGINT in self.received:
             self.abort()  # does not return
         self.received.append(signum)
 
-    @property
-    def hung_up(self) -> bool:
-        return hasattr(signal, "SIGHUP") and signal.SIGHUP in self.received
-
 
 class TerminalSafe:
     """The printer, until the terminal goes away (EIO after a hang-up, EPIPE from a closed pipe):
-    from then on output is dropped and the run goes on."""
+    from then on the run goes on without it, and what anything still writes to stdout or stderr
+    (a library's warning, the interpreter flushing at exit) goes to ``log`` instead of failing."""
 
-    def __init__(self, printer: Callable) -> None:
-        self.printer = printer
+    def __init__(self, printer: Callable, log: Path) -> None:
+        self.printer, self.log = printer, log
         self.broken = False
 
     def __call__(self, event) -> None:
@@ -117,6 +114,7 @@ class TerminalSafe:
             self.printer(event)
         except OSError:
             self.broken = True
+            _redirect_output(self.log)
 
 
 class HeartbeatFields:
@@ -140,7 +138,11 @@ def claim_run_dir(run_dir: Path, args: argparse.Namespace, processes: int,
     never overwrite an earlier run; (lock, where --fresh moved the earlier run or None)."""
     lock = runs.RunLock.acquire(run_dir, processes, argv)  # RunDirBusy names the live pid
     try:
-        earlier = None if args.resume else runs.earlier_run(run_dir)
+        # resuming this directory's own run continues it; a checkpoint from elsewhere would
+        # start another run here
+        continues = args.resume == "last" or (
+            args.resume and Path(args.resume).expanduser().resolve().parent == run_dir.resolve())
+        earlier = None if continues else runs.earlier_run(run_dir)
         if earlier is None:
             return lock, None
         if not args.fresh:
@@ -156,21 +158,17 @@ def claim_run_dir(run_dir: Path, args: argparse.Namespace, processes: int,
         raise
 
 
-def steer(run_dir: Path, control: RunControl, engine: threading.Thread, fields: HeartbeatFields,
-          signals: StopSignals, owner: bool, on_hangup: Callable[[], None]) -> None:
+def steer(run_dir: Path, control: RunControl, engine: threading.Thread, signals: StopSignals,
+          fields: HeartbeatFields, owner: bool) -> None:
     """The run process's main thread while the engine thread runs: signals; on rank 0 (the
     ``owner`` of the run directory) also the control channel and the heartbeat."""
     applied = 0  # seq of the last control request applied
     next_beat = 0.0
     handled = 0  # signals acted on so far
-    hung_up = False
     while engine.is_alive():
-        for signum in signals.received[handled:]:
+        if len(signals.received) > handled:  # acted on here, not in the handler
+            handled = len(signals.received)
             control.stop()
-            handled += 1
-        if signals.hung_up and not hung_up:
-            hung_up = True
-            on_hangup()
         changed = False
         if owner:
             request = runs.read_control(run_dir)
@@ -181,8 +179,11 @@ def steer(run_dir: Path, control: RunControl, engine: threading.Thread, fields: 
                     request["command"]]()
             if changed or time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + runs.HEARTBEAT_SECONDS
-                runs.write_heartbeat(run_dir, stage=fields.stage, step=fields.step,
-                                     paused=control.paused, control_seq=applied)
+                try:
+                    runs.write_heartbeat(run_dir, stage=fields.stage, step=fields.step,
+                                         paused=control.paused, control_seq=applied)
+                except OSError:
+                    pass  # a full disk must not end the run from here; the engine reports it
         engine.join(runs.POLL_SECONDS)
 
 
@@ -222,14 +223,13 @@ def run_train(argv: list[str]) -> int:
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    signals.install()  # over torchrun's SIGTERM handler: a SIGTERM stops the job (see steer)
     refusal = ""
     if distributed.is_main():
         try:
             lock, moved = claim_run_dir(run_dir, args, distributed.world_size(), sys.argv)
             if moved is not None:
                 print(f"moved the earlier run in {run_dir} to {moved}", file=sys.stderr)
-        except EngineError as exc:
+        except (EngineError, OSError) as exc:  # busy, an earlier run, an unwritable dir
             refusal = str(exc)
     # every rank learns rank 0's answer (a refused job must not leave ranks waiting for it)
     if distributed.from_main(lambda: 1.0 if refusal else 0.0):
@@ -239,7 +239,8 @@ def run_train(argv: list[str]) -> int:
         return 2
     # rank 0 prints the progress; the other ranks only their own failure
     printer = TerminalSafe(HeadlessPrinter() if distributed.is_main()
-                           else distributed.failures_only(HeadlessPrinter(sys.stderr)))
+                           else distributed.failures_only(HeadlessPrinter(sys.stderr)),
+                           run_dir / runs.LOG)
     fields = HeartbeatFields()
     emit = fan_out(fields, printer)
     outcome = {"status": "failed"}
@@ -248,17 +249,10 @@ def run_train(argv: list[str]) -> int:
         outcome["status"] = run(config, run_dir, emit, control, until=args.until,
                                 resume=args.resume)
 
-    def on_hangup() -> None:
-        # the terminal is gone: stop printing, and send what anything still writes (a warning
-        # from a library, the interpreter at exit) to run.log instead of failing with EIO
-        printer.broken = True
-        _redirect_output(run_dir / runs.LOG)
-
     engine = threading.Thread(target=engine_thread, name="engine", daemon=True)
     try:
         engine.start()
-        steer(run_dir, control, engine, fields, signals, owner=lock is not None,
-              on_hangup=on_hangup)
+        steer(run_dir, control, engine, signals, fields, owner=lock is not None)
         engine.join()
     finally:
         if lock is not None:

@@ -16,12 +16,18 @@ How the job divides the work:
   number of steps. Update i is then batches ``order[i*world*u : (i+1)*world*u]`` (u =
   update_freq): the same batches, in the same groups, as one process with update_freq world*u.
 - Gradients are averaged by DistributedDataParallel, once per update (``no_sync`` on the other
-  micro-batches). Losses, token counts and stop requests are summed over the ranks every batch,
-  so every rank takes the same decisions and the events describe the whole job.
+  micro-batches). Losses and token counts are summed over the ranks every batch, so every rank
+  takes the same decisions and the events describe the whole job.
+- Control (``agree_control``): rank 0 owns the run directory's lock, heartbeat and control
+  channel (engine/runs.py); at every batch and stage boundary the ranks agree (a max over a gloo
+  group) on go / pause / stop, so they pause together, resume together and stop at the same
+  update boundary; a stop signal on any rank (torchrun forwards SIGTERM, SIGINT, SIGHUP) stops
+  them all.
 - Failures end the job in bounded time: a collective waits at most ``TIMEOUT_ENV`` seconds
   (the waits for rank 0's data preparation and BLEU at most ``PREPARE_TIMEOUT_ENV``); with gloo
   a dead peer shows up at once as a closed connection; torchrun sends SIGTERM to the other
-  ranks of a machine when one dies, which rank 0 turns into a ``RunFailed`` in events.jsonl.
+  ranks of a machine when one dies: they stop, their next collective finds the dead peer, and
+  rank 0 records a ``RunFailed`` in events.jsonl.
   Checkpoints are written atomically, so the last one stays loadable whatever is killed.
 """
 
@@ -32,7 +38,6 @@ import inspect
 import json
 import os
 import re
-import signal
 import socket
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -64,7 +69,6 @@ class _Job:
     backend: str
     device: Any  # torch.device of the tensors that go through the default group
     wait_group: Any  # a gloo group with the long timeout, for waiting on rank 0
-    failing: bool = False  # a failure is being reported: a late SIGTERM must not interrupt it
 
 
 _job: _Job | None = None
@@ -139,8 +143,7 @@ def init_from_env(device_choice: str) -> bool:
                           f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} "
                           f"({_first_line(exc)})") from None
     _job = _Job(rank, world, local_rank, backend, device, wait_group)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    return True
+    return True  # signals are the run process's (engine/cli.py): SIGTERM stops every rank
 
 
 def teardown(failed: bool = False) -> None:
@@ -151,8 +154,7 @@ def teardown(failed: bool = False) -> None:
         return
     import torch.distributed as dist
 
-    if not failed:  # after a failure, torchrun's SIGTERM to this rank stays ignored
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if not failed:
         try:
             dist.destroy_process_group()
         except Exception:
@@ -180,17 +182,6 @@ def is_main() -> bool:
 def describe() -> str:
     """'rank 1 of 2 on host' for messages; '' for one process."""
     return f"rank {_job.rank} of {_job.world} on {socket.gethostname()}" if _job else ""
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    # torchrun sends SIGTERM to every rank when one of them fails; rank 0 records why in
-    # events.jsonl (the run's failure handler does it) instead of vanishing without a word
-    if _job is None or _job.failing:
-        return
-    _job.failing = True
-    raise EngineError("terminated by SIGTERM: torchrun ends every process of the job when one "
-                      "of them fails (its error is in torchrun's report); the last checkpoint "
-                      "in the run directory stays loadable")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -234,13 +225,6 @@ def reduce_sums(values: list[float]) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=_job.device)
     dist.all_reduce(tensor)
     return tensor.tolist()
-
-
-def any_rank(flag: bool) -> bool:
-    """True on every rank when it is True on one (a stop request, a failed check)."""
-    if _job is None:
-        return flag
-    return reduce_sums([1.0 if flag else 0.0])[0] > 0
 
 
 CONTROL_POLL_SECONDS = 0.2  # while paused, the ranks agree on the control state this often
@@ -431,7 +415,6 @@ def run_stage(name: str, call: Callable[[], StageResult[T]], config: "RunConfig"
     except Exception as exc:
         if isinstance(exc, EngineError) or not _is_peer_failure(exc):
             raise
-        _job.failing = True
         last = Path(run_dir) / "checkpoint_last.pt"
         kept = f"{last} holds the last saved state" if last.is_file() else "no checkpoint yet"
         raise EngineError(f"{describe()}: another process of the job died or stopped answering "

@@ -167,8 +167,19 @@ def _holder_alive(run_dir: Path, holder: dict[str, Any], flocked: bool) -> bool:
     or flock does not reach across the hosts of a network filesystem)."""
     if holder.get("host") == socket.gethostname():
         return not flocked and pid_alive(holder.get("pid"), holder.get("started_at"))
+    return heartbeat_age(run_dir, holder) < DEAD_AFTER_SECONDS
+
+
+def heartbeat_age(run_dir: Path, holder: dict[str, Any]) -> float:
+    """Seconds since the lock holder's last heartbeat (since it took the lock, before its first
+    one: a heartbeat left by an earlier process does not count)."""
     beat = read_heartbeat(run_dir)
-    return beat is not None and time.time() - float(beat.get("at", 0)) < DEAD_AFTER_SECONDS
+    try:
+        if beat is not None and beat.get("pid") == holder.get("pid"):
+            return time.time() - float(beat["at"])
+        return time.time() - float(holder.get("started_at", 0))
+    except (KeyError, TypeError, ValueError):
+        return float("inf")
 
 
 def busy_message(run_dir: Path, holder: dict[str, Any] | None) -> str:
@@ -226,9 +237,7 @@ def live_owner(run_dir: Path | str) -> dict[str, Any] | None:
         return None
     if holder.get("host") == socket.gethostname():
         return holder if pid_alive(holder.get("pid"), holder.get("started_at")) else None
-    beat = read_heartbeat(run_dir)
-    fresh = beat is not None and time.time() - float(beat.get("at", 0)) < DEAD_AFTER_SECONDS
-    return holder if fresh else None
+    return holder if heartbeat_age(run_dir, holder) < DEAD_AFTER_SECONDS else None
 
 
 class _History:
@@ -353,7 +362,9 @@ def summarize(run_dir: Path | str, own_lock: bool = True) -> RunSummary:
         ended = False  # a new run process started after that end; its RunStarted is coming
     if owner is not None and not ended:
         beat = read_heartbeat(run_dir) or {}
-        beat_age = now - float(beat.get("at", now))
+        if beat.get("pid") != owner.get("pid"):
+            beat = {}  # an earlier process's heartbeat
+        beat_age = heartbeat_age(run_dir, owner)
         if history.paused or beat.get("paused"):
             state = RunState.PAUSED
         elif history.stalled(now) or beat_age > DEAD_AFTER_SECONDS:

@@ -85,10 +85,10 @@ def test_two_ranks_train_the_model_one_process_trains_with_the_same_effective_ba
                           capture_output=True, text=True, env=job_env(), timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
-    # one writer: one events file telling one run, one set of checkpoints
+    # one writer: one events file telling one run, one set of checkpoints, rank 0's heartbeat
     assert sorted(p.name for p in job.iterdir()) == sorted(
         ["config.toml", "corpus", "data", "events.jsonl", "tokenizer.json", "tokenizer.meta.json",
-         "checkpoint_last.pt", "checkpoint_best.pt", "model_epoch_1.pt"])
+         "checkpoint_last.pt", "checkpoint_best.pt", "model_epoch_1.pt", "heartbeat"])
     told = list(read_events(job / "events.jsonl"))
     assert sum(isinstance(e, RunStarted) for e in told) == 1
     assert [e.status for e in told if isinstance(e, RunFinished)] == ["finished"]

@@ -99,6 +99,20 @@ def checkpoint_hashes(run_dir: Path) -> dict[str, str]:
     return {p.name: sha256(p) for p in sorted(run_dir.glob("*.pt"))}
 
 
+def assert_stopped_with_a_checkpoint(run_dir: Path) -> None:
+    """The run ended stopped, and checkpoint_last.pt holds its last update."""
+    import torch
+
+    told = events(run_dir)
+    assert not [e for e in told if e["event"] == "RunFailed"], told[-1]
+    assert told[-1]["event"] == "RunFinished" and told[-1]["status"] == "stopped"
+    last = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
+    # progress is reported 4 times a second: the last report may be a few updates back
+    assert last["step"] >= batches(run_dir)[-1]["step"]
+    saved = [e for e in told if e["event"] == "CheckpointSaved" and e["name"] == "checkpoint_last.pt"]
+    assert saved[-1]["step"] == last["step"]
+
+
 @pytest.fixture
 def reaper():
     """Processes a test started: killed if the test failed before they ended."""
@@ -141,11 +155,7 @@ def test_pause_resume_and_stop_a_headless_run_from_another_terminal(tmp_path, re
     stopped = cli("stop", str(run_dir))
     assert stopped.returncode == 0 and "stopping" in stopped.stdout
     assert ends(process) == 0
-    told = events(run_dir)
-    assert told[-1]["event"] == "RunFinished" and told[-1]["status"] == "stopped"
-    saved = [e for e in told if e["event"] == "CheckpointSaved"][-1]
-    assert saved["name"] == "checkpoint_last.pt"
-    assert saved["step"] >= batches(run_dir)[-1]["step"]  # progress is reported 4 times a second
+    assert_stopped_with_a_checkpoint(run_dir)
     assert not (run_dir / runs.LOCK).exists()
 
     # afterwards: one line each, non-zero, saying why
@@ -297,10 +307,7 @@ def test_sigterm_stops_at_the_next_update_with_a_checkpoint(tmp_path, reaper):
     training(run_dir, process, at_least=3)
     process.send_signal(signal.SIGTERM)
     assert ends(process) == 0
-    told = events(run_dir)
-    assert told[-1]["event"] == "RunFinished" and told[-1]["status"] == "stopped"
-    assert told[-2]["event"] == "CheckpointSaved" and told[-2]["name"] == "checkpoint_last.pt"
-    assert (run_dir / "checkpoint_last.pt").is_file()
+    assert_stopped_with_a_checkpoint(run_dir)
 
 
 def test_closing_the_terminal_stops_the_run_with_a_checkpoint_instead_of_failing(tmp_path,
@@ -330,10 +337,135 @@ def test_closing_the_terminal_stops_the_run_with_a_checkpoint_instead_of_failing
     assert output  # it was printing to the terminal
     os.close(master)  # the terminal goes away
     assert ends(process) == 0
+    assert_stopped_with_a_checkpoint(run_dir)
+
+
+def test_a_second_ctrl_c_while_stopping_aborts_at_once_and_says_so(tmp_path, reaper):
+    run_dir = tmp_path / "run"
+    process = start(run_dir)
+    reaper(process)
+    training(run_dir, process, at_least=3)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.02)  # two separate signals, not one
+    process.send_signal(signal.SIGINT)
+    assert ends(process) == 130
     told = events(run_dir)
-    assert not [e for e in told if e["event"] == "RunFailed"], told[-1]
-    assert told[-1]["event"] == "RunFinished" and told[-1]["status"] == "stopped"
-    assert told[-2]["event"] == "CheckpointSaved" and told[-2]["name"] == "checkpoint_last.pt"
+    assert told[-1]["event"] == "RunFailed"
+    assert told[-1]["message"].startswith("aborted by a second Ctrl-C")
+    assert not (run_dir / runs.LOCK).exists()
+    assert runs.summarize(run_dir).state == RunState.FAILED
+
+
+def test_nohup_keeps_a_run_going_when_the_terminal_hangs_up(tmp_path, reaper):
+    run_dir = tmp_path / "run"
+    process = start(run_dir, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    reaper(process)
+    training(run_dir, process)
+    process.send_signal(signal.SIGHUP)
+    seen = len(batches(run_dir))
+    wait_for(lambda: len(batches(run_dir)) > seen + 2, process=process)
+    assert cli("stop", str(run_dir)).returncode == 0
+    assert ends(process) == 0
+
+
+# --- torchrun: rank 0 owns the directory, every rank obeys ----------------------------------
+
+
+def test_pause_resume_and_stop_reach_both_ranks_of_a_torchrun_job(tmp_path, reaper):
+    import psutil
+
+    run_dir = tmp_path / "job"
+    sets = [arg for item in TINY + [FOREVER] for arg in ("--set", item)]
+    # a training collective gives up after 5 s: a rank left behind by a pause would fail
+    job = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "engine", "--preset", "sample", "--run-dir", str(run_dir), *sets],
+        env={**env(), "TRANSFORMER_DIST_TIMEOUT": "5"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    reaper(job)
+    training(run_dir, job, at_least=2)
+    rank_1 = next(p for p in psutil.Process(job.pid).children()
+                  if p.environ().get("RANK") == "1")
+
+    status = cli("status", str(run_dir))
+    assert status.returncode == 0 and "running" in status.stdout
+    assert "2 processes" in status.stdout
+    lock = json.loads((run_dir / runs.LOCK).read_text())
+    assert lock["processes"] == 2 and lock["pid"] != rank_1.pid  # rank 0 holds it
+
+    assert cli("pause", str(run_dir)).returncode == 0
+    time.sleep(1.0)
+    seen = len(batches(run_dir))
+    busy_before = sum(rank_1.cpu_times()[:2])
+    time.sleep(7.0)  # longer than a collective may wait
+    assert len(batches(run_dir)) == seen
+    assert sum(rank_1.cpu_times()[:2]) - busy_before < 1.0  # rank 1 is waiting, not training
+    assert runs.summarize(run_dir).state == RunState.PAUSED
+
+    assert cli("resume", str(run_dir)).returncode == 0
+    wait_for(lambda: len(batches(run_dir)) > seen + 2, process=job)
+    assert cli("stop", str(run_dir)).returncode == 0
+    assert ends(job, timeout=90) == 0  # both ranks ended cleanly, at the same update
+
+    assert_stopped_with_a_checkpoint(run_dir)
+    import torch
+
+    last = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
+    assert last["world_size"] == 2 and len(last["rank_rng"]) == 2  # saved with both ranks there
+
+
+def test_keep_last_deletes_only_periodic_checkpoints_this_run_wrote(tmp_path, one_thread):
+    from engine.control import RunControl
+    from engine.pipeline import run
+    from tests.tiny_runs import tiny_config
+
+    run_dir = tmp_path / "run"
+    assert run(tiny_config(training__epochs=1), run_dir, lambda e: None, RunControl()) == "finished"
+    # a file of another run that a newer epoch number would make look like ours
+    (run_dir / "model_epoch_9.pt").write_bytes((run_dir / "model_epoch_1.pt").read_bytes())
+    foreign = sha256(run_dir / "model_epoch_9.pt")
+    assert run(tiny_config(training__epochs=3), run_dir, lambda e: None, RunControl(),
+               resume="last") == "finished"
+    # keep_last = 1: epochs 1 (written before the resume) and 2 went, 3 stays, 9 is not ours
+    assert sorted(p.name for p in run_dir.glob("model_epoch_*.pt")) == [
+        "model_epoch_3.pt", "model_epoch_9.pt"]
+    assert sha256(run_dir / "model_epoch_9.pt") == foreign
+
+
+def test_launch_detached_starts_a_run_in_its_own_session_logging_to_run_log(tmp_path):
+    run_dir = tmp_path / "run"
+    pid = runs.launch_detached(train_argv(run_dir), run_dir)
+    try:
+        wait_for(lambda: runs.summarize(run_dir).state == RunState.RUNNING)
+        assert os.getsid(pid) == pid != os.getsid(0)  # no terminal of ours can hang it up
+        assert runs.summarize(run_dir).pid == pid
+        wait_for(lambda: len(batches(run_dir)) >= 1)
+        # a second detached start on the busy directory refuses, in its run.log
+        second = runs.launch_detached(train_argv(run_dir), run_dir)
+        wait_for(lambda: f"in use by a live run (pid {pid}" in (run_dir / runs.LOG).read_text())
+        wait_for(lambda: not runs.pid_alive(second))
+        runs.wait_applied(run_dir, runs.send_control(run_dir, "stop"))
+        wait_for(lambda: runs.summarize(run_dir).state == RunState.STOPPED, timeout=60)
+        assert "Run stopped" in (run_dir / runs.LOG).read_text()
+    finally:
+        if runs.pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_sigterm_to_torchrun_stops_every_rank_with_a_checkpoint(tmp_path, reaper):
+    # a batch scheduler ending the job: torchrun passes the signal on to each rank
+    run_dir = tmp_path / "job"
+    sets = [arg for item in TINY + [FOREVER] for arg in ("--set", item)]
+    job = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "engine", "--preset", "sample", "--run-dir", str(run_dir), *sets],
+        env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reaper(job)
+    training(run_dir, job, at_least=2)
+    job.send_signal(signal.SIGTERM)
+    ends(job, timeout=60)  # torchrun itself reports the signal as a failure of its own
+    assert_stopped_with_a_checkpoint(run_dir)
+    assert not (run_dir / runs.LOCK).exists()
 
 
 # --- unit pieces -------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from tui.messages import EventsWaiting
 from tui.widgets.dialogs import ConfirmScreen
 from tui.widgets.log import LogPanel
 from tui.widgets.memory import MemoryPanel
+from tui.widgets.runs import RunsScreen
 from tui.widgets.status import StatusBar
 from tui.widgets.tokenizer import TokenizerPanel
 
@@ -85,7 +86,7 @@ async def test_attach_to_a_finished_run_shows_its_loss_curve_and_checkpoints(tmp
         app.refresh_panels(force=True)
         await pilot.pause()
         assert "FINISHED" in text_of(app, StatusBar)
-        assert "read-only" in text_of(app, StatusBar)
+        assert str(run_dir) in text_of(app, "#attach-label")
         # the loss curve: smoothed train loss over 4 epochs, validation loss per epoch, BLEU
         plot = app.query_one("#loss-plot", PlotextPlot)
         assert plot.display
@@ -103,10 +104,10 @@ async def test_attach_to_a_finished_run_shows_its_loss_curve_and_checkpoints(tmp
                                  "model_epoch_4.pt"]
         assert table.get_row("model_epoch_2.pt")[5] == "removed"
         assert table.get_row("checkpoint_last.pt")[1] == str(EPOCHS)
-        # read-only: nothing to start, pause or stop
-        assert not app.query("#start")
+        # a finished run: nothing to start here (l lists the runs), pause or stop
+        assert not app.query_one("#start").display
         await pilot.press("s")
-        assert app.state.status == "finished" and app.control is None
+        assert app.state.status == "finished" and app.followed == run_dir
 
 
 @scenario
@@ -144,7 +145,7 @@ async def test_a_bad_preset_path_shows_the_error_instead_of_crashing(tmp_path):
         assert app.state.status == "failed"
         status = text_of(app, StatusBar)
         assert "FAILED" in status and "no-such-preset.toml: preset file not found" in status
-        assert app.control is None and app.is_running
+        assert app.followed is None and app.is_running
         # the user fixes it: the TOML file choice holds the path, Start is enabled again
         assert not app.query_one("#start").disabled
 
@@ -249,7 +250,7 @@ async def test_an_earlier_runs_checkpoints_are_offered_for_resume(tmp_path):
         await pilot.press("n")  # these files are not real checkpoints: do not start
         await pilot.pause()
         assert not isinstance(app.screen, ConfirmScreen)
-        assert app.state.status == "idle" and app.control is None
+        assert app.state.status == "idle" and app.followed is None
 
 
 @scenario
@@ -330,7 +331,7 @@ async def test_r_resumes_from_the_selected_checkpoint_after_asking(tmp_path):
         assert f"Resume from {table.get_row_at(1)[0]}?" in question and "step 120" in question
         await pilot.press("n")  # these files are not real checkpoints: do not start
         await pilot.pause()
-        assert app.state.status == "idle" and app.control is None
+        assert app.state.status == "idle" and app.followed is None
 
 
 @scenario
@@ -436,6 +437,38 @@ async def test_merges_per_second_is_never_0_for_a_phase_that_did_merges():
         app.refresh_panels(force=True)
         await pilot.pause()
         assert "450 merges/s" in text_of(app, "#tokenizer-text")
+
+
+@scenario
+async def test_with_no_arguments_the_app_lists_the_runs_and_enter_attaches(tmp_path):
+    saved = tmp_path / "saved"
+    write_finished_run(saved / "demo")
+    dead = saved / "killed"  # events without an end, no live process: a run that was killed
+    dead.mkdir(parents=True)
+    lines = [jsonl_line(e, at) for at, e in finished_run_events()]
+    (dead / "events.jsonl").write_text("".join(lines[: len(lines) // 2]), encoding="utf-8")
+    app = TransformerApp(show_runs=True, runs_dir=saved, probe=FixedProbe())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, RunsScreen)
+                    and app.screen.query_one(DataTable).row_count == 2)
+        table = app.screen.query_one(DataTable)
+        rows = {table.get_row_at(i)[0]: [str(cell) for cell in table.get_row_at(i)]
+                for i in range(2)}
+        assert rows["demo"][1:7] == ["demo", "finished", "4/4", "120", "2.4779", "28.00"]
+        assert rows["killed"][2] == "dead"
+        table.move_cursor(row=list(rows).index("killed"))
+        await pilot.press("enter")
+        await until(pilot, lambda: app.state.status == "dead")
+        assert app.followed == dead
+        status = text_of(app, StatusBar)
+        assert "DEAD" in status and "last checkpoint checkpoint_last.pt" in status
+
+        await pilot.press("l")  # the list again; n: a new run, from the preset picker
+        await until(pilot, lambda: isinstance(app.screen, RunsScreen))
+        await pilot.press("n")
+        await until(pilot, lambda: not isinstance(app.screen, RunsScreen))
+        assert app.query_one("#start").display and app.focused is app.query_one("#preset")
+        assert app.followed is None and app.state.status == "idle"
 
 
 @scenario

@@ -43,3 +43,6 @@ def test_the_command_line_takes_presets_overrides_and_attach():
     assert parse_args(["--attach", "saved/sample"]).attach == "saved/sample"
     with pytest.raises(SystemExit):
         parse_args(["--attach", "saved/sample", "--start"])
+    # no choice of what to run or follow: the list of runs
+    assert parse_args([]).show_runs and parse_args(["--runs-dir", "elsewhere"]).show_runs
+    assert not parse_args(["--preset", "sample"]).show_runs

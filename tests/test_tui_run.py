@@ -1,7 +1,7 @@
-"""The app driving the real engine (real tokenizer child process, real torch training), with
-Pilot: start the sample preset and let it finish; pause and resume; stop, and the checkpoint it
-leaves loads; resume from it in the checkpoints table; quit while running stops cleanly; keys
-stay responsive while stages run.
+"""The app driving real runs (the detached run process it starts: the real tokenizer child, real
+torch training), with Pilot: start the sample preset and let it finish; pause and resume; stop,
+and the checkpoint it leaves loads; resume from it in the checkpoints table; quit while running
+stops cleanly; keys stay responsive while stages run.
 
 The sample preset is shrunk with --set overrides (fewer pairs, a smaller model, two epochs) so
 that a run takes seconds on two CPU cores; it still goes through every stage of the engine.
@@ -167,14 +167,14 @@ async def test_pause_resume_stop_resume_from_a_checkpoint_and_quit_while_running
         await until(pilot, lambda: app.state.batch.step > stopped_at, 120, "progress after resume")
         assert any("resuming from" in line for line in app.state.log)
 
-        # quit while it runs: a question first; "no" keeps it running, "yes" stops it cleanly
+        # quit while it runs: a question first; Esc keeps it running, "stop it" stops it cleanly
         await pilot.press("q")
         await pilot.pause()
         assert app.is_running and app.state.status == "running"
-        await pilot.press("n")
+        await pilot.press("escape")
         await pilot.pause()
         assert app.state.status == "running"
-        await pilot.press("q", "y")
+        await pilot.press("q", "s")
         await until(pilot, lambda: not app.is_running, 60, "exit")
     assert app.state.status == "stopped"
     # the resumed run continued from the saved step, and its stop saved again
@@ -207,7 +207,7 @@ async def test_quit_confirmed_after_the_run_ended_still_quits(tmp_path):
         if app.state.active:
             await pilot.press("q")  # the question opens while the run is active...
             await until(pilot, lambda: not app.state.active, 300, "the end of the run")
-            await pilot.press("y")  # ...and is answered after it ended
+            await pilot.press("l")  # ...and is answered after it ended
         else:  # too fast to ask: quitting an ended run needs no question
             await pilot.press("q")
         await until(pilot, lambda: not app.is_running, 10, "exit")

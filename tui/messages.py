@@ -8,7 +8,6 @@ from textual.message import Message
 
 from engine.events import CheckpointSaved
 from engine.memory import MemoryReading
-from tui.state import Status
 
 
 @dataclass
@@ -17,11 +16,24 @@ class EventsWaiting(Message):
 
 
 @dataclass
-class RunEnded(Message):
-    """The engine's thread returned: finished, stopped or failed (with the reason)."""
+class ProcessSeen(Message):
+    """What the run directory says of the run process (engine.runs.summarize), read off the UI
+    thread: its state ("running", "dead", ...), who holds it, and for a process this app
+    started, whether it still runs and its exit status once it ended."""
 
-    status: Status
-    reason: str = ""
+    run_dir: str
+    state: str
+    who: str = ""
+    child_running: bool = False
+    exit_status: int | None = None
+    log_line: str = ""  # the last line of its run.log: why it ended, when it said so
+
+
+@dataclass
+class RunsListed(Message):
+    """The runs under the runs directory (engine.runs.list_runs), read off the UI thread."""
+
+    summaries: list
 
 
 @dataclass

@@ -56,9 +56,11 @@ class Status(str, Enum):
     RUNNING = "running"
     PAUSED = "paused"
     STOPPING = "stopping"  # a stop was asked; the run stops at its next safe point
+    STALLED = "stalled"  # live, but no batch for ten times its median batch time
     FINISHED = "finished"
     STOPPED = "stopped"
     FAILED = "failed"
+    DEAD = "dead"  # the run process is gone without an end event
 
     def __str__(self) -> str:
         return self.value
@@ -69,7 +71,8 @@ class Status(str, Enum):
     @property
     def active(self) -> bool:
         """A run is in progress."""
-        return self in (Status.STARTING, Status.RUNNING, Status.PAUSED, Status.STOPPING)
+        return self in (Status.STARTING, Status.RUNNING, Status.PAUSED, Status.STOPPING,
+                        Status.STALLED)
 
 
 LOSS_SMOOTHING = 0.9  # EMA weight of the history, debiased like TensorBoard's smoothing
@@ -159,6 +162,7 @@ class RunState:
         self.max_tokens: int | None = None  # from the config, until a MemorySample says
         self.log: deque[str] = deque(maxlen=LOG_LINES)
         self.log_total = 0  # lines ever logged; the log panel writes the ones it has not
+        self.last_event_at: float | None = None  # when the last event applied happened
 
     # --- what the app itself knows (not from events) ---
 
@@ -181,8 +185,11 @@ class RunState:
         self.set_status(Status.FAILED, message)
         self.note(f"error: {message}")
 
-    def starting(self, preset: str, run_dir: str, max_tokens: int | None = None) -> None:
-        if run_dir != self.run_dir:  # another run dir: nothing shown so far belongs to it
+    def starting(self, preset: str, run_dir: str, max_tokens: int | None = None,
+                 fresh: bool = False) -> None:
+        """A run is being started (or attached to) in ``run_dir``; ``fresh``: what is shown
+        is read again from its events.jsonl."""
+        if fresh or run_dir != self.run_dir:  # nothing shown so far belongs to it
             self._forget_run()
         self.preset, self.run_dir = preset, run_dir
         self.max_tokens = max_tokens
@@ -202,11 +209,14 @@ class RunState:
 
     def _forget_run(self) -> None:
         self.words = self.merges = self.batch = self.memory = self.prep = None
+        self.stages = {name: StageView(name) for name in STAGE_ORDER}
+        self.current_stage = ""
+        self.started_at = self.ended_seconds = None
         self.merge_rates, self.train_curve = Curve(), Curve()
         self.history = {name: Curve() for name in HISTORY}
         self._ema = self._ema_weight = 0.0
         self.summaries, self.checkpoints, self.skipped = [], {}, 0
-        self._touch("tokenizer", "training", "loss", "checkpoints", "memory")
+        self._touch("stages", "tokenizer", "training", "loss", "checkpoints", "memory")
 
     def set_reading(self, reading: MemoryReading) -> None:
         self.reading = reading
@@ -217,19 +227,37 @@ class RunState:
             self.set_status(Status.STOPPING)
             self.note("stop requested: the run stops at its next safe point")
 
-    def ended(self, status: Status, reason: str = "") -> None:
-        """The engine's thread returned; its status is final whatever events said."""
-        if status == Status.FAILED and self.status != Status.FAILED:
-            self.set_status(Status.FAILED, reason or "the run failed")
-            self.note(f"failed: {self.reason}")
-        elif status != Status.FAILED:
-            self.set_status(status)
+    def process_seen(self, state: str, detail: str = "") -> None:
+        """What the run directory says of the run process (engine.runs.summarize): "dead" (gone
+        without an end event), "stalled" (live, no batch for long) or live again. Events say
+        everything else; an end event, once read, is final."""
+        if state == "dead" and (self.active or self.status == Status.IDLE):
+            self.set_status(Status.DEAD, detail)
+            if self.started_at is not None and self.last_event_at is not None:
+                self.ended_seconds = max(0.0, self.last_event_at - self.started_at)
+            saved = self.stop_checkpoint()
+            self.note("the run process is gone without an end event"
+                      + (f" ({detail})" if detail else "")
+                      + (f"; its last checkpoint is {saved.name} (step {saved.step:,}): select it "
+                         "on the checkpoints page and press r to resume" if saved else ""))
+        elif state == "stalled" and self.status == Status.RUNNING:
+            self.set_status(Status.STALLED)
+            self.note("warning: no batch for ten times the median batch time (stalled?)")
+        elif state in ("running", "paused") and self.status in (Status.STALLED, Status.DEAD):
+            self.set_status(Status(state))
+
+    def launch_failed(self, reason: str) -> None:
+        """The run process ended before it said anything (a refused start, say)."""
+        self.set_status(Status.FAILED, reason)
+        self.note(f"failed: {reason}")
 
     def stop_checkpoint(self) -> CheckpointSaved | None:
-        """The checkpoint that holds a stopped run's state: the last one saved."""
+        """The checkpoint that holds a stopped (or dead) run's state: the latest step, and at
+        that step checkpoint_last.pt (what --resume last reads), else the last one saved."""
         if not self.checkpoints:
             return None
-        return max(self.checkpoints.values(), key=lambda saved: (saved.step, saved.saved_at))
+        return max(self.checkpoints.values(), key=lambda saved: (
+            saved.step, saved.name == "checkpoint_last.pt", saved.saved_at))
 
     @property
     def active(self) -> bool:
@@ -280,6 +308,7 @@ class RunState:
 
     def apply(self, event: Event, at: float | None = None) -> None:
         at = self.clock() if at is None else at
+        self.last_event_at = at
         handler = getattr(self, f"_on_{type(event).__name__}", None)
         if handler is not None:
             handler(event, at)

@@ -41,10 +41,9 @@ class CheckpointsPanel(StateView, Vertical):
         saved: CheckpointSaved
         path: Path
 
-    def __init__(self, attached_dir: str = "", **kwargs) -> None:
+    def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.attached_dir = attached_dir  # a followed run's dir: its checkpoints are there
-        self.run_dir = attached_dir
+        self.run_dir = ""  # the followed run's dir (set by the app): its checkpoints are there
         self._saved: dict[str, CheckpointSaved] = {}
 
     def compose(self) -> ComposeResult:
@@ -59,7 +58,7 @@ class CheckpointsPanel(StateView, Vertical):
 
     def draw(self, state: RunState) -> None:
         table = self.query_one(DataTable)
-        run_dir = self.run_dir = self.attached_dir or state.run_dir
+        run_dir = self.run_dir or state.run_dir
         for name in [name for name in self._saved if name not in state.checkpoints]:
             table.remove_row(name)  # another run dir was chosen
             del self._saved[name]

@@ -79,11 +79,12 @@ class MemoryPanel(StateView, Static):
         if devices or allocated is not None:
             text.append(f"torch  alloc {size(allocated)}  peak {size(peak)}\n"
                         f"       reserved {size(reserved)}\n")
-        rss = _first(reading, sample, "process_rss")
+        # the run is its own process: its RSS comes with its samples; this app's is a stand-in
+        rss = _first(sample, reading, "process_rss")
         used = _first(reading, sample, "system_used")
         total = _first(reading, sample, "system_total")
         if rss is not None:
-            text.append(f"RSS    {size(rss)}  ({'the run' if self.attached else 'app and run'})\n")
+            text.append(f"RSS    {size(rss)}  ({'the run' if sample is not None else 'this app'})\n")
         if used is not None and total:
             text.append(bar_line("System ", used / total, size_pair(used, total), width) + "\n")
         if state.max_tokens is not None:

@@ -18,6 +18,8 @@ BADGES = {
     Status.FINISHED: ("✓ FINISHED", "bold green"),
     Status.STOPPED: ("■ STOPPED", "bold"),
     Status.FAILED: ("✗ FAILED", "bold red"),
+    Status.STALLED: ("◌ STALLED", "bold red"),
+    Status.DEAD: ("✗ DEAD", "bold red"),
 }
 
 
@@ -27,10 +29,6 @@ class StatusBar(StateView, Static):
 
     parts = ("status", "stages", "checkpoints")
     ticks = True
-
-    def __init__(self, attach: str | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.attach = attach
 
     def draw(self, state: RunState) -> None:
         label, style = BADGES.get(state.status, (state.status.upper(), "bold"))
@@ -50,10 +48,16 @@ class StatusBar(StateView, Static):
         saved = state.stop_checkpoint()
         if state.status == Status.STOPPED and saved is not None:
             text.append(f"  state saved in {saved.name} (step {saved.step:,})", style="bold")
-        if self.attach:
-            text.append(f"  attached, read-only: {self.attach}")
-        elif state.preset:
+        elif state.status == Status.DEAD:
+            text.append("  process gone" + (f" ({state.reason})" if state.reason else ""),
+                        style="bold")
+            if saved is not None:
+                text.append(f"; last checkpoint {saved.name} (step {saved.step:,}): r resumes",
+                            style="bold")
+        if state.preset:
             text.append(f"  {state.preset} → {state.run_dir}")
+        elif state.run_dir:
+            text.append(f"  {state.run_dir}")
         else:
             text.append("  choose a preset, then Start (s)")
         show_text(self, text)
