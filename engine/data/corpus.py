@@ -118,8 +118,8 @@ class PairWriter:
             file.close()
         for temp, path in zip(self.temps, self.paths):
             os.replace(temp, path)
-        chars = tuple(frozenset(side - {"\n"}) for side in self.chars)
-        return PairFiles(self.paths[0], self.paths[1], self.count, chars, self.digest)  # type: ignore[arg-type]
+        chars = (frozenset(self.chars[0] - {"\n"}), frozenset(self.chars[1] - {"\n"}))
+        return PairFiles(self.paths[0], self.paths[1], self.count, chars, self.digest)
 
     def discard(self) -> None:
         for file, temp in zip(self.files, self.temps):
