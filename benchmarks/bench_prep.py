@@ -15,10 +15,11 @@ Measured, each in a fresh process:
       tree, sampled every 20 ms.
   (b) bare: what the library does for the same work with nothing around it: ``Tokenizer.train``
       on the same training files with the same recipe (engine/tokenizer/recipes.py
-      ``train_from_files``: the same tokenizer.json as the engine's; a plain ``train`` without
-      its newline-removing normalizer learns "word\n" tokens too and costs about 15% more CPU),
-      then ``encode_batch`` of every training sentence, both sides, in chunks of 100,000 (the
-      results dropped).
+      ``train_from_files``: the same tokenizer.json as the engine's, checked; a plain ``train``
+      without its newline-removing normalizer would learn "word\n" tokens too), then
+      ``encode_batch`` of every training sentence, both sides, in chunks of 100,000 (the
+      results dropped). CPU time per phase from its own process clock; its peak resident
+      memory sampled from outside, every 20 ms, as for the engine.
 Ratios: the tokenizer stage over bare training; the whole prep over bare training plus bare
 encoding; wall time and CPU time (on a machine shared with other work CPU time is the steadier).
 """
@@ -40,9 +41,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_tokenizer import PeakMemory  # noqa: E402
 
 VALID, TEST = 3_000, 3_003
 CHUNK = 100_000  # sentences generated (and encoded, for the bare peer) at a time
@@ -184,46 +183,61 @@ def measure_engine(files: dict[str, Path], vocab_size: int, run_dir: Path) -> di
 
 
 def measure_bare(files: dict[str, Path], vocab_size: int, out: Path) -> dict:
+    """Runs in its own process; CPU time per phase from the process's own clock (every thread;
+    no sampler thread in here: the parent samples this process's memory from outside)."""
     from tokenizers import Tokenizer
 
     from engine.tokenizer.recipes import train_from_files
 
-    def cpu() -> float:
-        return time.process_time()  # every thread of this process
-
     result = {}
-    with PeakMemory() as memory:
-        started, cpu0 = time.monotonic(), cpu()
-        tokenizer = train_from_files([files["train_src"], files["train_tgt"]], "bpe", vocab_size,
-                                     min_frequency=2)
-        out.mkdir(parents=True, exist_ok=True)
-        tokenizer.save(str(out / "tokenizer.json"))
-        result["train"] = {"seconds": time.monotonic() - started, "cpu": cpu() - cpu0}
-        tokenizer = Tokenizer.from_file(str(out / "tokenizer.json"))  # as a run loads it
-        started, cpu0 = time.monotonic(), cpu()
-        sentences = 0
-        for key in ("train_src", "train_tgt"):
-            with open(files[key], encoding="utf-8") as f:
-                while True:
-                    chunk = [line.rstrip("\n") for _, line in zip(range(CHUNK), f)]
-                    if not chunk:
-                        break
-                    tokenizer.encode_batch(chunk, add_special_tokens=False)
-                    sentences += len(chunk)
-        result["encode"] = {"seconds": time.monotonic() - started, "cpu": cpu() - cpu0,
-                            "sentences": sentences}
-    result["peak"] = memory.peak_total
+    started, cpu0 = time.monotonic(), time.process_time()
+    tokenizer = train_from_files([files["train_src"], files["train_tgt"]], "bpe", vocab_size,
+                                 min_frequency=2)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(out / "tokenizer.json"))
+    result["train"] = {"seconds": time.monotonic() - started, "cpu": time.process_time() - cpu0}
+    tokenizer = Tokenizer.from_file(str(out / "tokenizer.json"))  # as a run loads it
+    started, cpu0 = time.monotonic(), time.process_time()
+    sentences = 0
+    for key in ("train_src", "train_tgt"):
+        with open(files[key], encoding="utf-8") as f:
+            while True:
+                chunk = [line.rstrip("\n") for _, line in zip(range(CHUNK), f)]
+                if not chunk:
+                    break
+                tokenizer.encode_batch(chunk, add_special_tokens=False)
+                sentences += len(chunk)
+    result["encode"] = {"seconds": time.monotonic() - started, "cpu": time.process_time() - cpu0,
+                        "sentences": sentences}
     result["sha256"] = hashlib.sha256((out / "tokenizer.json").read_bytes()).hexdigest()
     return result
 
 
 def run_bare(args: argparse.Namespace, out: Path) -> dict:
+    import psutil
+
     command = [sys.executable, __file__, "--measure", "bare", "--pairs", str(args.pairs),
                "--vocab-size", str(args.vocab_size), "--work", str(args.work), "--out", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-    if done.returncode != 0:
-        sys.exit(f"bare measurement failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    process, peak, running = psutil.Process(child.pid), [0], True
+
+    def sample() -> None:
+        while running:
+            try:
+                peak[0] = max(peak[0], process.memory_info().rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = child.communicate()
+    running = False
+    sampler.join()
+    if child.returncode != 0:
+        sys.exit(f"bare measurement failed:\n{stderr[-3000:]}")
+    return {**json.loads(stdout.strip().splitlines()[-1]), "peak": peak[0]}
 
 
 # --- report --------------------------------------------------------------------------------
