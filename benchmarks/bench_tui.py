@@ -4,10 +4,11 @@ a key press is handled while the tokenizer and the training run.
 Throughput: the same config runs through ``engine.pipeline.run`` headless (events to
 events.jsonl only) and through the app (TransformerApp under Textual's headless driver at
 120x40, every panel drawn), interleaved round by round so that a shared, noisy machine slows
-both alike (short runs, many rounds: the load drifts over minutes). The headless peer runs the
-engine in a plain thread, as the app's worker does, so that only the app differs
-(``--main-thread`` also times it in the main thread, as transformer-train runs it; with spinning
-OpenMP threads that alone changed throughput several-fold on a loaded machine). A run's
+both alike (short runs, many rounds: the load drifts over minutes). The app starts the run as
+its own detached run process (python -m engine) and follows its events.jsonl; the headless peer
+runs the engine in a plain thread of this process (``--main-thread``: in the main thread, as
+transformer-train runs it; with spinning OpenMP threads that alone changed throughput
+several-fold on a loaded machine). A run's
 training tokens/s is the mean over its epochs of the epoch's average (the last BatchProgress of
 an epoch; validation excluded). The ratio app / headless is printed for each round, then the
 median and quartiles; the target is >= 0.95. The UI thread's CPU time is printed too: it does
@@ -17,10 +18,9 @@ Latency: one more app run on a larger tokenizer job; while the tokenizer child p
 the training run, a key (page switch) is delivered the way the terminal driver delivers it, a
 few times a second, and the time until its effect is measured. Target: under 100 ms.
 
-Screenshots (``--screenshots docs``): an app run in the middle of its third epoch is saved as
-SVG at 120x40 and 80x24, for the README.
+(The README's screenshots are made by docs/make_screenshots.py.)
 
-    python benchmarks/bench_tui.py [--rounds 10] [--pairs 3000] [--screenshots docs]
+    python benchmarks/bench_tui.py [--rounds 10] [--pairs 3000]
 
 Needs the Multi30k files in ../shared/data/multi30k (see its README).
 """
@@ -162,28 +162,6 @@ def measure_latency(items: list[str], run_dir: Path, train_seconds: float) -> di
     return latencies
 
 
-def screenshots(items: list[str], run_dir: Path, out: Path) -> None:
-    async def scenario() -> None:
-        app = TransformerApp(preset="sample", overrides=items, run_dir=os.path.relpath(run_dir))
-        async with app.run_test(size=(120, 40)) as pilot:
-            await pilot.press("s")
-            await _wait(lambda: len(app.state.summaries) >= 2 and app.state.batch is not None
-                        and app.state.batch.batch >= app.state.batch.batches // 2
-                        and app.state.batch.epoch == 3, 3600)
-            app.refresh_panels(force=True)
-            await pilot.pause(0.3)
-            app.save_screenshot("screenshot-120x40.svg", path=str(out))
-            await pilot.resize_terminal(80, 24)
-            await pilot.pause(0.3)
-            app.refresh_panels(force=True)
-            await pilot.pause(0.3)
-            app.save_screenshot("screenshot-80x24.svg", path=str(out))
-            await pilot.press("x", "y")
-            await _wait(lambda: not app.state.active, 120)
-
-    asyncio.run(scenario())
-
-
 def _summary(values: list[float]) -> str:
     if not values:
         return "no presses (stage too short)"
@@ -200,7 +178,6 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--latency-pairs", type=int, default=29000)
     parser.add_argument("--latency-vocab", type=int, default=8000)
-    parser.add_argument("--screenshots", type=Path, help="save mid-run SVGs here, then exit")
     parser.add_argument("--main-thread", action="store_true",
                         help="also time the headless engine in the main thread (as the CLI runs)")
     args = parser.parse_args()
@@ -209,36 +186,30 @@ def main() -> None:
         raise SystemExit(f"Multi30k not found at {DATA}")
     work = Path(tempfile.mkdtemp(prefix="bench_tui_"))
     try:
-        if args.screenshots:
-            args.screenshots.mkdir(parents=True, exist_ok=True)
-            os.chdir(work)  # the screenshots show the relative path saved/sample
-            screenshots(overrides(args.pairs, 2000, 6), work / "saved" / "sample",
-                        args.screenshots.resolve() if args.screenshots.is_absolute()
-                        else (Path(__file__).resolve().parents[1] / args.screenshots))
-            return
         items = overrides(args.pairs, 2000, args.epochs)
         print(f"config: sample preset, Multi30k {args.pairs} pairs, vocab 2000, d_model 64, "
               f"{args.epochs} epochs; {os.cpu_count()} CPUs; app at 120x40 (headless driver); "
               f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
-        run_headless(overrides(1000, 500, 1), work / "warmup")  # first-run costs, for neither
-        ratios = []
-        for round_ in range(1, args.rounds + 1):
-            if round_ % 2:  # alternate who goes first, so that drift cancels
-                headless = run_headless(items, work / f"headless{round_}")
-                app, share = run_app(items, work / f"app{round_}")
-            else:
-                app, share = run_app(items, work / f"app{round_}")
-                headless = run_headless(items, work / f"headless{round_}")
-            ratios.append(app / headless)
-            print(f"round {round_}: headless {headless:,.0f} tok/s, app {app:,.0f} tok/s, "
-                  f"app/headless {app / headless:.3f} (UI thread: {100 * share:.1f}% of a core)",
-                  flush=True)
-        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
-        print(f"median app/headless throughput: {statistics.median(ratios):.3f} "
-              f"(quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}; target >= 0.95)")
-        if args.main_thread:
-            main_rate = run_headless(items, work / "main-thread", main_thread=True)
-            print(f"headless in the main thread: {main_rate:,.0f} tok/s")
+        if args.rounds:  # --rounds 0: only the latency
+            run_headless(overrides(1000, 500, 1), work / "warmup")  # first-run costs, for neither
+            ratios = []
+            for round_ in range(1, args.rounds + 1):
+                if round_ % 2:  # alternate who goes first, so that drift cancels
+                    headless = run_headless(items, work / f"headless{round_}")
+                    app, share = run_app(items, work / f"app{round_}")
+                else:
+                    app, share = run_app(items, work / f"app{round_}")
+                    headless = run_headless(items, work / f"headless{round_}")
+                ratios.append(app / headless)
+                print(f"round {round_}: headless {headless:,.0f} tok/s, app {app:,.0f} tok/s, "
+                      f"app/headless {app / headless:.3f} (UI thread: {100 * share:.1f}% of a core)",
+                      flush=True)
+            quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+            print(f"median app/headless throughput: {statistics.median(ratios):.3f} "
+                  f"(quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}; target >= 0.95)")
+            if args.main_thread:
+                main_rate = run_headless(items, work / "main-thread", main_thread=True)
+                print(f"headless in the main thread: {main_rate:,.0f} tok/s")
 
         latency = measure_latency(overrides(args.latency_pairs, args.latency_vocab, 1),
                                   work / "latency", train_seconds=15)

@@ -101,6 +101,48 @@ class RunFinished(Event):
     seconds: float
 
 
+# --- data and encode stages ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataProgress(Event):
+    """Pairs of one split read so far by the data stage (a few a second, then the final count)."""
+
+    split: str  # train | valid | test
+    pairs: int
+    total: int = 0  # the pairs asked for (train_size), 0 when not known ahead
+    per_second: float = 0.0
+    elapsed: float = 0.0
+    final: bool = False  # the split is read: ``pairs`` is its size
+
+
+@dataclass(frozen=True)
+class DownloadProgress(Event):
+    """One of the progress bars of ``datasets``/``huggingface_hub`` (downloading a file,
+    generating a split), routed into events instead of being drawn on stderr."""
+
+    what: str  # the library's own label, e.g. "Downloading data" or "Generating train split"
+    done: float  # in ``unit``s
+    total: float = 0.0  # 0 when the library does not know
+    unit: str = "B"  # "B" (bytes) or what the library counts ("examples", "files")
+    per_second: float = 0.0
+    eta: float = 0.0  # seconds; 0 when unknown
+    elapsed: float = 0.0
+    final: bool = False  # this bar has finished
+
+
+@dataclass(frozen=True)
+class EncodeProgress(Event):
+    """Pairs of one split encoded so far (a few a second at most, then the final count)."""
+
+    split: str  # train | valid | test
+    done: int
+    total: int
+    per_second: float = 0.0
+    eta: float = 0.0  # seconds to the end of this split
+    elapsed: float = 0.0
+
+
 # --- tokenizer stage -----------------------------------------------------------------------
 
 

@@ -149,7 +149,7 @@ def _run_stages(stages: "_StageRunner", config: RunConfig, run_dir: Path, emit: 
         if allocator:
             emit(Notice(text=allocator))
     emit(preflight(config, run_dir))
-    corpus = stages.run("data", lambda: run_data_stage(config.data, emit))
+    corpus = stages.run("data", lambda: run_data_stage(config.data, emit, run_dir))
     tokenizers = stages.run("tokenizer", lambda: run_tokenizer_stage(
         config.tokenizer, corpus, run_dir, emit, control))
     data = stages.run("encode", lambda: run_encode_stage(

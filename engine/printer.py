@@ -1,17 +1,24 @@
 """The headless consumer: turns events into the progress lines people know from the seed scripts.
 
-Progress events arrive a few times a second; on a terminal the current line is rewritten in place,
-elsewhere (a log file under nohup) a line is printed at most every ``log_interval`` seconds. Final
-states (100%) are always printed.
+Progress events arrive a few times a second. On a terminal the current line is rewritten in place
+and fitted to the terminal's width (the least needed fields go first, so that a line never wraps:
+a wrapped line breaks the in-place update into one printed line per batch). Elsewhere (a log
+file under nohup) a whole line is printed at most every ``log_interval`` seconds, never with
+'\r'. Final states (100%) are always printed.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from typing import TextIO
 
 from engine import events as ev
+
+# A progress line is fields joined by " | "; on a narrow terminal the fields with the highest
+# number here are left out first.
+Field = tuple[int, str]
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -27,10 +34,12 @@ def _fmt_size(size: int) -> str:
 
 
 class HeadlessPrinter:
-    def __init__(self, stream: TextIO | None = None, log_interval: float = 5.0) -> None:
+    def __init__(self, stream: TextIO | None = None, log_interval: float = 5.0,
+                 width: int | None = None) -> None:
         self.stream = stream or sys.stdout
         self.live = self.stream.isatty()
         self.log_interval = 0.0 if self.live else log_interval
+        self.width = width  # columns of the terminal; None: ask it at each line (it may resize)
         self._last_progress: float | None = None  # monotonic time of the last progress line
         self._open_line = False  # a progress line is on screen without its newline
         self._merge_header = False  # the "[Step 4/4]" line was printed for this merge phase
@@ -50,18 +59,20 @@ class HeadlessPrinter:
         self.stream.write(text + "\n")
         self.stream.flush()
 
-    def _progress(self, text: str, final: bool) -> None:
+    def _progress(self, fields: list[Field], final: bool) -> None:
         now = time.monotonic()
         if (not final and self._last_progress is not None
                 and now - self._last_progress < self.log_interval):
             return
         self._last_progress = now
         if self.live:
+            width = self.width or shutil.get_terminal_size((100, 24)).columns
+            text = fit(fields, width - 1)  # the last column would wrap on some terminals
             self.stream.write("\r\x1b[2K" + text + ("\n" if final else ""))
             self._open_line = not final
             self.stream.flush()
         else:
-            self._line(text)
+            self._line(fit(fields, None))
 
     # --- run lifecycle ---
 
@@ -112,6 +123,33 @@ class HeadlessPrinter:
     def _on_RunFinished(self, e: ev.RunFinished) -> None:
         self._line(f"Run {e.status} in {_fmt_seconds(e.seconds)}")
 
+    # --- data and encode ---
+
+    def _on_DataProgress(self, e: ev.DataProgress) -> None:
+        of = f"/{e.total:,}" if e.total else ""
+        self._progress([(0, f"  Reading {e.split}: {e.pairs:,}{of} pairs"),
+                        (1, f"{e.per_second:,.0f} pairs/s"),
+                        (2, f"Elapsed: {_fmt_seconds(e.elapsed)}")], e.final)
+
+    def _on_DownloadProgress(self, e: ev.DownloadProgress) -> None:
+        if e.unit == "B":
+            done, total = _fmt_size(int(e.done)), _fmt_size(int(e.total))
+            speed = f"{_fmt_size(int(e.per_second))}/s"
+        else:
+            done, total = f"{e.done:,.0f}", f"{e.total:,.0f}"
+            speed = f"{e.per_second:,.0f} {e.unit}/s"
+        fields = [(0, f"  {e.what}: {done}" + (f"/{total}" if e.total else "")), (2, speed)]
+        if e.eta and not e.final:
+            fields.append((1, f"ETA: {_fmt_seconds(e.eta)}"))
+        self._progress(fields, e.final)
+
+    def _on_EncodeProgress(self, e: ev.EncodeProgress) -> None:
+        final = e.done >= e.total
+        pct = 100.0 * e.done / e.total if e.total else 100.0
+        self._progress([(0, f"  Encoding {e.split}: {e.done:,}/{e.total:,} pairs ({pct:.1f}%)"),
+                        (2, f"{e.per_second:,.0f} pairs/s"),
+                        (1, f"ETA: {_fmt_seconds(e.eta)}")], final)
+
     # --- tokenizer ---
 
     def _on_WordCountProgress(self, e: ev.WordCountProgress) -> None:
@@ -121,8 +159,8 @@ class HeadlessPrinter:
         final = e.done >= e.total
         pct = 100.0 * e.done / e.total if e.total else 100.0
         tail = "Done!" if final else f"{e.per_second:,.0f} sentences/s"
-        self._progress(f"  Progress: {e.done:,}/{e.total:,} ({pct:.1f}%) | "
-                       f"Elapsed: {e.elapsed:.1f}s | {tail}", final)
+        self._progress([(0, f"  Progress: {e.done:,}/{e.total:,} ({pct:.1f}%)"),
+                        (2, f"Elapsed: {e.elapsed:.1f}s"), (1, tail)], final)
 
     def _on_MergeProgress(self, e: ev.MergeProgress) -> None:
         if not self._merge_header:
@@ -131,9 +169,11 @@ class HeadlessPrinter:
             self._line(f"[Step 4/4] Performing BPE merges{lang}...")
         final = e.merges >= e.target_merges
         pct = 100.0 * e.merges / e.target_merges if e.target_merges else 100.0
-        self._progress(f"  Merges: {e.merges:,}/{e.target_merges:,} ({pct:.1f}%) | "
-                       f"Vocab: {e.vocab_size:,}/{e.target_vocab:,} | "
-                       f"Speed: {e.per_second:,.0f} merges/s | ETA: {e.eta:.1f}s", final)
+        per_second = e.per_second if e.per_second > 0 or e.elapsed <= 0 else e.merges / e.elapsed
+        self._progress([(0, f"  Merges: {e.merges:,}/{e.target_merges:,} ({pct:.1f}%)"),
+                        (3, f"Vocab: {e.vocab_size:,}/{e.target_vocab:,}"),
+                        (2, f"Speed: {per_second:,.0f} merges/s"), (1, f"ETA: {e.eta:.1f}s")],
+                       final)
         if final:
             self._merge_header = self._count_header = False
 
@@ -143,10 +183,17 @@ class HeadlessPrinter:
         final = e.batch >= e.batches or 0 < e.max_updates <= e.step
         pct = 100.0 * e.batch / e.batches if e.batches else 100.0
         update = f"Update {e.step:,}/{e.max_updates:,} | " if e.max_updates else ""
-        self._progress(f"  {update}Epoch {e.epoch}/{e.epochs} | Batch {e.batch:,}/{e.batches:,} ({pct:.1f}%) | "
-                       f"Loss: {e.loss:.4f} (avg: {e.avg_loss:.4f}) | LR: {e.lr:.6f} | "
-                       f"Speed: {e.batches_per_second:.1f} batch/s, {e.tokens_per_second:,.0f} tok/s | "
-                       f"ETA: {_fmt_seconds(e.eta)}", final)
+        fields = [(0, f"  {update}Epoch {e.epoch}/{e.epochs}"),
+                  (0, f"Batch {e.batch:,}/{e.batches:,} ({pct:.1f}%)"),
+                  (1, f"Loss: {e.loss:.4f} (avg: {e.avg_loss:.4f})"), (4, f"LR: {e.lr:.6f}"),
+                  (3, f"Speed: {e.batches_per_second:.1f} batch/s, "
+                      f"{e.tokens_per_second:,.0f} tok/s")]
+        if e.gnorm is not None:
+            fields.append((5, f"gnorm: {e.gnorm:.3g}"))
+        if e.loss_scale is not None:
+            fields.append((6, f"scale: {e.loss_scale:g}"))
+        fields.append((2, f"ETA: {_fmt_seconds(e.eta)}"))
+        self._progress(fields, final)
 
     def _on_SampleTranslations(self, e: ev.SampleTranslations) -> None:
         for number, sample in enumerate(e.samples, 1):
@@ -176,6 +223,18 @@ class HeadlessPrinter:
         what = "out of memory" if e.reason == "oom" else "non-finite loss"
         self._line(f"WARNING: skipped batch {e.batch} of epoch {e.epoch} ({what}, {e.tokens:,} tokens; "
                    f"{e.in_a_row} in a row)")
+
+
+def fit(fields: list[Field], width: int | None) -> str:
+    """The fields joined by " | ", leaving out the least needed until the line fits ``width``
+    (None: all); a line still too long is cut with "…"."""
+    kept = list(fields)
+    while width is not None and len(" | ".join(text for _, text in kept)) > width and len(kept) > 1:
+        kept.remove(max(kept, key=lambda field: field[0]))
+    line = " | ".join(text for _, text in kept)
+    if width is not None and len(line) > width:
+        line = line[:max(width - 1, 0)] + "…"
+    return line
 
 
 def _fmt_info(value: object) -> str:

@@ -46,11 +46,13 @@ def write_text(tmp_path):
 
 @pytest.fixture
 def datasets_cache(tmp_path, monkeypatch) -> Path:
-    """Points the datasets cache at a temporary directory (non-streaming loads write there)."""
+    """Points the datasets cache at a temporary directory (non-streaming loads write there, and
+    downloads: those go to a path datasets fixes at import time unless told)."""
     import datasets
 
     cache = tmp_path / "hf-datasets-cache"
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setattr(datasets.config, "DOWNLOADED_DATASETS_PATH", cache / "downloads")
     return cache
 
 

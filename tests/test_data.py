@@ -253,3 +253,88 @@ def test_a_run_with_a_misaligned_file_fails_with_one_line(write_text, tmp_path):
     failed = [e for e in events if isinstance(e, RunFailed)]
     assert failed[0].stage == "data" and str(train[1]) in failed[0].message
     assert failed[0].details == []  # a user error: no traceback
+
+
+# --- at scale: the training pairs stream into files, progress as events --------------------
+
+
+def test_a_run_streams_the_training_pairs_into_corpus_files_with_progress(write_text, tmp_path):
+    from engine.data.corpus import PairFiles
+    from engine.events import DataProgress
+
+    lines = [f"Sentence number {i}." for i in range(2500)]
+    train = (write_text("t.en.gz", lines + ["", "Last one."]),
+             write_text("t.de", [s.replace("Sentence", "Satz") for s in lines] + ["", "Zuletzt."]))
+    valid = (write_text("v.en", ["x", "y"]), write_text("v.de", ["X", "Y"]))
+    cfg = _local(train, valid)
+    events = []
+    result = run_data_stage(cfg, events.append, tmp_path / "run")
+    corpus = result.output
+    assert isinstance(corpus.train, PairFiles) and len(corpus.train) == 2501
+    folder = tmp_path / "run" / "corpus"
+    assert sorted(p.name for p in folder.iterdir()) == ["train.src.txt", "train.tgt.txt"]
+    assert (folder / "train.src.txt").read_text().splitlines() == lines + ["Last one."]
+    in_memory = load_corpus(cfg)
+    assert list(corpus.train) == in_memory.train
+    assert corpus.fingerprint() == in_memory.fingerprint()  # caches keyed on it still match
+    finals = [(e.split, e.pairs) for e in events if isinstance(e, DataProgress) and e.final]
+    assert finals == [("train", 2501), ("valid", 2)]  # no test files: no test split to read
+    assert result.info["dropped_blank"] == 1
+
+
+def test_train_size_stops_reading_and_counts_the_blank_pairs_it_read(write_text, tmp_path):
+    train = (write_text("t.en", ["a", "", "b", "c", "d"]),
+             write_text("t.de", ["x", "", "y", "z", "w"]))
+    valid = (write_text("v.en", ["x"]), write_text("v.de", ["y"]))
+    report = LoadReport()
+    corpus = load_corpus(_local(train, valid, train_size=2), report, train_dir=tmp_path / "c")
+    assert list(corpus.train) == [("a", "x"), ("b", "y")]
+    assert report.dropped_blank == {"train": 1}
+
+
+def test_wmt14_loading_reports_the_library_progress_as_events_not_on_stderr(wmt14_parquet,
+                                                                           capfd):
+    from engine.data.wmt14 import wmt14_splits
+    from engine.events import DownloadProgress
+
+    events = []
+    splits = wmt14_splits(DataConfig(source="wmt14"), data_files=wmt14_parquet,
+                          emit=events.append)
+    assert len(list(splits["train"])) == 39
+    progress = [e for e in events if isinstance(e, DownloadProgress)]
+    generating = [e for e in progress if e.what == "Generating train split"]
+    assert generating[-1].final and generating[-1].done == 40 and generating[-1].unit == "examples"
+    assert all(e.per_second >= 0 and e.elapsed >= 0 for e in progress)
+    assert capfd.readouterr().err == ""  # no bar drawn where the app draws
+
+
+def test_a_download_reports_bytes_speed_and_eta(wmt14_parquet, datasets_cache, monkeypatch,
+                                                capfd):
+    """The bytes path of a real download, from an in-memory filesystem: datasets' own
+    downloader (fsspec_get + its tqdm callback) runs as it would against the Hub."""
+    from pathlib import Path
+
+    import datasets
+    import fsspec
+
+    from engine.data.library_progress import library_progress
+    from engine.events import DownloadProgress
+
+    data = Path(wmt14_parquet["train"]).read_bytes()
+    url = f"memory://{datasets_cache.parent.name}/train.parquet"  # new to every cache
+    fsspec.filesystem("memory").pipe(url, data)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # memory:// is no network
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
+    events = []
+    datasets.disable_progress_bars()
+    with library_progress(events.append):
+        rows = datasets.load_dataset("parquet", split="train",
+                                     data_files={"train": url})
+    assert len(rows) == 40 and (datasets_cache / "downloads").is_dir()
+    downloads = [e for e in events if isinstance(e, DownloadProgress) and e.unit == "B"]
+    assert downloads[-1].final and downloads[-1].done == downloads[-1].total == len(data)
+    assert capfd.readouterr().err == ""
+    # outside the block the library's bars are its own again: switched off, no events
+    events.clear()
+    datasets.load_dataset("parquet", split="train", data_files=wmt14_parquet["validation"])
+    assert events == [] and capfd.readouterr().err == ""

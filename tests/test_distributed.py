@@ -87,7 +87,7 @@ def test_two_ranks_train_the_model_one_process_trains_with_the_same_effective_ba
 
     # one writer: one events file telling one run, one set of checkpoints, rank 0's heartbeat
     assert sorted(p.name for p in job.iterdir()) == sorted(
-        ["config.toml", "data", "events.jsonl", "tokenizer.json", "tokenizer.meta.json",
+        ["config.toml", "corpus", "data", "events.jsonl", "tokenizer.json", "tokenizer.meta.json",
          "checkpoint_last.pt", "checkpoint_best.pt", "model_epoch_1.pt", "heartbeat"])
     told = list(read_events(job / "events.jsonl"))
     assert sum(isinstance(e, RunStarted) for e in told) == 1

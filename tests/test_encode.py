@@ -71,8 +71,9 @@ def test_pairs_longer_than_max_len_are_dropped_and_reported(tmp_path, tokenizers
 def test_a_second_run_reuses_the_cached_ids_until_an_input_changes(tmp_path, tokenizers):
     corpus = Corpus(train=TRAIN, valid=TRAIN[:2], test=[])
     first, _ = encode(tmp_path, corpus, tokenizers)
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
-        "fingerprint.json", "test.npz", "train.npz", "valid.npz"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["fingerprint.json"] + [
+        f"{split}.{array}.npy" for split in ("test", "train", "valid")
+        for array in ("src_ids", "src_offsets", "tgt_ids", "tgt_offsets")]
     again, _ = encode(tmp_path, corpus, tokenizers)
     assert again.reused
     assert np.array_equal(again.output.train.tgt_ids, first.output.train.tgt_ids)
@@ -83,7 +84,7 @@ def test_a_second_run_reuses_the_cached_ids_until_an_input_changes(tmp_path, tok
     other_data, _ = encode(tmp_path, Corpus(train=TRAIN[:5], valid=TRAIN[:2], test=[]), tokenizers)
     assert not other_data.reused and len(other_data.output.train) == 5
 
-    (tmp_path / "data" / "train.npz").write_bytes(b"damaged")
+    (tmp_path / "data" / "train.tgt_ids.npy").write_bytes(b"damaged")
     repaired, _ = encode(tmp_path, Corpus(train=TRAIN[:5], valid=TRAIN[:2], test=[]), tokenizers)
     assert not repaired.reused and len(repaired.output.train) == 5
 
@@ -92,3 +93,80 @@ def test_nothing_left_to_train_on_is_a_one_line_error(tmp_path, tokenizers):
     corpus = Corpus(train=[LONG], valid=TRAIN[:2], test=[])
     with pytest.raises(DataError, match=r"\[model\] max_len = 16: every training pair is longer"):
         encode(tmp_path, corpus, tokenizers)
+
+
+# --- at scale: progress, files, memory-mapped arrays ----------------------------------------
+
+
+def test_encoding_reports_progress_per_split_and_ends_with_the_exact_count(tmp_path, tokenizers,
+                                                                          monkeypatch):
+    import functools
+
+    import engine.encode
+    from engine.events import EncodeProgress
+    from engine.progress import ProgressClock
+
+    # chunks of 4 pairs, and an event after every chunk: the events a WMT14 run sees every
+    # fifth of a second, on a corpus small enough for a test
+    monkeypatch.setattr(engine.encode, "CHUNK", 4)
+    monkeypatch.setattr(engine.encode, "ProgressClock", functools.partial(ProgressClock,
+                                                                          interval=0.0))
+    corpus = Corpus(train=TRAIN, valid=TRAIN[:2], test=[])
+    _, events = encode(tmp_path, corpus, tokenizers)
+    progress = [e for e in events if isinstance(e, EncodeProgress)]
+    train = [e for e in progress if e.split == "train"]
+    assert [e.done for e in train] == [4, 8, 12, 16, 20, 24, 28, 30]
+    assert all(e.total == 30 and e.per_second > 0 for e in train)
+    for e in train:  # the pairs left at the speed so far (to a tenth of a second)
+        assert e.eta == pytest.approx((e.total - e.done) / e.per_second, abs=0.051)
+    assert [(e.split, e.done, e.total) for e in progress if e.split != "train"] == [
+        ("valid", 2, 2)]  # an empty split has nothing to report
+
+
+def test_a_stop_during_encoding_leaves_no_cache_behind(tmp_path, tokenizers, monkeypatch):
+    import engine.encode
+    from engine.control import RunStopped
+    from engine.events import EncodeProgress
+
+    monkeypatch.setattr(engine.encode, "CHUNK", 4)
+    control = RunControl()
+
+    def stop_at_first_progress(event):
+        if isinstance(event, EncodeProgress):
+            control.stop()
+
+    corpus = Corpus(train=TRAIN, valid=TRAIN[:2], test=[])
+    with pytest.raises(RunStopped):
+        run_encode_stage(corpus, tokenizers, 16, tmp_path, stop_at_first_progress, control)
+    assert list((tmp_path / "data").iterdir()) == []  # no fingerprint, no arrays, no temp files
+
+
+def test_pairs_from_the_corpus_files_give_the_same_ids_from_memory_mapped_arrays(tmp_path,
+                                                                               tokenizers):
+    from engine.data.corpus import write_pair_files
+    from engine.encode import encode_pairs
+
+    files = write_pair_files(TRAIN, tmp_path / "corpus", "en", "de")
+    corpus = Corpus(train=files, valid=TRAIN[:2], test=[])
+    assert corpus.fingerprint() == Corpus(train=TRAIN, valid=TRAIN[:2], test=[]).fingerprint()
+    first, _ = encode(tmp_path / "run", corpus, tokenizers)
+    again, _ = encode(tmp_path / "run", corpus, tokenizers)
+    in_memory = encode_pairs(TRAIN, tokenizers.src, tokenizers.tgt, max_len=16)
+    for result in (first, again):
+        split = result.output.train
+        assert isinstance(split.src_ids, np.memmap) and isinstance(split.tgt_offsets, np.memmap)
+        for name in ("src_ids", "src_offsets", "tgt_ids", "tgt_offsets"):
+            assert np.array_equal(getattr(split, name), getattr(in_memory, name)), name
+        for i, (src, tgt) in enumerate(TRAIN):
+            assert split.src(i).tolist() == tokenizers.src.encode(src).ids + [EOS_ID]
+            assert split.tgt(i).tolist() == [BOS_ID] + tokenizers.tgt.encode(tgt).ids + [EOS_ID]
+    assert not first.reused and again.reused
+
+
+def test_the_cached_arrays_are_plain_npy_files(tmp_path, tokenizers):
+    encode(tmp_path, Corpus(train=TRAIN, valid=TRAIN[:2], test=[]), tokenizers)
+    ids = np.load(tmp_path / "data" / "train.src_ids.npy")  # any numpy reads them
+    offsets = np.load(tmp_path / "data" / "train.src_offsets.npy")
+    assert ids.dtype == np.int32 and offsets.dtype == np.int64
+    assert len(offsets) == 31 and offsets[-1] == len(ids)
+    assert ids[:offsets[1]].tolist() == tokenizers.src.encode(TRAIN[0][0]).ids + [EOS_ID]

@@ -63,3 +63,66 @@ def test_progress_is_throttled_off_a_terminal_but_the_final_state_always_prints(
 def test_failure_names_the_stage_and_the_reason():
     text = printed([ev.RunFailed(stage="data", message="train.en: 3 lines, train.de: 4 lines")])
     assert "FAILED in stage data: train.en: 3 lines, train.de: 4 lines" in text
+
+
+class Terminal(io.StringIO):
+    """What the printer writes to a terminal: isatty() is True."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def batches(n: int) -> list[ev.BatchProgress]:
+    return [ev.BatchProgress(epoch=3, epochs=100, batch=i, batches=n, step=10_000 + i,
+                             loss=3.2145, avg_loss=4.5231, lr=0.000234, batches_per_second=2.1,
+                             tokens_per_second=52_000.0, eta=600.0, elapsed=2570.0, gnorm=1.234)
+            for i in range(1, n + 1)]
+
+
+def test_on_an_80_column_terminal_one_line_is_updated_in_place_and_never_wraps():
+    stream = Terminal()
+    printer = HeadlessPrinter(stream, width=80)
+    for event in batches(50):
+        printer(event)
+    updates = stream.getvalue().split("\r\x1b[2K")[1:]
+    assert len(updates) == 50
+    assert all(len(update.rstrip("\n")) < 80 for update in updates)
+    assert all("\n" not in update for update in updates[:-1])  # in place until the epoch's end
+    assert updates[0].startswith("  Epoch 3/100 | Batch 1/50 (2.0%) | Loss: 3.2145")
+    assert "ETA: 10m00s" in updates[0]  # what is left out is what matters least (LR, speed)
+    wide = Terminal()
+    HeadlessPrinter(wide, width=200)(batches(1)[0])
+    assert "LR: 0.000234" in wide.getvalue() and "gnorm: 1.23" in wide.getvalue()
+
+
+def test_into_a_log_file_whole_lines_every_few_seconds_and_no_carriage_return():
+    stream = io.StringIO()  # not a terminal: nohup, a log file
+    printer = HeadlessPrinter(stream, log_interval=3600)
+    for event in batches(50):
+        printer(event)
+    text = stream.getvalue()
+    assert "\r" not in text
+    lines = text.splitlines()
+    assert len(lines) == 2  # the first, then nothing until the epoch's last batch
+    assert "Batch 50/50 (100.0%)" in lines[-1] and "LR: 0.000234" in lines[-1]
+
+
+def test_merges_per_second_of_a_phase_that_ended_between_two_reports_is_its_average():
+    text = printed([ev.MergeProgress(merges=900, target_merges=900, vocab_size=1000,
+                                     target_vocab=1000, per_second=0.0, eta=0.0, elapsed=2.0)])
+    assert "Speed: 450 merges/s" in text
+
+def test_prep_progress_lines_for_reading_downloading_and_encoding():
+    text = printed([
+        ev.DownloadProgress(what="Downloading data", done=512 * 2**20, total=1.5 * 2**30,
+                            unit="B", per_second=20 * 2**20, eta=52.8, elapsed=25.6),
+        ev.DownloadProgress(what="Generating train split", done=4_508_785, total=4_508_785,
+                            unit="examples", per_second=90_000.0, elapsed=50.1, final=True),
+        ev.DataProgress(split="train", pairs=1_200_000, per_second=400_000.0, elapsed=3.0),
+        ev.EncodeProgress(split="train", done=2_000_000, total=4_500_000, per_second=40_000.0,
+                          eta=62.5, elapsed=50.0),
+    ])
+    assert "Downloading data: 512.0 MB/1.50 GB | 20.0 MB/s | ETA: 52.8s" in text
+    assert "Generating train split: 4,508,785/4,508,785 | 90,000 examples/s" in text
+    assert "Reading train: 1,200,000 pairs | 400,000 pairs/s" in text
+    assert "Encoding train: 2,000,000/4,500,000 pairs (44.4%) | 40,000 pairs/s | ETA: 1m02s" in text

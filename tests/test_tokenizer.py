@@ -368,3 +368,33 @@ def test_through_the_pipeline_a_dying_child_is_a_run_failed_event_with_its_stder
     assert failed.stage == "tokenizer" and "killed by SIGKILL" in failed.message
     assert failed.details and "Compute merges" in failed.details[-1]
     assert not (tmp_path / "run" / "tokenizer.json").exists()
+
+
+# --- from the corpus files -----------------------------------------------------------------
+
+
+def test_training_from_the_corpus_files_gives_the_tokenizer_of_the_same_sentences_in_memory(
+        tmp_path):
+    from engine.data.corpus import write_pair_files
+    from engine.tokenizer.recipes import train_in_process
+
+    corpus = random_word_corpus(20_000)
+    files = write_pair_files(corpus.train, tmp_path / "corpus", "en", "de")
+    result = Run(tmp_path / "run", Corpus(train=files, valid=[], test=[]))()
+    sentences = [side for pair in corpus.train for side in pair]
+    bare = train_in_process(sentences, "bpe", 300, 2)  # no line breaks anywhere in the input
+    assert result.output.files[0].read_text() == bare.to_str(pretty=True)
+    assert "\n" not in result.output.src.get_vocab()
+
+
+def test_word_counting_from_files_reports_rising_estimates_then_the_exact_total(tmp_path):
+    from engine.data.corpus import write_pair_files
+
+    corpus = random_word_corpus(300_000)  # about 3 MB of text: the trainer reads it for a while
+    files = write_pair_files(corpus.train, tmp_path / "corpus", "en", "de")
+    run = Run(tmp_path / "run", Corpus(train=files, valid=[], test=[]), vocab_size=2000)
+    run()
+    counts = run.of(WordCountProgress)
+    assert counts[-1].done == counts[-1].total == 2 * len(files)
+    assert all(e.done < e.total for e in counts[:-1])  # only the last may read as complete
+    assert [e.done for e in counts] == sorted(e.done for e in counts)

@@ -93,6 +93,9 @@ def test_a_small_run_learns_and_leaves_the_checkpoints_the_seed_named(tmp_path, 
     progress = of(events, BatchProgress)
     assert len(progress) == 3 * batches["batches_per_epoch"]
     assert progress[-1].step == 3 * batches["batches_per_epoch"] and progress[-1].lr > 0
+    # the gradient norm of the last update, as fairseq's gnorm; no loss scale outside fp16
+    assert all(p.gnorm is not None and 0 < p.gnorm < 1e4 for p in progress)
+    assert len({p.gnorm for p in progress}) > 1 and all(p.loss_scale is None for p in progress)
     assert 0.5 < batches["padding_efficiency"] <= 1.0
 
     # keep_last = 1: only the newest periodic checkpoint stays

@@ -10,16 +10,27 @@ import threading
 import time
 
 import pytest
-from textual.widgets import DataTable, Static
+from textual.widgets import Button, DataTable, Static
 from textual_plotext import PlotextPlot
-from tui_runs import EPOCHS, write_finished_run
+from tui_runs import EPOCHS, finished_run_events, jsonl_line, write_finished_run
 
-from engine.events import MergeProgress, RunStarted, StageStarted
+from engine.events import (
+    BatchProgress,
+    CheckpointSaved,
+    MergeProgress,
+    RunFinished,
+    RunPaused,
+    RunResumed,
+    RunStarted,
+    StageStarted,
+)
 from engine.memory import MemoryReading
-from tui.app import TransformerApp, parse_args
+from tui.app import TransformerApp
 from tui.messages import EventsWaiting
 from tui.widgets.dialogs import ConfirmScreen
+from tui.widgets.log import LogPanel
 from tui.widgets.memory import MemoryPanel
+from tui.widgets.runs import RunsScreen
 from tui.widgets.status import StatusBar
 from tui.widgets.tokenizer import TokenizerPanel
 
@@ -75,12 +86,16 @@ async def test_attach_to_a_finished_run_shows_its_loss_curve_and_checkpoints(tmp
         app.refresh_panels(force=True)
         await pilot.pause()
         assert "FINISHED" in text_of(app, StatusBar)
-        assert "read-only" in text_of(app, StatusBar)
+        assert str(run_dir) in text_of(app, "#attach-label")
         # the loss curve: smoothed train loss over 4 epochs, validation loss per epoch, BLEU
         plot = app.query_one("#loss-plot", PlotextPlot)
         assert plot.display
+        legend = text_of(app, "#loss-legend")  # above the chart, not over the curve
+        assert "train loss" in legend and "val loss" in legend and "BLEU" in legend
         chart = str(plot.render())
-        assert "train loss" in chart and "val loss" in chart and "BLEU" in chart
+        assert "train loss" not in chart
+        x_ticks = chart.rstrip().splitlines()[-2]  # the row above the "step" label
+        assert x_ticks.split() == ["50", "100"]  # whole steps, at a round spacing
         assert "val 2.4779 (epoch 4)" in text_of(app, "#loss-summary")
         # the checkpoints: every name saved, the periodic one keep_last removed marked so
         table = app.query_one("#checkpoint-table", DataTable)
@@ -89,10 +104,10 @@ async def test_attach_to_a_finished_run_shows_its_loss_curve_and_checkpoints(tmp
                                  "model_epoch_4.pt"]
         assert table.get_row("model_epoch_2.pt")[5] == "removed"
         assert table.get_row("checkpoint_last.pt")[1] == str(EPOCHS)
-        # read-only: nothing to start, pause or stop
-        assert not app.query("#start")
+        # a finished run: nothing to start here (l lists the runs), pause or stop
+        assert not app.query_one("#start").display
         await pilot.press("s")
-        assert app.state.status == "finished" and app.control is None
+        assert app.state.status == "finished" and app.followed == run_dir
 
 
 @scenario
@@ -130,7 +145,7 @@ async def test_a_bad_preset_path_shows_the_error_instead_of_crashing(tmp_path):
         assert app.state.status == "failed"
         status = text_of(app, StatusBar)
         assert "FAILED" in status and "no-such-preset.toml: preset file not found" in status
-        assert app.control is None and app.is_running
+        assert app.followed is None and app.is_running
         # the user fixes it: the TOML file choice holds the path, Start is enabled again
         assert not app.query_one("#start").disabled
 
@@ -140,8 +155,7 @@ async def test_a_bad_override_names_the_key_and_what_would_be_accepted():
     app = TransformerApp(overrides=["training.epochs=zero"], probe=FixedProbe())
     async with app.run_test() as pilot:
         await pilot.press("s")
-        await pilot.pause()
-        assert app.state.status == "failed"
+        await until(pilot, lambda: app.state.status == "failed")
         assert "[training] epochs = 'zero': must be an integer" in app.state.reason
 
 
@@ -236,7 +250,7 @@ async def test_an_earlier_runs_checkpoints_are_offered_for_resume(tmp_path):
         await pilot.press("n")  # these files are not real checkpoints: do not start
         await pilot.pause()
         assert not isinstance(app.screen, ConfirmScreen)
-        assert app.state.status == "idle" and app.control is None
+        assert app.state.status == "idle" and app.followed is None
 
 
 @scenario
@@ -284,11 +298,211 @@ async def test_a_flood_of_events_from_a_thread_is_applied_whole_but_redrawn_at_a
         # not one per event
 
 
-def test_the_command_line_takes_presets_overrides_and_attach():
-    args = parse_args(["--preset", "quick", "--set", "training.epochs=1", "--set",
-                       "data.train_size=10", "--start", "--run-dir", "out"])
-    assert (args.preset, args.overrides, args.start, args.run_dir) == (
-        "quick", ["training.epochs=1", "data.train_size=10"], True, "out")
-    assert parse_args(["--attach", "saved/sample"]).attach == "saved/sample"
-    with pytest.raises(SystemExit):
-        parse_args(["--attach", "saved/sample", "--start"])
+@scenario
+async def test_each_page_key_focuses_the_pages_main_widget_and_never_a_button(tmp_path):
+    write_finished_run(tmp_path / "saved" / "sample", recorded_dir="saved/sample")
+    app = TransformerApp(preset="sample", probe=FixedProbe())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.query_one("#checkpoint-table", DataTable).row_count == 4)
+        assert app.focused is app.query_one("#preset")  # idle: choose a preset
+        for key, focused in (("3", "checkpoint-table"), ("4", "log"), ("2", None),
+                             ("1", "preset")):
+            await pilot.press(key)
+            await pilot.pause()
+            assert (app.focused.id if app.focused else None) == focused, key
+        for _ in range(8):  # Tab goes round the focusable widgets: never onto a button
+            await pilot.press("tab")
+            assert not isinstance(app.focused, Button)
+
+
+@scenario
+async def test_r_resumes_from_the_selected_checkpoint_after_asking(tmp_path):
+    write_finished_run(tmp_path / "saved" / "sample", recorded_dir="saved/sample")
+    app = TransformerApp(preset="sample", probe=FixedProbe())
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.query_one("#checkpoint-table", DataTable)
+        await until(pilot, lambda: table.row_count == 4)
+        # ordered by step: the epoch-2 checkpoint first, then the three of epoch 4
+        assert [table.get_row_at(i)[2] for i in range(4)] == ["60", "120", "120", "120"]
+        await pilot.press("3", "down", "r")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        question = str(app.screen.query_one("#question").render())
+        assert f"Resume from {table.get_row_at(1)[0]}?" in question and "step 120" in question
+        await pilot.press("n")  # these files are not real checkpoints: do not start
+        await pilot.pause()
+        assert app.state.status == "idle" and app.followed is None
+
+
+@scenario
+async def test_at_80x24_the_status_is_one_row_and_the_log_written_while_hidden_is_not_wrapped(
+        tmp_path):
+    run_dir = tmp_path / "a-run-directory-with-a-rather-long-name" / "and-a-second-level"
+    write_finished_run(run_dir)
+    app = TransformerApp(attach=run_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.state.status == "finished")
+        app.refresh_panels(force=True)
+        await pilot.pause()
+        status = app.query_one(StatusBar)
+        assert status.size.height == 1 and "1m13s" in text_of(app, StatusBar)  # elapsed first
+        await pilot.press("4")  # the log was filled while its page was hidden
+        await until(pilot, lambda: app.query_one(LogPanel).lines, 5)
+        lines = [strip.text.rstrip() for strip in app.query_one(LogPanel).lines]
+        assert "run finished after 1m13s" in lines[-1]
+        assert max(len(line) for line in lines) > 60  # wrapped at the panel's width, not at 20
+        assert all(len(line) <= 76 for line in lines)
+
+
+def progress(step: int, **changes) -> BatchProgress:
+    fields = dict(epoch=1, epochs=2, batch=step, batches=100, step=step, loss=4.0, avg_loss=4.2,
+                  lr=0.0005, batches_per_second=3.0, tokens_per_second=2500.0, eta=30.0,
+                  elapsed=10.0)
+    return BatchProgress(**{**fields, **changes})
+
+
+@scenario
+async def test_paused_shows_in_speed_and_eta_and_a_stop_names_the_checkpoint_holding_its_state():
+    app = TransformerApp(probe=FixedProbe())
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.inbox.put(RunStarted(run_dir="saved/x", preset="x", stages=["train"]))
+        app.inbox.put(progress(10))
+        app.inbox.put(RunPaused(stage="train"))
+        await until(pilot, lambda: app.state.status == "paused")
+        app.refresh_panels(force=True)
+        await pilot.pause()
+        training = text_of(app, "#training")
+        assert "Speed  paused" in training and "ETA    paused" in training
+        assert "2,500 tok/s" not in training  # the last numbers would read as the present
+        app.inbox.put(RunResumed(stage="train", paused_seconds=3.0))
+        app.inbox.put(progress(11))
+        app.inbox.put(CheckpointSaved(path="saved/x/checkpoint_last.pt", name="checkpoint_last.pt",
+                                      epoch=1, step=11, val_loss=None, bleu=None,
+                                      size_bytes=1000, saved_at=1.0))
+        app.inbox.put(RunFinished(status="stopped", seconds=20.0))
+        await until(pilot, lambda: app.state.status == "stopped")
+        app.refresh_panels(force=True)
+        await pilot.pause()
+        assert "state saved in checkpoint_last.pt (step 11)" in text_of(app, StatusBar)
+        assert "Saved  checkpoint_last.pt step 11" in text_of(app, "#training")
+
+
+@scenario
+async def test_attached_mid_run_the_loss_page_shows_the_whole_run_and_the_numbers_beside_it(
+        tmp_path):
+    run_dir = tmp_path / "live"
+    events = finished_run_events()
+    half = next(i for i, (_, e) in enumerate(events) if isinstance(e, BatchProgress)
+                and e.epoch == 3)
+    run_dir.mkdir()
+    path = run_dir / "events.jsonl"
+    path.write_text("".join(jsonl_line(e, at) for at, e in events[:half]), encoding="utf-8")
+    app = TransformerApp(attach=run_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.state.batch is not None and app.state.batch.step == 60)
+        with open(path, "a", encoding="utf-8") as f:  # the run goes on while we watch
+            f.writelines(jsonl_line(e, at) for at, e in events[half:])
+        await until(pilot, lambda: app.state.status == "finished")
+        xs, _ = app.state.train_curve.points()
+        assert xs[0] == 1 and xs[-1] == 120  # from the first step, not from attaching
+        await pilot.press("2")
+        app.refresh_panels(force=True)
+        await pilot.pause()
+        assert "LR" in text_of(app, "#history-lr .history-label")
+        assert "3,100" in text_of(app, "#history-tokens_per_second .history-label")
+        assert not app.query_one("#history-gnorm").display  # not in this run's events
+
+
+@scenario
+async def test_ctrl_s_saves_a_screenshot_into_the_run_directory(tmp_path):
+    run_dir = tmp_path / "demo"
+    write_finished_run(run_dir)
+    app = TransformerApp(attach=run_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.state.status == "finished")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        shots = list(run_dir.glob("screenshot-*.svg"))
+        assert len(shots) == 1 and "FINISHED" in shots[0].read_text(encoding="utf-8")
+
+
+@scenario
+async def test_merges_per_second_is_never_0_for_a_phase_that_did_merges():
+    app = TransformerApp(probe=FixedProbe())
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.inbox.put(RunStarted(run_dir="saved/x", preset="x", stages=["tokenizer"]))
+        app.inbox.put(MergeProgress(merges=900, target_merges=900, vocab_size=1000,
+                                    target_vocab=1000, per_second=0.0, eta=0.0, elapsed=2.0))
+        await until(pilot, lambda: app.state.merges is not None)
+        app.refresh_panels(force=True)
+        await pilot.pause()
+        assert "450 merges/s" in text_of(app, "#tokenizer-text")
+
+
+@scenario
+async def test_with_no_arguments_the_app_lists_the_runs_and_enter_attaches(tmp_path):
+    saved = tmp_path / "saved"
+    write_finished_run(saved / "demo")
+    dead = saved / "killed"  # events without an end, no live process: a run that was killed
+    dead.mkdir(parents=True)
+    lines = [jsonl_line(e, at) for at, e in finished_run_events()]
+    (dead / "events.jsonl").write_text("".join(lines[: len(lines) // 2]), encoding="utf-8")
+    app = TransformerApp(show_runs=True, runs_dir=saved, probe=FixedProbe())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, RunsScreen)
+                    and app.screen.query_one(DataTable).row_count == 2)
+        table = app.screen.query_one(DataTable)
+        rows = {table.get_row_at(i)[0]: [str(cell) for cell in table.get_row_at(i)]
+                for i in range(2)}
+        assert rows["demo"][1:7] == ["demo", "finished", "4/4", "120", "2.4779", "28.00"]
+        assert rows["killed"][2] == "dead"
+        table.move_cursor(row=list(rows).index("killed"))
+        await pilot.press("enter")
+        await until(pilot, lambda: app.state.status == "dead")
+        assert app.followed == dead
+        status = text_of(app, StatusBar)
+        assert "DEAD" in status and "last checkpoint checkpoint_last.pt" in status
+
+        await pilot.press("l")  # the list again; n: a new run, from the preset picker
+        await until(pilot, lambda: isinstance(app.screen, RunsScreen))
+        await pilot.press("n")
+        await until(pilot, lambda: not isinstance(app.screen, RunsScreen))
+        assert app.query_one("#start").display and app.focused is app.query_one("#preset")
+        assert app.followed is None and app.state.status == "idle"
+
+
+@scenario
+async def test_the_prep_stages_progress_shows_while_they_run_then_gives_way_to_the_tokenizer():
+    from engine.events import DownloadProgress, EncodeProgress, WordCountProgress
+
+    app = TransformerApp(probe=FixedProbe())
+    stages = ["data", "tokenizer", "encode"]
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.inbox.put(RunStarted(run_dir="saved/x", preset="full", stages=stages))
+        app.inbox.put(StageStarted(stage="data", index=1, total=3))
+        app.inbox.put(DownloadProgress(what="Downloading data", done=300 * 2**20,
+                                       total=600 * 2**20, unit="B", per_second=10 * 2**20,
+                                       eta=30.0, elapsed=30.0))
+        await until(pilot, lambda: app.state.prep is not None)
+        app.refresh_panels(force=True)
+        await pilot.pause()
+        shown = text_of(app, "#tokenizer-text")
+        assert "Fetch" in shown and "50.0%" in shown and "300.0 MiB/600.0 MiB" in shown
+        assert "10.0 MiB/s" in shown and "ETA 30s" in shown
+
+        app.inbox.put(StageStarted(stage="tokenizer", index=2, total=3))
+        app.inbox.put(WordCountProgress(done=10, total=20, per_second=5.0, elapsed=2.0))
+        await until(pilot, lambda: app.state.words is not None)
+        app.refresh_panels(force=True)
+        await pilot.pause()
+        assert "Fetch" not in text_of(app, "#tokenizer-text")  # the stage it belonged to ended
+
+        app.inbox.put(StageStarted(stage="encode", index=3, total=3))
+        app.inbox.put(EncodeProgress(split="train", done=1_500_000, total=4_500_000,
+                                     per_second=40_000.0, eta=75.0, elapsed=37.5))
+        await until(pilot, lambda: isinstance(app.state.prep, EncodeProgress))
+        app.refresh_panels(force=True)
+        await pilot.pause()
+        shown = text_of(app, "#tokenizer-text")
+        assert "Encode" in shown and "33.3%" in shown and "1.50M/4.50M" in shown
+        assert "train  40,000 pairs/s  ETA 1m15s" in shown

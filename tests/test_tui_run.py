@@ -1,7 +1,7 @@
-"""The app driving the real engine (real tokenizer child process, real torch training), with
-Pilot: start the sample preset and let it finish; pause and resume; stop, and the checkpoint it
-leaves loads; resume from it in the checkpoints table; quit while running stops cleanly; keys
-stay responsive while stages run.
+"""The app driving real runs (the detached run process it starts: the real tokenizer child, real
+torch training), with Pilot: start the sample preset and let it finish; pause and resume; stop,
+and the checkpoint it leaves loads; resume from it in the checkpoints table; quit while running
+stops cleanly; keys stay responsive while stages run.
 
 The sample preset is shrunk with --set overrides (fewer pairs, a smaller model, two epochs) so
 that a run takes seconds on two CPU cores; it still goes through every stage of the engine.
@@ -14,9 +14,10 @@ import functools
 import time
 
 from textual import events
-from textual.widgets import DataTable
+from textual.widgets import Button, DataTable
 
 from tui.app import TransformerApp
+from tui.widgets.dialogs import ConfirmScreen
 from tui.widgets.status import StatusBar
 
 # Small enough to run in seconds, big enough that each stage emits progress.
@@ -76,6 +77,11 @@ async def test_start_the_sample_preset_and_let_it_finish(tmp_path):
     app = TransformerApp(preset="sample", overrides=SMALL, run_dir=run_dir)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("s")
+        # focus never rests on a button (Quit): Down, Enter on the checkpoints page quits nothing
+        assert not isinstance(app.focused, Button)
+        await pilot.press("3", "down", "enter")
+        assert app.is_running and not isinstance(app.screen, ConfirmScreen)
+        await pilot.press("1")
         # a quiet machine may finish this small run before the first look
         await until(pilot, lambda: app.state.status != "idle", 30, "the start of the run")
         await until(pilot, lambda: not app.state.active, 300, "the end of the run")
@@ -161,14 +167,14 @@ async def test_pause_resume_stop_resume_from_a_checkpoint_and_quit_while_running
         await until(pilot, lambda: app.state.batch.step > stopped_at, 120, "progress after resume")
         assert any("resuming from" in line for line in app.state.log)
 
-        # quit while it runs: a question first; "no" keeps it running, "yes" stops it cleanly
+        # quit while it runs: a question first; Esc keeps it running, "stop it" stops it cleanly
         await pilot.press("q")
         await pilot.pause()
         assert app.is_running and app.state.status == "running"
-        await pilot.press("n")
+        await pilot.press("escape")
         await pilot.pause()
         assert app.state.status == "running"
-        await pilot.press("q", "y")
+        await pilot.press("q", "s")
         await until(pilot, lambda: not app.is_running, 60, "exit")
     assert app.state.status == "stopped"
     # the resumed run continued from the saved step, and its stop saved again
@@ -201,8 +207,39 @@ async def test_quit_confirmed_after_the_run_ended_still_quits(tmp_path):
         if app.state.active:
             await pilot.press("q")  # the question opens while the run is active...
             await until(pilot, lambda: not app.state.active, 300, "the end of the run")
-            await pilot.press("y")  # ...and is answered after it ended
+            await pilot.press("l")  # ...and is answered after it ended
         else:  # too fast to ask: quitting an ended run needs no question
             await pilot.press("q")
         await until(pilot, lambda: not app.is_running, 10, "exit")
     assert app.state.status == "finished"
+
+
+@scenario
+async def test_a_new_app_resuming_a_stopped_run_shows_its_whole_history(tmp_path):
+    run_dir = tmp_path / "history"
+    first = TransformerApp(preset="sample", overrides=LONGER, run_dir=run_dir)
+    async with first.run_test(size=(120, 40)) as pilot:
+        await pilot.press("s")
+        await until(pilot, lambda: first.state.batch is not None and first.state.batch.step >= 8
+                    or not first.state.active, 180, "training progress")
+        await pilot.press("x", "y")
+        await until(pilot, lambda: not first.state.active, 60, "stopped")
+    stopped_at = first.state.batch.step
+    assert first.state.status == "stopped"
+
+    # later, another app: the earlier run's checkpoints are offered; r on checkpoint_last.pt
+    app = TransformerApp(preset="sample", overrides=LONGER, run_dir=run_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.query_one("#checkpoint-table", DataTable)
+        await until(pilot, lambda: table.row_count > 0, 10, "the earlier checkpoints")
+        await pilot.press("3")
+        names = [table.get_row_at(i)[0] for i in range(table.row_count)]
+        table.move_cursor(row=names.index("checkpoint_last.pt"))
+        await pilot.press("r", "y")
+        await until(pilot, lambda: app.state.batch is not None
+                    and app.state.batch.step > stopped_at + 2, 120, "progress after resume")
+        xs, _ = app.state.train_curve.points()
+        assert xs[0] <= 2, "the loss curve starts at the resume step, not at the run's start"
+        assert [x for x in xs if x <= stopped_at], "the steps before the resume are not shown"
+        await pilot.press("x", "y")
+        await until(pilot, lambda: not app.state.active, 60, "stopped")

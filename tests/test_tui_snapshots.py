@@ -49,3 +49,9 @@ def test_main_screen_at_80x24(snap_compare, finished_run):
 def test_loss_page_at_80x24(snap_compare, finished_run):
     app = TransformerApp(attach=finished_run)
     assert snap_compare(app, press=["2"], terminal_size=(80, 24), run_before=loaded)
+
+
+def test_log_page_at_80x24(snap_compare, finished_run):
+    """Lines logged while the page was hidden, wrapped at the page's width."""
+    app = TransformerApp(attach=finished_run)
+    assert snap_compare(app, press=["4"], terminal_size=(80, 24), run_before=loaded)

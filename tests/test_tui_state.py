@@ -8,6 +8,7 @@ from engine.events import (
     BatchProgress,
     MergeProgress,
     RunFailed,
+    RunFinished,
     RunPaused,
     RunResumed,
     RunStarted,
@@ -69,7 +70,7 @@ def test_pause_and_resume_events_set_the_state_and_a_stop_request_sticks():
     state.stopping()
     state.apply(RunPaused(stage="train"), 4.0)
     assert state.status == "stopping"  # nothing but the end of the run leaves "stopping"
-    state.ended("stopped")
+    state.apply(RunFinished(status="stopped", seconds=5.0), 5.0)
     assert state.status == "stopped"
 
 
@@ -85,7 +86,8 @@ def test_a_failure_keeps_its_reason_and_marks_the_running_stage_failed():
     assert state.stages["data"].seconds == 2.5
     assert state.stages["tokenizer"].status == "pending"
     assert sum("Traceback" in line for line in state.log) == 1
-    state.ended("failed")  # the thread's return does not overwrite the event's reason
+    state.process_seen("dead")  # the process is gone, as it should be: the failure stands
+    assert state.status == "failed"
     assert state.reason == "train.en: 3 lines, train.de: 4 lines"
 
 
@@ -127,7 +129,26 @@ def test_starting_in_another_run_dir_forgets_the_previous_run_but_a_resume_keeps
     state = replay(finished_run_events("saved/demo"))
     state.starting("demo", "saved/demo")  # resume in the same dir: the history stays
     assert state.checkpoints and state.summaries and state.train_curve.xs
-    state.ended("stopped")
     state.starting("other", "saved/other")
     assert not state.checkpoints and not state.summaries and not state.train_curve.xs
     assert state.merges is None and state.batch is None
+
+
+def test_a_run_whose_process_is_gone_without_an_end_is_dead_and_its_clock_stops():
+    events = finished_run_events("saved/demo")
+    state = replay(events[: len(events) // 2])  # killed half-way through training
+    assert state.status == "running"
+    state.process_seen("dead", "pid 4242 on vm")
+    assert (state.status, state.reason) == ("dead", "pid 4242 on vm")
+    assert state.elapsed() == state.last_event_at - events[0][0]  # not growing with the clock
+    assert state.stop_checkpoint().name == "checkpoint_last.pt"
+    assert "press r to resume" in state.log[-1]
+
+
+def test_a_live_run_without_batches_for_long_is_stalled_until_batches_come_again():
+    events = finished_run_events("saved/demo")
+    state = replay(events[: len(events) // 2])
+    state.process_seen("stalled")
+    assert state.status == "stalled" and state.active
+    state.process_seen("running")
+    assert state.status == "running"

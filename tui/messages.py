@@ -1,6 +1,8 @@
-"""Messages the engine's thread and the helper threads post to the app (thread-safe)."""
+"""Messages the worker threads post to the app (``post_message`` is thread-safe)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from textual.message import Message
 
@@ -8,31 +10,42 @@ from engine.events import CheckpointSaved
 from engine.memory import MemoryReading
 
 
+@dataclass
 class EventsWaiting(Message):
     """Events are waiting in the app's EventInbox: one message stands for a whole burst."""
 
 
-class RunEnded(Message):
-    """The engine's thread returned: "finished", "stopped" or "failed" (with the reason)."""
+@dataclass
+class ProcessSeen(Message):
+    """What the run directory says of the run process (engine.runs.summarize), read off the UI
+    thread: its state ("running", "dead", ...), who holds it, and for a process this app
+    started, whether it still runs and its exit status once it ended."""
 
-    def __init__(self, status: str, reason: str = "") -> None:
-        super().__init__()
-        self.status = status
-        self.reason = reason
+    run_dir: str
+    state: str
+    who: str = ""
+    child_running: bool = False
+    exit_status: int | None = None
+    log_line: str = ""  # the last line of its run.log: why it ended, when it said so
 
 
+@dataclass
+class RunsListed(Message):
+    """The runs under the runs directory (engine.runs.list_runs), read off the UI thread."""
+
+    summaries: list
+
+
+@dataclass
 class MemoryRead(Message):
     """A reading of NVML, torch and psutil, taken off the UI thread."""
 
-    def __init__(self, reading: MemoryReading) -> None:
-        super().__init__()
-        self.reading = reading
+    reading: MemoryReading
 
 
+@dataclass
 class EarlierCheckpoints(Message):
     """Checkpoints an earlier run left in the chosen run dir (read off the UI thread)."""
 
-    def __init__(self, run_dir: str, saved: list[CheckpointSaved]) -> None:
-        super().__init__()
-        self.run_dir = run_dir
-        self.saved = saved
+    run_dir: str
+    saved: list[CheckpointSaved]

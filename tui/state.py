@@ -14,12 +14,16 @@ import math
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Callable
 
 from engine.events import (
     BatchProgress,
     BatchSkipped,
     CheckpointSaved,
+    DataProgress,
+    DownloadProgress,
+    EncodeProgress,
     EpochSummary,
     Event,
     MemorySample,
@@ -42,13 +46,40 @@ from tui.format import duration
 # The stages of a full run, in order; shown before a run says which stages it has.
 STAGE_ORDER = STAGES  # engine/stages.py: the one list of stage names
 
-ACTIVE = ("starting", "running", "paused", "stopping")  # a run is in progress
-ENDED = ("finished", "stopped", "failed")
+
+
+class Status(str, Enum):
+    """Where the run the app shows stands. A str, so that it reads and compares as its word."""
+
+    IDLE = "idle"  # nothing started yet
+    STARTING = "starting"  # asked to start; no event from the run yet
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPING = "stopping"  # a stop was asked; the run stops at its next safe point
+    STALLED = "stalled"  # live, but no batch for ten times its median batch time
+    FINISHED = "finished"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    DEAD = "dead"  # the run process is gone without an end event
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def active(self) -> bool:
+        """A run is in progress."""
+        return self in (Status.STARTING, Status.RUNNING, Status.PAUSED, Status.STOPPING,
+                        Status.STALLED)
+
 
 LOSS_SMOOTHING = 0.9  # EMA weight of the history, debiased like TensorBoard's smoothing
 MAX_CURVE_POINTS = 4000  # the curve halves its resolution beyond this (a long run, many steps)
 MAX_RATE_POINTS = 240  # merges/s sparkline history, likewise
 LOG_LINES = 1000
+HISTORY = ("lr", "tokens_per_second", "gnorm", "loss_scale")  # per-step histories beside the loss
 
 
 @dataclass
@@ -99,7 +130,7 @@ class RunState:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.versions: Counter[str] = Counter()
-        self.status = "idle"
+        self.status = Status.IDLE
         self.reason = ""  # why it failed
         self.preset = ""
         self.run_dir = ""
@@ -109,6 +140,8 @@ class RunState:
         self.stages: dict[str, StageView] = {name: StageView(name) for name in STAGE_ORDER}
         self.current_stage = ""
         # tokenizer
+        # prep: the running stage's latest reading / download / encoding progress, if any
+        self.prep: DataProgress | DownloadProgress | EncodeProgress | None = None
         self.words: WordCountProgress | None = None
         self.merges: MergeProgress | None = None
         self.merge_rates = Curve()  # (elapsed, merges per second)
@@ -117,6 +150,9 @@ class RunState:
         self.summaries: list[EpochSummary] = []
         self.skipped = 0
         self.train_curve = Curve()  # (step, smoothed loss)
+        # what people watch beside the loss, per step: learning rate, tokens/s, gradient norm,
+        # fp16 loss scale (the last two only when the engine reports them)
+        self.history = {name: Curve() for name in HISTORY}
         self._ema = 0.0
         self._ema_weight = 0.0
         # checkpoints, by name: a later save of checkpoint_last.pt replaces the row
@@ -126,6 +162,7 @@ class RunState:
         self.max_tokens: int | None = None  # from the config, until a MemorySample says
         self.log: deque[str] = deque(maxlen=LOG_LINES)
         self.log_total = 0  # lines ever logged; the log panel writes the ones it has not
+        self.last_event_at: float | None = None  # when the last event applied happened
 
     # --- what the app itself knows (not from events) ---
 
@@ -139,21 +176,24 @@ class RunState:
         self.log_total += 1
         self._touch("log")
 
-    def set_status(self, status: str, reason: str = "") -> None:
-        self.status, self.reason = status, reason
+    def set_status(self, status: Status, reason: str = "") -> None:
+        self.status, self.reason = Status(status), reason
         self._touch("status")
 
     def config_error(self, message: str) -> None:
         """A preset or override that could not be loaded: nothing started."""
-        self.set_status("failed", message)
+        self.set_status(Status.FAILED, message)
         self.note(f"error: {message}")
 
-    def starting(self, preset: str, run_dir: str, max_tokens: int | None = None) -> None:
-        if run_dir != self.run_dir:  # another run dir: nothing shown so far belongs to it
+    def starting(self, preset: str, run_dir: str, max_tokens: int | None = None,
+                 fresh: bool = False) -> None:
+        """A run is being started (or attached to) in ``run_dir``; ``fresh``: what is shown
+        is read again from its events.jsonl."""
+        if fresh or run_dir != self.run_dir:  # nothing shown so far belongs to it
             self._forget_run()
         self.preset, self.run_dir = preset, run_dir
         self.max_tokens = max_tokens
-        self.set_status("starting")
+        self.set_status(Status.STARTING)
         self._touch("memory")
 
     def earlier_checkpoints(self, run_dir: str, saved: list[CheckpointSaved]) -> None:
@@ -168,32 +208,60 @@ class RunState:
                       "select one to resume from it")
 
     def _forget_run(self) -> None:
-        self.words = self.merges = self.batch = self.memory = None
+        self.words = self.merges = self.batch = self.memory = self.prep = None
+        self.stages = {name: StageView(name) for name in STAGE_ORDER}
+        self.current_stage = ""
+        self.started_at = self.ended_seconds = None
         self.merge_rates, self.train_curve = Curve(), Curve()
+        self.history = {name: Curve() for name in HISTORY}
         self._ema = self._ema_weight = 0.0
         self.summaries, self.checkpoints, self.skipped = [], {}, 0
-        self._touch("tokenizer", "training", "loss", "checkpoints", "memory")
+        self._touch("stages", "tokenizer", "training", "loss", "checkpoints", "memory")
 
     def set_reading(self, reading: MemoryReading) -> None:
         self.reading = reading
         self._touch("memory")
 
     def stopping(self) -> None:
-        if self.status in ACTIVE:
-            self.set_status("stopping")
+        if self.status.active:
+            self.set_status(Status.STOPPING)
             self.note("stop requested: the run stops at its next safe point")
 
-    def ended(self, status: str, reason: str = "") -> None:
-        """The engine's thread returned; its status is final whatever events said."""
-        if status == "failed" and self.status != "failed":
-            self.set_status("failed", reason or "the run failed")
-            self.note(f"failed: {self.reason}")
-        elif status != "failed":
-            self.set_status(status)
+    def process_seen(self, state: str, detail: str = "") -> None:
+        """What the run directory says of the run process (engine.runs.summarize): "dead" (gone
+        without an end event), "stalled" (live, no batch for long) or live again. Events say
+        everything else; an end event, once read, is final."""
+        if state == "dead" and (self.active or self.status == Status.IDLE):
+            self.set_status(Status.DEAD, detail)
+            if self.started_at is not None and self.last_event_at is not None:
+                self.ended_seconds = max(0.0, self.last_event_at - self.started_at)
+            saved = self.stop_checkpoint()
+            self.note("the run process is gone without an end event"
+                      + (f" ({detail})" if detail else "")
+                      + (f"; its last checkpoint is {saved.name} (step {saved.step:,}): select it "
+                         "on the checkpoints page and press r to resume" if saved else ""))
+        elif state == "stalled" and self.status == Status.RUNNING:
+            self.set_status(Status.STALLED)
+            self.note("warning: no batch for ten times the median batch time (stalled?)")
+        elif state in ("running", "paused") and self.status in (Status.STALLED, Status.DEAD):
+            self.set_status(Status(state))
+
+    def launch_failed(self, reason: str) -> None:
+        """The run process ended before it said anything (a refused start, say)."""
+        self.set_status(Status.FAILED, reason)
+        self.note(f"failed: {reason}")
+
+    def stop_checkpoint(self) -> CheckpointSaved | None:
+        """The checkpoint that holds a stopped (or dead) run's state: the latest step, and at
+        that step checkpoint_last.pt (what --resume last reads), else the last one saved."""
+        if not self.checkpoints:
+            return None
+        return max(self.checkpoints.values(), key=lambda saved: (
+            saved.step, saved.name == "checkpoint_last.pt", saved.saved_at))
 
     @property
     def active(self) -> bool:
-        return self.status in ACTIVE
+        return self.status.active
 
     # --- derived values the panels show ---
 
@@ -212,6 +280,17 @@ class RunState:
             return None
         return max(0.0, self.clock() - stage.started_at)
 
+    def merge_rate(self) -> float | None:
+        """Merges per second now; for a phase that ended between two progress reports (the
+        engine's short window then holds no merge), the phase's average: never 0.0 for a phase
+        that did merges."""
+        m = self.merges
+        if m is None:
+            return None
+        if m.per_second > 0 or m.merges <= 0:
+            return m.per_second
+        return m.merges / m.elapsed if m.elapsed > 0 else None
+
     def run_eta(self) -> float | None:
         """Seconds to the end of training: this epoch's ETA plus the epochs after it."""
         b = self.batch
@@ -229,6 +308,7 @@ class RunState:
 
     def apply(self, event: Event, at: float | None = None) -> None:
         at = self.clock() if at is None else at
+        self.last_event_at = at
         handler = getattr(self, f"_on_{type(event).__name__}", None)
         if handler is not None:
             handler(event, at)
@@ -238,7 +318,7 @@ class RunState:
         self.started_at, self.ended_seconds = at, None
         self.stages = {name: StageView(name) for name in e.stages}
         self.current_stage = ""
-        self.set_status("stopping" if self.status == "stopping" else "running")
+        self.set_status(Status.STOPPING if self.status == Status.STOPPING else Status.RUNNING)
         self._touch("stages", "tokenizer", "training")
         self.note(f"run started: preset {e.preset}, run dir {e.run_dir}", at)
 
@@ -256,7 +336,8 @@ class RunState:
         stage = self.stages.setdefault(e.stage, StageView(e.stage))
         stage.status, stage.started_at, stage.seconds = "running", at, None
         self.current_stage = e.stage
-        self._touch("stages")
+        self.prep = None  # progress belongs to the stage that sent it
+        self._touch("stages", "tokenizer")
         self.note(f"stage {e.index}/{e.total} {e.stage} started", at)
 
     def _on_StageFinished(self, e: StageFinished, at: float) -> None:
@@ -272,20 +353,20 @@ class RunState:
         self.note(("warning: " if e.level == "warning" else "") + e.text, at)
 
     def _on_RunPaused(self, e: RunPaused, at: float) -> None:
-        if self.status != "stopping":
-            self.set_status("paused")
+        if self.status != Status.STOPPING:
+            self.set_status(Status.PAUSED)
         self.note(f"paused ({e.stage or 'between stages'})", at)
 
     def _on_RunResumed(self, e: RunResumed, at: float) -> None:
-        if self.status != "stopping":
-            self.set_status("running")
+        if self.status != Status.STOPPING:
+            self.set_status(Status.RUNNING)
         self._touch("stages")
         self.note(f"resumed after {duration(e.paused_seconds)} paused in all", at)
 
     def _on_RunFailed(self, e: RunFailed, at: float) -> None:
         self._end_stage("failed", at)
         self.ended_seconds = max(0.0, at - (self.started_at or at))
-        self.set_status("failed", e.message)
+        self.set_status(Status.FAILED, e.message)
         self.note(f"failed in stage {e.stage or '-'}: {e.message}", at)
         for line in e.details:
             self.note(f"  {line}", at)
@@ -293,8 +374,12 @@ class RunState:
     def _on_RunFinished(self, e: RunFinished, at: float) -> None:
         self._end_stage("stopped", at)
         self.ended_seconds = e.seconds
-        self.set_status(e.status)
+        self.set_status(Status(e.status))
         self.note(f"run {e.status} after {duration(e.seconds)}", at)
+        saved = self.stop_checkpoint()
+        if e.status == Status.STOPPED and saved is not None:
+            self.note(f"its state is in {saved.name} (epoch {saved.epoch}, step {saved.step:,}): "
+                      "select it on the checkpoints page and press r to resume", at)
 
     def _end_stage(self, status: str, at: float) -> None:
         stage = self.stages.get(self.current_stage)
@@ -302,6 +387,20 @@ class RunState:
             stage.status = status
             stage.seconds = max(0.0, at - (stage.started_at or at))
             self._touch("stages")
+
+    def _on_DataProgress(self, e: DataProgress, at: float) -> None:
+        self.prep = e
+        self._touch("tokenizer")
+
+    def _on_DownloadProgress(self, e: DownloadProgress, at: float) -> None:
+        self.prep = e
+        self._touch("tokenizer")
+        if e.final:
+            self.note(f"{e.what}: done ({_short(e.done)} {e.unit} in {duration(e.elapsed)})", at)
+
+    def _on_EncodeProgress(self, e: EncodeProgress, at: float) -> None:
+        self.prep = e
+        self._touch("tokenizer")
 
     def _on_WordCountProgress(self, e: WordCountProgress, at: float) -> None:
         self.words = e
@@ -312,15 +411,21 @@ class RunState:
                                         or e.language != self.merges.language):
             self.merge_rates = Curve()  # a new tokenizer (or the second language) starts over
         self.merges = e
-        self.merge_rates.add(e.elapsed, e.per_second, MAX_RATE_POINTS)
+        self.merge_rates.add(e.elapsed, self.merge_rate() or 0.0, MAX_RATE_POINTS)
         self._touch("tokenizer")
 
     def _on_BatchProgress(self, e: BatchProgress, at: float) -> None:
         if self.batch is not None and e.step < self.batch.step:
             # a new run (or a resume from an earlier checkpoint) in the same run dir
             self.train_curve.drop_from(e.step)
+            for curve in self.history.values():
+                curve.drop_from(e.step)
             self._ema = self._ema_weight = 0.0
         self.batch = e
+        for name, value in (("lr", e.lr), ("tokens_per_second", e.tokens_per_second),
+                            ("gnorm", e.gnorm), ("loss_scale", e.loss_scale)):
+            if value is not None and math.isfinite(value):
+                self.history[name].add(e.step, value, MAX_CURVE_POINTS)
         if math.isfinite(e.loss):
             self._ema = LOSS_SMOOTHING * self._ema + (1 - LOSS_SMOOTHING) * e.loss
             self._ema_weight = LOSS_SMOOTHING * self._ema_weight + (1 - LOSS_SMOOTHING)

@@ -7,6 +7,7 @@ newer engine.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from engine.events import Event, from_json
@@ -16,15 +17,25 @@ READ_BYTES = 4 * 2**20  # per call: a long run's file is replayed in pieces, the
 
 
 class EventTail:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, from_end: bool = False) -> None:
         self.path = Path(path)
         self.offset = 0
+        if from_end:  # only what is written from now on
+            try:
+                self.offset = self.path.stat().st_size
+            except FileNotFoundError:
+                pass
         self._partial = b""
         self.skipped = 0  # lines that could not be read as events
+        self._lock = threading.Lock()  # a worker follows; the UI thread reads the rest at the end
 
     def read_new(self) -> list[tuple[float | None, Event]]:
         """Complete lines written since the last call (up to READ_BYTES of them), as
-        (time, event); [] if none or no file."""
+        (time, event); [] if none or no file. Safe to call from several threads."""
+        with self._lock:
+            return self._read_new()
+
+    def _read_new(self) -> list[tuple[float | None, Event]]:
         try:
             with open(self.path, "rb") as f:
                 if f.seek(0, 2) < self.offset:  # truncated or replaced: start over

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 from urllib.parse import urlparse
 
-from engine.data.corpus import Corpus, LoadReport, Pair, first_line, needs_swap, split_sizes, swapped
+from engine.data.corpus import Corpus, LoadReport, Pair, first_line, first_pairs, needs_swap, split_sizes
+from engine.data.library_progress import library_progress
 from engine.errors import DataError
+from engine.events import Emit
 
 if TYPE_CHECKING:
     from engine.config import DataConfig
@@ -67,29 +69,41 @@ def load_wmt14(cfg: "DataConfig", data_files: dict[str, str] | None = None,
     code path instead of the Hub: for tests and offline mirrors. A missing split is empty.
     """
     report = report if report is not None else LoadReport()
+    sizes = split_sizes(cfg)
+    splits = {split: first_pairs(pairs or [], sizes[split], split,
+                                 f"WMT14 {WMT14_SPLITS[split]}", report)
+              for split, pairs in wmt14_splits(cfg, data_files, report).items()}
+    return Corpus(splits["train"], splits["valid"], splits["test"],
+                  src_lang=cfg.src_lang, tgt_lang=cfg.tgt_lang)
+
+
+def wmt14_splits(cfg: "DataConfig", data_files: dict[str, str] | None = None,
+                 report: LoadReport | None = None,
+                 emit: Emit | None = None) -> dict[str, Iterator[Pair] | None]:
+    """Each split's pairs, in the direction ``cfg`` asks for, read as they are consumed (None:
+    a split ``data_files`` lacks). ``emit`` receives the download's progress as events."""
+    report = report if report is not None else LoadReport()
     swap = needs_swap(cfg)
     if data_files is None and not _offline_mode() and not _proxy_configured() \
             and not hub_reachable():
         raise DataError("WMT14 could not be downloaded: huggingface.co is unreachable "
                         f"(offline / no network); {OFFLINE_HINT} (if WMT14 is already in the "
                         "datasets cache, set HF_DATASETS_OFFLINE=1)")
-    sizes = split_sizes(cfg)
     # Part of the training data: stream just the rows needed (100,000 pairs do not download
     # all 4.5M). All of it: download once into the datasets cache, which later runs reuse.
     stream = cfg.train_size > 0
-    splits: dict[str, list[Pair]] = {}
+    return {split: (None if data_files is not None and hf_split not in data_files else
+                    _wmt14_pairs(split, hf_split, data_files, stream, swap, report, emit))
+            for split, hf_split in WMT14_SPLITS.items()}
+
+
+def _wmt14_pairs(split: str, hf_split: str, data_files: dict[str, str] | None, stream: bool,
+                 swap: bool, report: LoadReport, emit: Emit | None) -> Iterator[Pair]:
+    blank = [0]
     try:
-        for split, hf_split in WMT14_SPLITS.items():
-            if data_files is not None and hf_split not in data_files:
-                splits[split] = []
-                continue
-            pairs, dropped = _wmt14_split(hf_split, sizes[split], data_files, stream)
-            if dropped:
-                report.dropped_blank[split] = dropped
-            if sizes[split] and len(pairs) < sizes[split]:
-                report.notes.append(f"{split}_size = {sizes[split]:,} but WMT14 {hf_split} has "
-                                    f"{len(pairs):,} pairs: using all {len(pairs):,}")
-            splits[split] = swapped(pairs) if swap else pairs
+        with library_progress(emit):
+            for en, de in _wmt14_split(hf_split, data_files, stream, blank):
+                yield (de, en) if swap else (en, de)
     except DataError:
         raise
     except _network_errors() as exc:
@@ -99,8 +113,9 @@ def load_wmt14(cfg: "DataConfig", data_files: dict[str, str] | None = None,
         why = "HF_DATASETS_OFFLINE is set" if _offline_mode() else first_line(exc)
         raise DataError(f"WMT14 could not be downloaded (offline / no network: {why}); "
                         f"{OFFLINE_HINT}") from None
-    return Corpus(splits["train"], splits["valid"], splits["test"],
-                  src_lang=cfg.src_lang, tgt_lang=cfg.tgt_lang)
+    finally:
+        if blank[0]:
+            report.dropped_blank[split] = blank[0]
 
 
 def _proxy_configured() -> bool:
@@ -108,9 +123,9 @@ def _proxy_configured() -> bool:
                                                  "all_proxy"))
 
 
-def _wmt14_split(hf_split: str, size: int, data_files: dict[str, str] | None,
-                 stream: bool) -> tuple[list[Pair], int]:
-    """(en, de) pairs of one split and the number of blank pairs dropped."""
+def _wmt14_split(hf_split: str, data_files: dict[str, str] | None, stream: bool,
+                 blank: list[int]) -> Iterator[Pair]:
+    """(en, de) pairs of one split; blank pairs are dropped and counted in ``blank[0]``."""
     import datasets
 
     datasets.disable_progress_bars()  # tqdm writes to stderr, where the TUI draws
@@ -125,17 +140,12 @@ def _wmt14_split(hf_split: str, size: int, data_files: dict[str, str] | None,
     dataset = datasets.load_dataset(path, name, data_files=files, split=hf_split,
                                     streaming=stream)
     where = data_files[hf_split] if data_files else f"{WMT14_DATASET} {hf_split}"
-    pairs: list[Pair] = []
-    dropped = 0
     for translation in _translations(dataset, where):
         en, de = (translation["en"] or "").strip(), (translation["de"] or "").strip()
         if en and de:
-            pairs.append((en, de))
-            if len(pairs) == size:  # the first ``size`` pairs; reading stops here
-                break
+            yield en, de
         else:
-            dropped += 1
-    return pairs, dropped
+            blank[0] += 1
 
 
 def _translations(dataset: Any, where: str) -> Iterator[dict[str, str]]:

@@ -21,9 +21,10 @@ stage adds ``</s>`` (source) and ``<s> ... </s>`` (target) itself.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterable
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from engine.errors import ConfigError
 from engine.vocab import SPECIALS
@@ -70,3 +71,20 @@ def train_in_process(sentences: Iterable[str] | Iterable[list[str]], kind: str, 
     tokenizer.train_from_iterator(sentences, new_trainer(kind, vocab_size, min_frequency, progress))
     return finish_training(tokenizer, kind)
 
+
+
+def train_from_files(files: list[Path], kind: str, vocab_size: int, min_frequency: int,
+                     progress: bool = False) -> Tokenizer:
+    """The bare library call on text files, one sentence a line; the child process runs this.
+
+    The library keeps each line's newline (``train_from_iterator`` never sees one), and the
+    Metaspace pre-tokenizer would make it part of the last word. A normalizer that removes it,
+    set for training only, makes the result the same tokenizer.json as ``train_in_process`` on
+    the same sentences.
+    """
+    tokenizer = new_tokenizer(kind)
+    tokenizer.normalizer = normalizers.Replace("\n", "")
+    tokenizer.train([str(path) for path in files],
+                    new_trainer(kind, vocab_size, min_frequency, progress))
+    tokenizer.normalizer = None
+    return finish_training(tokenizer, kind)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -18,7 +20,7 @@ from tokenizers import Tokenizer
 
 from engine import atomic
 from engine.control import RunControl
-from engine.data.corpus import Corpus
+from engine.data.corpus import Corpus, PairFiles, write_pair_files
 from engine.errors import DataError, EngineError
 from engine.events import Emit
 from engine.stages import StageResult
@@ -102,19 +104,20 @@ def run_tokenizer_stage(settings: "TokenizerConfig", corpus: Corpus, run_dir: Pa
         raise DataError("data: the training split is empty; the tokenizer needs sentences to "
                         "learn from")
     (run_dir / META_FILE).unlink(missing_ok=True)  # what follows overwrites the old files
-    if settings.shared:
-        sides = [("", _both_sides(corpus.train))]
-    else:
-        sides = [(corpus.src_lang, _one_side(corpus.train, 0)),
-                 (corpus.tgt_lang, _one_side(corpus.train, 1))]
-    trained, results = [], []
-    for (language, sentences), path in zip(sides, files):
-        total = len(corpus.train) * (2 if settings.shared else 1)
-        training = ChildTraining(settings, emit, control, sentences, total, path, language)
-        results.append(training.run())
-        trained.append(check_tokenizer_file(path))
+    with _text_files(corpus, run_dir) as text:
+        if settings.shared:
+            sides = [("", [text.src, text.tgt], text.chars[0] | text.chars[1])]
+        else:
+            sides = [(corpus.src_lang, [text.src], text.chars[0]),
+                     (corpus.tgt_lang, [text.tgt], text.chars[1])]
+        trained, results = [], []
+        for (language, text_files, chars), path in zip(sides, files):
+            training = ChildTraining(settings, emit, control, text_files,
+                                     len(text) * len(text_files), chars, path, language)
+            results.append(training.run())
+            trained.append(check_tokenizer_file(path))
 
-    info = _totals(results, settings.kind, [lang for lang, _ in sides])
+    info = _totals(results, settings.kind, [lang for lang, _, _ in sides])
     info["seconds"] = round(time.monotonic() - started, 3)
     info["reused"] = False
     atomic.write_text(run_dir / META_FILE, json.dumps(
@@ -123,16 +126,15 @@ def run_tokenizer_stage(settings: "TokenizerConfig", corpus: Corpus, run_dir: Pa
                                            shared=settings.shared, files=files), info=info)
 
 
-def _both_sides(pairs: list[tuple[str, str]]) -> Iterator[str]:
-    for src, _ in pairs:
-        yield src
-    for _, tgt in pairs:
-        yield tgt
-
-
-def _one_side(pairs: list[tuple[str, str]], side: int) -> Iterator[str]:
-    for pair in pairs:
-        yield pair[side]
+@contextmanager
+def _text_files(corpus: Corpus, run_dir: Path) -> Iterator[PairFiles]:
+    """The training pairs as text files: the data stage's, or (pairs in memory, as in tests and
+    benchmarks) written to a temporary folder in the run directory for this training only."""
+    if isinstance(corpus.train, PairFiles):
+        yield corpus.train
+        return
+    with tempfile.TemporaryDirectory(prefix=".tokenizer-text-", dir=run_dir) as folder:
+        yield write_pair_files(corpus.train, Path(folder), corpus.src_lang, corpus.tgt_lang)
 
 
 def _totals(results: list[dict[str, int]], kind: str, languages: list[str]) -> dict[str, Any]:

@@ -3,9 +3,10 @@
 The Rust trainer runs in a child process (engine/tokenizer/child.py) for two reasons: with
 ``progress_format="json"`` it writes one JSON line per merge to *stderr*, which the Textual app
 draws on, and a separate process can be paused (SIGSTOP/SIGCONT) and stopped (SIGTERM) at any
-moment. The parent streams the training sentences over the child's stdin (no second copy of the
-corpus, no temporary text file), counting them for ``WordCountProgress`` as they go, and turns
-the child's stderr into ``MergeProgress``.
+moment. The child trains from the text files the data stage wrote (the library reads them itself,
+as fast as a bare ``Tokenizer.train``); the parent follows how far it has read them (its file
+positions, from /proc on Linux) for ``WordCountProgress`` and turns the child's stderr into
+``MergeProgress``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from tokenizers import Tokenizer
 
@@ -34,21 +35,26 @@ if TYPE_CHECKING:
 CHILD_MODULE = "engine.tokenizer.child"
 EVENT_INTERVAL = 0.2  # seconds between progress events of one kind: a few a second
 RATE_WINDOW = 2.0  # seconds of (unpaused) time over which merges per second are measured
-CHUNK_SENTENCES = 10_000  # sentences per write to the child's stdin
 
 
 class ChildTraining:
-    """Stream sentences to a trainer child, report its progress, obey pause/resume/stop.
+    """Run a trainer child on text files, report its progress, obey pause/resume/stop.
 
-    Threads: a writer feeds stdin (and counts sentences and characters), a reader parses
-    stderr; the stage's own thread polls both a few times a second and is the only one that
-    emits events. Pause/resume/stop signal the child from whatever thread asked for them.
+    ``total``: the sentences (lines) in ``files``; ``chars``: the characters in them, which the
+    alphabet check needs before training starts. Threads: a reader parses the child's stderr;
+    the stage's own thread polls it a few times a second and is the only one that emits events.
+    Pause/resume/stop signal the child from whatever thread asked for them.
     """
 
     def __init__(self, settings: "TokenizerConfig", emit: Emit, control: RunControl,
-                 sentences: Iterable[str], total: int, path: Path, language: str) -> None:
+                 files: list[Path], total: int, chars: Iterable[str], path: Path,
+                 language: str) -> None:
         self.emit, self.control = emit, control
-        self.sentences, self.total, self.path = sentences, total, Path(path)
+        self.files, self.total, self.path = [Path(f) for f in files], total, Path(path)
+        self.chars = set(chars)
+        self.sizes = [f.stat().st_size for f in self.files]
+        self.file_index = {str(f.resolve()): i for i, f in enumerate(self.files)}
+        self.bytes_seen = 0
         self.language = language
         self.kind, self.vocab_size = settings.kind, settings.vocab_size
         self.min_frequency = settings.min_frequency
@@ -56,10 +62,7 @@ class ChildTraining:
         self.child: subprocess.Popen | None = None
         self.signal_lock = threading.Lock()
         # written by the worker threads, read by the stage thread
-        self.sent = 0
-        self.chars: set[str] = set()
-        self.writer_done = False
-        self.writer_error = ""
+        self.read_done = False  # the trainer has read every file (it reports a later stage)
         self.stage = ""  # the trainer's current phase, as it names it
         self.unique_words = 0
         self.merges = 0
@@ -78,6 +81,10 @@ class ChildTraining:
         if control.stop_requested:
             raise RunStopped()
         self.t0, self.paused0 = time.monotonic(), control.paused_so_far()
+        self.check_alphabet()
+        if not self.alphabet():
+            raise DataError(f"data: the training split has {self.total:,} sentences but no "
+                            "text (all empty); the tokenizer needs words to learn from")
         control.add_listener(self.on_control)
         try:
             self.start_child()
@@ -90,17 +97,17 @@ class ChildTraining:
     def start_child(self) -> None:
         command = [sys.executable, "-m", CHILD_MODULE, "--kind", self.kind,
                    "--vocab-size", str(self.vocab_size),
-                   "--min-frequency", str(self.min_frequency), "--out", str(self.temp)]
+                   "--min-frequency", str(self.min_frequency), "--out", str(self.temp),
+                   "--files", *map(str, self.files)]
         with self.signal_lock:
             # A new session: Ctrl-C and a dropped SSH session reach the parent only, which
             # then stops the child itself.
-            self.child = subprocess.Popen(command, stdin=subprocess.PIPE,
+            self.child = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                           start_new_session=True)
             if self.control.paused:
                 self.child.send_signal(signal.SIGSTOP)
-        self.threads = [threading.Thread(target=self.write_sentences, daemon=True),
-                        threading.Thread(target=self.read_progress, daemon=True)]
+        self.threads = [threading.Thread(target=self.read_progress, daemon=True)]
         for thread in self.threads:
             thread.start()
 
@@ -125,11 +132,8 @@ class ChildTraining:
         for thread in getattr(self, "threads", []):
             thread.join(timeout=5)
         if self.child is not None:
-            for stream in (self.child.stdin, self.child.stderr):
-                try:
-                    stream.close()
-                except OSError:  # unflushed input to a dead child
-                    pass
+            if self.child.stderr is not None:
+                self.child.stderr.close()
 
     def watch(self) -> dict[str, int]:
         emit, control = self.emit, self.control
@@ -146,19 +150,13 @@ class ChildTraining:
                 finished = False
             if control.stop_requested:
                 raise RunStopped()
-            self.check_alphabet()
-            if self.writer_done and not self.writer_error and not self.alphabet():
-                raise DataError(f"data: the training split has {self.total:,} sentences but no "
-                                "text (all empty); the tokenizer needs words to learn from")
             now = self.active()
-            if not counted_final and (self.writer_done or finished):
+            if not counted_final and (self.read_done or (finished and self.child.returncode == 0)):
                 counted_final = True
-                if not self.writer_error:
-                    emit(self.count_event(now))
-            elif (not counted_final and self.sent and now - last_count >= EVENT_INTERVAL
-                  and not control.paused):
+                emit(self.count_event(now, self.total))
+            elif not counted_final and now - last_count >= EVENT_INTERVAL and not control.paused:
                 last_count = now
-                emit(self.count_event(now))
+                emit(self.count_event(now, self.sentences_read()))
             if self.stage == "Compute merges" and not finished and not control.paused:
                 merge_start = now if merge_start is None else merge_start
                 samples.append((now, self.merges))
@@ -174,7 +172,7 @@ class ChildTraining:
         if control.stop_requested:
             raise RunStopped()
         code = self.child.returncode
-        if code != 0 or self.writer_error or not self.temp.is_file():
+        if code != 0 or not self.temp.is_file():
             raise self.failure(code)
         os.replace(self.temp, self.path)
         result = self.result()
@@ -188,10 +186,40 @@ class ChildTraining:
 
     # --- events ---
 
-    def count_event(self, now: float) -> WordCountProgress:
-        return WordCountProgress(done=self.sent, total=self.total,
-                                 per_second=round(self.sent / now, 1) if now > 0 else 0.0,
+    def count_event(self, now: float, done: int) -> WordCountProgress:
+        return WordCountProgress(done=done, total=self.total,
+                                 per_second=round(done / now, 1) if now > 0 else 0.0,
                                  elapsed=round(now, 3))
+
+    def sentences_read(self) -> int:
+        """An estimate until the trainer has read everything: the sentences in proportion to
+        the bytes read, never the total (only the final event may read as complete)."""
+        total_bytes = sum(self.sizes)
+        if not total_bytes:
+            return 0
+        return min(int(self.total * self.bytes_read() / total_bytes), self.total - 1)
+
+    def bytes_read(self) -> int:
+        """How far the child has read its files, from its open files' positions in
+        /proc/<pid>/fdinfo (Linux; elsewhere it stays 0 until the end). The library reads the
+        files one after another, so the files before the open one are done."""
+        assert self.child is not None
+        proc = f"/proc/{self.child.pid}"
+        try:
+            fds = os.listdir(f"{proc}/fd")
+        except OSError:
+            return self.bytes_seen
+        for fd in fds:
+            try:
+                index = self.file_index.get(os.readlink(f"{proc}/fd/{fd}"))
+                if index is None:
+                    continue
+                with open(f"{proc}/fdinfo/{fd}", encoding="ascii") as info:
+                    position = int(info.readline().split()[1])  # "pos:\t<bytes>"
+            except (OSError, ValueError, IndexError):
+                continue
+            self.bytes_seen = max(self.bytes_seen, sum(self.sizes[:index]) + position)
+        return self.bytes_seen
 
     def initial_vocab(self) -> int:
         return len(SPECIALS) + len(self.alphabet())
@@ -223,11 +251,8 @@ class ChildTraining:
         return chars
 
     def check_alphabet(self) -> None:
-        """vocab_size must hold the specials and every character of the training text: checked
-        once every sentence is counted (the writer is done), so the minimum said is the real
-        one, not a count so far."""
-        if not self.writer_done or self.writer_error:
-            return
+        """vocab_size must hold the specials and every character; checked before training (the
+        data stage collected the characters while it wrote the files)."""
         needed = self.initial_vocab()
         if needed > self.vocab_size:
             raise ConfigError(
@@ -236,51 +261,15 @@ class ChildTraining:
                 f"{len(SPECIALS)} special tokens; use at least {needed:,}, more to leave room "
                 "for merges")
 
-    # --- worker threads ---
-
-    def write_sentences(self) -> None:
-        """Feed the child; count sentences; collect characters cheaply.
-
-        Characters: bytes.translate deletes the ASCII characters already seen, in C; what
-        remains (new ASCII, and the few non-ASCII bytes) is decoded and added. A plain
-        set.update over every character costs about 5x more (2 s vs 0.4 s for 2M sentences).
-        """
-        assert self.child is not None and self.child.stdin is not None
-        seen_ascii = b""
-        stdin = self.child.stdin
-        batch: list[str] = []
-        try:
-            for sentence in self.sentences:
-                batch.append(sentence)
-                if len(batch) == CHUNK_SENTENCES:
-                    seen_ascii = self.write_batch(stdin, batch, seen_ascii)
-                    batch = []
-            if batch:
-                seen_ascii = self.write_batch(stdin, batch, seen_ascii)
-            stdin.close()
-        except (BrokenPipeError, OSError) as exc:  # the child died or was stopped
-            self.writer_error = f"{type(exc).__name__}: {exc}"
-        finally:
-            self.writer_done = True
-
-    def write_batch(self, stdin: Any, batch: list[str], seen_ascii: bytes) -> bytes:
-        text = "\n".join(batch) + "\n"
-        if text.count("\n") != len(batch):  # a sentence with a line break would become two
-            text = "\n".join(s.replace("\n", " ") for s in batch) + "\n"
-        data = text.encode("utf-8", "replace")
-        rest = data.translate(None, seen_ascii)
-        if rest:
-            self.chars = self.chars | set(rest.decode("utf-8", "replace"))  # rebind: read elsewhere
-            seen_ascii = bytes(sorted(ord(c) for c in self.chars if ord(c) < 128))
-        stdin.write(data)
-        self.sent += len(batch)
-        return seen_ascii
+    # --- the reader thread ---
 
     def read_progress(self) -> None:
         """The trainer's JSON lines: {"stage": ..., "current": ..., "total": ...}."""
         assert self.child is not None and self.child.stderr is not None
         for raw in self.child.stderr:
             line = raw.decode("utf-8", "replace").rstrip()
+            if line.startswith("{") and not raw.endswith(b"\n"):
+                continue  # a progress line cut short by the child's death says nothing
             self.stderr_tail.append(line)
             progress = None
             if line.startswith("{"):
@@ -292,6 +281,7 @@ class ChildTraining:
                 continue
             stage, current, total = progress["stage"], progress["current"], progress["total"]
             self.stage = stage
+            self.read_done = True  # the trainer reports its stages after reading the files
             if stage == "Tokenize words":
                 self.unique_words = total
             elif stage == "Compute merges":
@@ -315,8 +305,6 @@ class ChildTraining:
             why = f"was killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
         elif code:
             why = f"exited with status {code}"
-        elif self.writer_error:
-            why = f"stopped reading its input ({self.writer_error})"
         else:
             why = "ended without writing a tokenizer"
         what = f" for {self.language!r}" if self.language else ""

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Static
+from textual.worker import get_current_worker
 
 from engine.events import CheckpointSaved
 from tui.format import clock_time, number, size
+from tui.messages import EarlierCheckpoints
 from tui.state import RunState
+from tui.tail import EventTail
 from tui.widgets.panel import StateView, show_text
 
 COLUMNS = ("name", "epoch", "step", "val loss", "BLEU", "size", "saved at")
@@ -29,16 +34,16 @@ def checkpoint_file(saved: CheckpointSaved, run_dir: str) -> Path:
 class CheckpointsPanel(StateView, Vertical):
     parts = ("checkpoints",)
 
+    @dataclass
     class ResumeRequested(Message):
-        def __init__(self, saved: CheckpointSaved, path: Path) -> None:
-            super().__init__()
-            self.saved = saved
-            self.path = path
+        """Enter on a row: resume from this checkpoint (the app asks first)."""
 
-    def __init__(self, attached_dir: str = "", **kwargs) -> None:
+        saved: CheckpointSaved
+        path: Path
+
+    def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.attached_dir = attached_dir  # a followed run's dir: its checkpoints are there
-        self.run_dir = attached_dir
+        self.run_dir = ""  # the followed run's dir (set by the app): its checkpoints are there
         self._saved: dict[str, CheckpointSaved] = {}
 
     def compose(self) -> ComposeResult:
@@ -53,11 +58,13 @@ class CheckpointsPanel(StateView, Vertical):
 
     def draw(self, state: RunState) -> None:
         table = self.query_one(DataTable)
-        run_dir = self.run_dir = self.attached_dir or state.run_dir
+        run_dir = self.run_dir or state.run_dir
         for name in [name for name in self._saved if name not in state.checkpoints]:
             table.remove_row(name)  # another run dir was chosen
             del self._saved[name]
+        moved = False
         for name, saved in sorted(state.checkpoints.items(), key=lambda item: item[1].step):
+            moved = moved or name not in self._saved or self._saved[name].step != saved.step
             present = checkpoint_file(saved, run_dir).is_file()
             row = (name, str(saved.epoch), f"{saved.step:,}", number(saved.val_loss),
                    "—" if saved.bleu is None else f"{saved.bleu:.2f}",
@@ -68,12 +75,45 @@ class CheckpointsPanel(StateView, Vertical):
             else:
                 table.add_row(*row, key=name)
             self._saved[name] = saved
+        if moved:
+            self._order_by_step(table)
         hint = self.query_one("#checkpoint-hint", Static)
-        show_text(hint, Text("Enter on a row: resume from it" if self._saved else
+        show_text(hint, Text("r or Enter on a row: resume from it" if self._saved else
                              "none yet: saved at the end of epochs and on stop"))
+
+    def _order_by_step(self, table: DataTable) -> None:
+        """Rows by step, then name; the selected row stays selected."""
+        selected = self.selected()
+        table.sort(key=lambda row: (int(row[2].replace(",", "")), row[0]))
+        if selected is not None:
+            table.move_cursor(row=table.get_row_index(selected.name), animate=False)
+
+    def selected(self) -> CheckpointSaved | None:
+        table = self.query_one(DataTable)
+        if not table.row_count:
+            return None
+        row = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
+        return self._saved.get(row.value)
+
+    def request_resume(self) -> bool:
+        """Ask to resume from the selected row (r, or Enter on it); False if there is none."""
+        saved = self.selected()
+        if saved is None:
+            return False
+        self.post_message(self.ResumeRequested(saved, checkpoint_file(saved, self.run_dir)))
+        return True
+
+    @work(thread=True, group="earlier", exclusive=True, exit_on_error=False)
+    def read_earlier(self, run_dir: Path) -> None:
+        """The checkpoints an earlier run left in ``run_dir``, from its events.jsonl."""
+        worker = get_current_worker()
+        tail, saved = EventTail(run_dir / "events.jsonl"), []
+        while events := tail.read_new():  # the whole file, a piece at a time
+            if worker.is_cancelled:  # another preset was chosen meanwhile
+                return
+            saved.extend(event for _, event in events if isinstance(event, CheckpointSaved))
+        self.post_message(EarlierCheckpoints(str(run_dir), saved))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
-        saved = self._saved.get(event.row_key.value)
-        if saved is not None:
-            self.post_message(self.ResumeRequested(saved, checkpoint_file(saved, self.run_dir)))
+        self.request_resume()

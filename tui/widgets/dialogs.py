@@ -35,3 +35,40 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def action_answer(self, answer: bool) -> None:
         self.dismiss(answer)
+
+
+class ChoiceScreen(ModalScreen[str | None]):
+    """A question with a few answers, each with its key (Esc: None, nothing done). The first
+    answer has the focus only when it is harmless; Enter alone never does something drastic."""
+
+    BINDINGS = [Binding("escape", "choose(None)", "Cancel")]
+
+    def __init__(self, question: str, choices: list[tuple[str, str, str]]) -> None:
+        """``choices``: (value, label, key), e.g. ("leave", "Leave it running", "l")."""
+        super().__init__()
+        self.question, self.choices = question, choices
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static(self.question, id="question")
+            with Horizontal(id="answers"):
+                for value, label, key in self.choices:
+                    yield Button(f"{label} ({key})", id=f"choice-{value}", compact=True)
+                yield Button("Cancel (Esc)", id="choice-cancel", compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#choice-cancel", Button).focus()
+
+    def on_key(self, event) -> None:
+        for value, _, key in self.choices:
+            if event.key == key:
+                event.stop()
+                self.dismiss(value)
+                return
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        value = (event.button.id or "").removeprefix("choice-")
+        self.dismiss(None if value == "cancel" else value)
+
+    def action_choose(self, value: str | None) -> None:
+        self.dismiss(value)

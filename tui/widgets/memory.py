@@ -7,23 +7,47 @@ from __future__ import annotations
 from typing import Any
 
 from rich.text import Text
+from textual import work
 from textual.widgets import Static
+from textual.worker import get_current_worker
 
+from engine.memory import MemoryProbe
 from tui.format import bar_line, count, size, size_pair
+from tui.messages import MemoryRead
 from tui.state import RunState
 from tui.widgets.panel import StateView, show_text
+from tui.workers import wait_unless_cancelled
 
 
 class MemoryPanel(StateView, Static):
     parts = ("memory",)
     min_seconds = 1.0
 
-    def __init__(self, attached: bool = False, **kwargs: Any) -> None:
+    def __init__(self, attached: bool = False, probe: Any = None, probe_seconds: float = 2.0,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.attached = attached
+        self.probe = probe  # anything with .sample() -> MemoryReading; default: MemoryProbe
+        self.probe_seconds = probe_seconds
 
     def on_mount(self) -> None:
         self.border_title = "GPU memory"
+        if not self.attached:  # attached, the run's own MemorySample events say it
+            self.read_memory()
+
+    @work(thread=True, group="probe", exit_on_error=False)
+    def read_memory(self) -> None:
+        """Read memory every probe_seconds, off the UI thread (NVML calls can block)."""
+        worker = get_current_worker()
+        probe = self.probe or MemoryProbe()
+        try:
+            while not worker.is_cancelled:
+                self.post_message(MemoryRead(probe.sample()))
+                if wait_unless_cancelled(worker, self.probe_seconds):
+                    return
+        finally:
+            if probe is not self.probe:
+                probe.close()
 
     def draw(self, state: RunState) -> None:
         width = self.content_size.width or 40
@@ -55,11 +79,12 @@ class MemoryPanel(StateView, Static):
         if devices or allocated is not None:
             text.append(f"torch  alloc {size(allocated)}  peak {size(peak)}\n"
                         f"       reserved {size(reserved)}\n")
-        rss = _first(reading, sample, "process_rss")
+        # the run is its own process: its RSS comes with its samples; this app's is a stand-in
+        rss = _first(sample, reading, "process_rss")
         used = _first(reading, sample, "system_used")
         total = _first(reading, sample, "system_total")
         if rss is not None:
-            text.append(f"RSS    {size(rss)}  ({'the run' if self.attached else 'app and run'})\n")
+            text.append(f"RSS    {size(rss)}  ({'the run' if sample is not None else 'this app'})\n")
         if used is not None and total:
             text.append(bar_line("System ", used / total, size_pair(used, total), width) + "\n")
         if state.max_tokens is not None:

@@ -31,7 +31,8 @@ class StagesPanel(StateView, Static):
         for stage in state.stages.values():
             mark, style = MARKS.get(stage.status, ("?", ""))
             seconds = state.stage_seconds(stage)
-            line = Text(f"{mark} {stage.name:<10}{stage.status:<8}{duration(seconds) if seconds is not None else '':>7}")
+            took = duration(seconds) if seconds is not None else ""
+            line = Text(f"{mark} {stage.name:<10}{stage.status:<8}{took:>7}")
             line.stylize(style, 0, 1)
             if stage.name == state.current_stage and stage.status == "running":
                 line.stylize("reverse bold")  # the current stage stands out without colour

@@ -6,48 +6,58 @@ from rich.text import Text
 from textual.widgets import Static
 
 from tui.format import duration
-from tui.state import RunState
+from tui.state import RunState, Status
 from tui.widgets.panel import StateView, show_text
 
 BADGES = {
-    "idle": ("○ IDLE", "bold"),
-    "starting": ("◌ STARTING", "bold yellow"),
-    "running": ("● RUNNING", "bold green"),
-    "paused": ("‖ PAUSED", "bold yellow"),
-    "stopping": ("◌ STOPPING", "bold yellow"),
-    "finished": ("✓ FINISHED", "bold green"),
-    "stopped": ("■ STOPPED", "bold"),
-    "failed": ("✗ FAILED", "bold red"),
+    Status.IDLE: ("○ IDLE", "bold"),
+    Status.STARTING: ("◌ STARTING", "bold yellow"),
+    Status.RUNNING: ("● RUNNING", "bold green"),
+    Status.PAUSED: ("‖ PAUSED", "bold yellow"),
+    Status.STOPPING: ("◌ STOPPING", "bold yellow"),
+    Status.FINISHED: ("✓ FINISHED", "bold green"),
+    Status.STOPPED: ("■ STOPPED", "bold"),
+    Status.FAILED: ("✗ FAILED", "bold red"),
+    Status.STALLED: ("◌ STALLED", "bold red"),
+    Status.DEAD: ("✗ DEAD", "bold red"),
 }
 
 
 class StatusBar(StateView, Static):
-    parts = ("status", "stages")
-    ticks = True
+    """One row, cut with an ellipsis when the terminal is narrow: the state, the elapsed time,
+    then what runs where (the longest part, last)."""
 
-    def __init__(self, attach: str | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.attach = attach
+    parts = ("status", "stages", "checkpoints")
+    ticks = True
 
     def draw(self, state: RunState) -> None:
         label, style = BADGES.get(state.status, (state.status.upper(), "bold"))
-        text = Text()
+        text = Text(no_wrap=True, overflow="ellipsis", end="")
         text.append(f" {label} ", style=f"{style} reverse")
-        if state.status == "failed" and state.reason:
+        if state.status == Status.FAILED and state.reason:
             text.append(f" {state.reason}", style="bold")
             show_text(self, text)
             return
-        if self.attach:
-            text.append(f"  attached, read-only: {self.attach}")
-        elif state.preset:
-            text.append(f"  {state.preset} → {state.run_dir}")
-        else:
-            text.append("  choose a preset, then Start (s)")
-        stages = list(state.stages)
-        if state.current_stage in stages:
-            index = stages.index(state.current_stage) + 1
-            text.append(f"  stage {index}/{len(stages)} {state.current_stage}")
         elapsed = state.elapsed()
         if elapsed is not None:
-            text.append(f"  {duration(elapsed)}")
+            text.append(f" {duration(elapsed)}")
+        stages = list(state.stages)
+        if state.current_stage in stages and state.active:
+            index = stages.index(state.current_stage) + 1
+            text.append(f"  stage {index}/{len(stages)} {state.current_stage}")
+        saved = state.stop_checkpoint()
+        if state.status == Status.STOPPED and saved is not None:
+            text.append(f"  state saved in {saved.name} (step {saved.step:,})", style="bold")
+        elif state.status == Status.DEAD:
+            text.append("  process gone" + (f" ({state.reason})" if state.reason else ""),
+                        style="bold")
+            if saved is not None:
+                text.append(f"; last checkpoint {saved.name} (step {saved.step:,}): r resumes",
+                            style="bold")
+        if state.preset:
+            text.append(f"  {state.preset} → {state.run_dir}")
+        elif state.run_dir:
+            text.append(f"  {state.run_dir}")
+        else:
+            text.append("  choose a preset, then Start (s)")
         show_text(self, text)

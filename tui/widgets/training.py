@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from tui.format import bar_line, count, duration, number, percent, rate
-from tui.state import RunState
+from tui.state import RunState, Status
 from tui.widgets.panel import StateView, show_text
 
 
@@ -30,11 +30,18 @@ class TrainingPanel(StateView, Static):
                              percent(b.batch, b.batches), width) + "\n")
         text.append(f"Loss   {number(b.loss)}  avg {number(b.avg_loss)}\n")
         text.append(f"LR     {b.lr:.6f}  step {count(b.step)}\n")
-        text.append(f"Speed  {rate(b.batches_per_second, 'batch')}  {rate(b.tokens_per_second, 'tok')}\n")
-        if state.active:
-            text.append(f"ETA    epoch {duration(b.eta)}  run {duration(state.run_eta())}")
+        if state.status == Status.PAUSED:  # the last numbers would read as the present
+            text.append("Speed  paused\nETA    paused")
         else:
-            text.append(f"Ended  {state.status} in epoch {b.epoch}")
+            text.append(f"Speed  {rate(b.batches_per_second, 'batch')}  "
+                        f"{rate(b.tokens_per_second, 'tok')}\n")
+            saved = state.stop_checkpoint()
+            if state.active:
+                text.append(f"ETA    epoch {duration(b.eta)}  run {duration(state.run_eta())}")
+            elif state.status == Status.STOPPED and saved is not None:
+                text.append(f"Saved  {saved.name} step {count(saved.step)}", style="bold")
+            else:
+                text.append(f"Ended  {state.status} in epoch {b.epoch}")
         if state.skipped:
             text.append(f"  skipped {state.skipped}", style="bold")
         if state.summaries:
