@@ -166,8 +166,14 @@ def rng_state() -> dict[str, Any]:
              "python": {"version": version, "state": list(mt), "gauss": gauss},
              "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos),
                        "has_gauss": int(has_gauss), "cached": float(cached)},
-             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+             "cuda": _cuda_rng_states()}
     return state
+
+
+def _cuda_rng_states() -> list:
+    """Every GPU's generator, only once this process uses CUDA: asking for it otherwise would
+    start CUDA on each GPU (memory, seconds) in a CPU run on a GPU machine."""
+    return torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -178,7 +184,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((npy["kind"], np.array(npy["keys"], dtype=np.uint32), npy["pos"],
                          npy["has_gauss"], npy["cached"]))
     cuda = state.get("cuda") or []
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+    # restored where this process trains on CUDA (the model is there already, so CUDA is up)
+    if cuda and torch.cuda.is_initialized() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
 
 

@@ -162,6 +162,8 @@ def steer(run_dir: Path, control: RunControl, engine: threading.Thread, signals:
           fields: HeartbeatFields, owner: bool) -> None:
     """The run process's main thread while the engine thread runs: signals; on rank 0 (the
     ``owner`` of the run directory) also the control channel and the heartbeat."""
+    from engine import distributed
+
     applied = 0  # seq of the last control request applied
     next_beat = 0.0
     handled = 0  # signals acted on so far
@@ -169,6 +171,7 @@ def steer(run_dir: Path, control: RunControl, engine: threading.Thread, signals:
         if len(signals.received) > handled:  # acted on here, not in the handler
             handled = len(signals.received)
             control.stop()
+            distributed.stop_signalled()
         changed = False
         if owner:
             request = runs.read_control(run_dir)

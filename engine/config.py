@@ -81,6 +81,9 @@ class TrainingConfig:
     clip_norm: float = _key(0.0, doc="gradient clipping max norm, 0 = off", min=0.0)
     precision: str = _key("auto", doc="arithmetic", choices=("auto", "fp32", "bf16", "fp16"))
     device: str = _key("auto", doc="where to train", choices=("auto", "cpu", "cuda"))
+    attention: str = _key("auto", doc="attention kernels: auto = torch's choice, math = the "
+                          "plain one, no-cudnn = all but cuDNN's",
+                          choices=("auto", "math", "no-cudnn"))
     checkpoint_every: int = _key(10, doc="epochs between model_epoch_N.pt checkpoints", min=1)
     keep_last: int = _key(5, doc="periodic checkpoints kept, 0 = all", min=0)
     seed: int = _key(1, doc="random seed for initialisation and batch order", min=0)

@@ -1,12 +1,23 @@
-"""Which device trains and in which precision: one answer for preflight, training and commands."""
+"""Which device trains, in which precision and with which attention kernels: one answer for
+preflight, training and commands.
+
+The decisions are pure functions of what the machine reports (``precision_for`` takes a compute
+capability, ``attention_backends`` a config value) so they are tested without a GPU; the few
+lines that ask CUDA itself stay next to them and run only when the device is CUDA.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import torch
 
 from engine.errors import ConfigError
+
+ALLOC_CONF_ENV = "PYTORCH_CUDA_ALLOC_CONF"
+EXPANDABLE = "expandable_segments:True"
 
 
 def pick_device(choice: str) -> torch.device:
@@ -29,17 +40,98 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_precision(choice: str, device: torch.device) -> tuple[str, torch.dtype | None]:
-    """("fp32" | "bf16" | "fp16", autocast dtype or None)."""
+def precision_for(choice: str, device_type: str, capability: tuple[int, int] | None = None,
+                  fast_cpu_bf16: bool = False) -> str:
+    """"fp32" | "bf16" | "fp16" for training.precision ``choice`` on a device.
+
+    ``capability`` is the CUDA compute capability (major, minor). bf16 is native from sm80
+    (Ampere) on; before that torch emulates it (slowly, and attention falls back to the math
+    kernel), so "auto" takes fp16 with a GradScaler there, and an explicit "bf16" is refused.
+    """
+    cuda = device_type == "cuda"
+    native_bf16 = capability is not None and tuple(capability) >= (8, 0)
     if choice == "auto":
-        if device.type == "cuda":
-            choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            choice = "bf16" if cpu_has_fast_bf16() else "fp32"
-    if choice == "fp16" and device.type != "cuda":
+        if cuda:
+            return "bf16" if native_bf16 else "fp16"
+        return "bf16" if fast_cpu_bf16 else "fp32"
+    if choice == "fp16" and not cuda:
         raise ConfigError("[training] precision = \"fp16\" needs a CUDA device; on the CPU use "
                           "\"bf16\" or \"fp32\"")
-    if choice == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("[training] precision = \"bf16\": this GPU has no bfloat16; use "
-                          "\"fp16\" or \"auto\"")
-    return choice, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+    if choice == "bf16" and cuda and not native_bf16:
+        major, minor = capability or (0, 0)
+        raise ConfigError(f"[training] precision = \"bf16\": this GPU (compute capability "
+                          f"{major}.{minor}) has no native bfloat16, which needs 8.0 or newer; "
+                          "use \"fp16\" or \"auto\"")
+    return choice
+
+
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(choice: str, device: torch.device) -> tuple[str, torch.dtype | None]:
+    """("fp32" | "bf16" | "fp16", autocast dtype or None) on this machine's ``device``."""
+    capability = None
+    if device.type == "cuda":
+        capability = torch.cuda.get_device_capability(device)
+    fast_cpu = device.type == "cpu" and choice == "auto" and cpu_has_fast_bf16()
+    precision = precision_for(choice, device.type, capability, fast_cpu)
+    return precision, AMP_DTYPES[precision]
+
+
+def enable_tf32(device: torch.device, precision: str) -> bool:
+    """fp32 training on CUDA multiplies in TF32 (10-bit mantissa inputs, fp32 accumulation: what
+    every fp32 recipe on Ampere and newer uses, several times faster). True when switched on."""
+    if device.type != "cuda" or precision != "fp32":
+        return False
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+    return True
+
+
+# training.attention -> the SDPA kernels allowed (None: torch chooses among all of them)
+ATTENTION_CHOICES = ("auto", "math", "no-cudnn")
+
+
+def attention_backends(choice: str) -> list | None:
+    from torch.nn.attention import SDPBackend
+
+    if choice == "auto":
+        return None
+    if choice == "math":
+        return [SDPBackend.MATH]
+    if choice == "no-cudnn":
+        # cuDNN attention, preferred on H100/H200 by torch >= 2.11, has given NaN gradients
+        # with an explicit mask at some lengths (pytorch #196678): the others stay allowed
+        return [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    raise ConfigError(f"[training] attention = {choice!r}: one of {', '.join(ATTENTION_CHOICES)}")
+
+
+def attention_context(choice: str):
+    """The context every forward (and so its backward) runs in for training.attention."""
+    backends = attention_backends(choice)
+    if backends is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import sdpa_kernel
+
+    return sdpa_kernel(backends)
+
+
+_allocator_set_here = False  # this process set PYTORCH_CUDA_ALLOC_CONF itself
+
+
+def use_expandable_segments(environ=os.environ) -> str | None:
+    """Before CUDA starts: let the allocator grow segments instead of caching blocks per batch
+    shape (our batch shapes vary, which fragments the cache). Returns what to tell the user, or
+    None when the user set PYTORCH_CUDA_ALLOC_CONF: theirs is kept."""
+    global _allocator_set_here
+    if environ is os.environ and _allocator_set_here:
+        return _ALLOCATOR_NOTICE
+    if ALLOC_CONF_ENV in environ:
+        return None
+    environ[ALLOC_CONF_ENV] = EXPANDABLE
+    _allocator_set_here = _allocator_set_here or environ is os.environ
+    return _ALLOCATOR_NOTICE
+
+
+_ALLOCATOR_NOTICE = (f"CUDA allocator: {ALLOC_CONF_ENV}={EXPANDABLE} (variable batch shapes "
+                     f"fragment the default cache; set {ALLOC_CONF_ENV} yourself to choose)")

@@ -15,31 +15,36 @@ How the job divides the work:
   ``order[r::world]`` after dropping the last ``len % world`` batches, so all ranks take the same
   number of steps. Update i is then batches ``order[i*world*u : (i+1)*world*u]`` (u =
   update_freq): the same batches, in the same groups, as one process with update_freq world*u.
-- Gradients are averaged by DistributedDataParallel, once per update (``no_sync`` on the other
-  micro-batches). Losses and token counts are summed over the ranks every batch, so every rank
-  takes the same decisions and the events describe the whole job.
+- Two kinds of traffic, on two groups. Gradients go through the default group (NCCL on GPUs),
+  once per update, and only after every rank has said over the control group that its batches
+  went through: a rank whose batch ran out of memory makes every rank skip that update, where
+  an automatic all-reduce in the backward (DistributedDataParallel) would leave the others
+  waiting for it forever. Control traffic (stop and pause requests, out-of-memory flags, loss
+  sums at reporting time) goes through a gloo group of host tensors: it never waits on a GPU,
+  and a dead peer shows up there as a closed connection within the project's timeout.
 - Control (``agree_control``): rank 0 owns the run directory's lock, heartbeat and control
-  channel (engine/runs.py); at every batch and stage boundary the ranks agree (a max over a gloo
-  group) on go / pause / stop, so they pause together, resume together and stop at the same
+  channel (engine/runs.py); at every update boundary and stage boundary the ranks agree (a max
+  over gloo) on go / pause / stop, so they pause together, resume together and stop at the same
   update boundary; a stop signal on any rank (torchrun forwards SIGTERM, SIGINT, SIGHUP) stops
-  them all.
-- Failures end the job in bounded time: a collective waits at most ``TIMEOUT_ENV`` seconds
-  (the waits for rank 0's data preparation and BLEU at most ``PREPARE_TIMEOUT_ENV``); with gloo
-  a dead peer shows up at once as a closed connection; torchrun sends SIGTERM to the other
-  ranks of a machine when one dies: they stop, their next collective finds the dead peer, and
-  rank 0 records a ``RunFailed`` in events.jsonl.
+  them all. While paused they agree again every CONTROL_POLL_SECONDS: no collective waits out
+  a pause of hours.
+- Failures end the job in bounded time: a control collective waits at most ``TIMEOUT_ENV``
+  seconds (the waits for rank 0's data preparation, checkpoint writes and BLEU at most
+  ``PREPARE_TIMEOUT_ENV``). Signals are the run process's main thread's (engine/cli.py), never
+  the engine thread's: torchrun's SIGTERM (it ends every rank when one fails) asks for a stop,
+  and the next collective finds the dead peer. Waiting for the GPU is done by polling
+  (``wait_for_device``), so a rank blocked behind an NCCL all-reduce whose peer died gives up
+  STOP_GRACE_SECONDS after that SIGTERM, and rank 0 records a ``RunFailed`` in events.jsonl.
   Checkpoints are written atomically, so the last one stays loadable whatever is killed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import re
 import socket
-from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -67,8 +72,10 @@ class _Job:
     world: int
     local_rank: int
     backend: str
-    device: Any  # torch.device of the tensors that go through the default group
-    wait_group: Any  # a gloo group with the long timeout, for waiting on rank 0
+    device: Any  # torch.device of the tensors that go through the default group (gradients)
+    control_group: Any  # gloo, the project's timeout: flags and loss sums as host tensors
+    wait_group: Any  # gloo, the long timeout: waiting for rank 0 (data, checkpoints, BLEU)
+    stop_signal_at: float | None = None  # monotonic time of the first stop signal (cli.py)
 
 
 _job: _Job | None = None
@@ -77,12 +84,18 @@ _job: _Job | None = None
 # --- the job -------------------------------------------------------------------------------
 
 
+ONE_PROCESS_JOB_ENV = "TRANSFORMER_DIST_ONE_PROCESS_JOB"  # "1": a 1-process torchrun is a job
+
+
 def launched_with_several_processes() -> bool:
-    """True under torchrun (or any env:// launcher) with WORLD_SIZE > 1."""
+    """True under torchrun (or any env:// launcher) with WORLD_SIZE > 1, or with WORLD_SIZE 1
+    when ONE_PROCESS_JOB_ENV is "1" (benchmarks/gpu_check.py runs the NCCL path on one GPU)."""
     try:
-        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+        world = int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
         return False
+    one = world == 1 and "RANK" in os.environ and os.environ.get(ONE_PROCESS_JOB_ENV) == "1"
+    return world > 1 or one
 
 
 def _seconds_from_env(name: str, default: float) -> float:
@@ -131,19 +144,25 @@ def init_from_env(device_choice: str) -> bool:
         if local_rank >= gpus:
             raise EngineError(f"LOCAL_RANK={local_rank} but this machine has {gpus} GPU(s): "
                               f"start at most {gpus} processes per node (--nproc_per_node)")
+        from engine.device import use_expandable_segments
+
+        use_expandable_segments()  # before CUDA starts here; the pipeline says so in a Notice
         torch.cuda.set_device(local_rank)  # "cuda" now means this rank's own GPU
         backend, device = "nccl", torch.device("cuda", local_rank)
     else:
         backend, device = "gloo", torch.device("cpu")
     try:
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+        # device_id: NCCL binds this rank's communicator to its GPU at once (no guessing later)
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout),
+                                device_id=device if use_cuda else None)
+        control_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout))
         wait_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=prepare_timeout))
     except Exception as exc:
         raise EngineError(f"rank {rank} could not join the {world}-process job at "
                           f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} "
                           f"({_first_line(exc)})") from None
-    _job = _Job(rank, world, local_rank, backend, device, wait_group)
-    return True  # signals are the run process's (engine/cli.py): SIGTERM stops every rank
+    _job = _Job(rank, world, local_rank, backend, device, control_group, wait_group)
+    return True  # signals are the run process's (engine/cli.py): see stop_signalled
 
 
 def teardown(failed: bool = False) -> None:
@@ -174,6 +193,11 @@ def world_size() -> int:
     return _job.world if _job else 1
 
 
+def backend() -> str | None:
+    """The gradients' backend ("nccl" or "gloo"); None for one process."""
+    return _job.backend if _job else None
+
+
 def is_main() -> bool:
     """Rank 0, or the only process: the one that writes the run directory."""
     return _job is None or _job.rank == 0
@@ -182,6 +206,15 @@ def is_main() -> bool:
 def describe() -> str:
     """'rank 1 of 2 on host' for messages; '' for one process."""
     return f"rank {_job.rank} of {_job.world} on {socket.gethostname()}" if _job else ""
+
+
+def stop_signalled() -> None:
+    """The run process got a stop signal (engine/cli.py calls this from its main thread): a wait
+    for the GPU that lasts STOP_GRACE_SECONDS longer is a peer that will never answer."""
+    import time
+
+    if _job is not None and _job.stop_signal_at is None:
+        _job.stop_signal_at = time.monotonic()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -209,6 +242,8 @@ def _is_peer_failure(exc: BaseException) -> bool:
 
 
 def barrier() -> None:
+    """Every rank waits here for the others, with the long timeout: after rank 0's checkpoint
+    writes, which a slow filesystem may stretch past the control timeout."""
     if _job is not None:
         import torch.distributed as dist
 
@@ -216,27 +251,36 @@ def barrier() -> None:
 
 
 def reduce_sums(values: list[float]) -> list[float]:
-    """Each value summed over the ranks."""
+    """Each value summed over the ranks (host numbers over the gloo control group)."""
     if _job is None:
         return list(values)
     import torch
     import torch.distributed as dist
 
-    tensor = torch.tensor(values, dtype=torch.float64, device=_job.device)
-    dist.all_reduce(tensor)
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor, group=_job.control_group)
     return tensor.tolist()
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank when it is True on one (a stop request, a failed check)."""
+    if _job is None:
+        return flag
+    return reduce_sums([1.0 if flag else 0.0])[0] > 0
+
+
 CONTROL_POLL_SECONDS = 0.2  # while paused, the ranks agree on the control state this often
+STOP_GRACE_SECONDS = 10.0  # after a stop signal, a GPU wait this long means a dead peer
 _GO, _PAUSE, _STOP = 0, 1, 2
 
 
-def agree_control(control) -> bool:
-    """At a safe point (a batch, a stage boundary): block while paused, True when the run must
+def agree_control(control, patient: bool = False) -> bool:
+    """At a safe point (an update or stage boundary): block while paused, True when the run must
     stop. In a torchrun job every rank calls it at the same point and they act together: rank 0
     holds the control channel (engine/runs.py), a stop on any rank (its own SIGTERM or Ctrl-C)
     stops all, and a pause holds every rank here, agreeing again every CONTROL_POLL_SECONDS so
-    that no collective waits for the length of the pause (a pause may last hours).
+    that no collective waits for the length of the pause. ``patient``: at a stage boundary,
+    where a rank may arrive long after rank 0 (the long timeout's group).
     """
     if _job is None:
         return control.checkpoint()
@@ -245,13 +289,13 @@ def agree_control(control) -> bool:
     import torch
     import torch.distributed as dist
 
+    group = _job.wait_group if patient else _job.control_group
     mirrored = False  # this rank is paused because another rank (rank 0) is
     while True:
         own_pause = control.paused and not mirrored
         mine = _STOP if control.stop_requested else _PAUSE if own_pause else _GO
-        # gloo on the CPU: no device synchronisation for a flag
-        state = torch.tensor([mine], dtype=torch.int64)
-        dist.all_reduce(state, op=dist.ReduceOp.MAX, group=_job.wait_group)
+        state = torch.tensor([mine], dtype=torch.int64)  # host tensor, gloo
+        dist.all_reduce(state, op=dist.ReduceOp.MAX, group=group)
         agreed = int(state.item())
         if agreed != _PAUSE:
             if mirrored:
@@ -263,20 +307,30 @@ def agree_control(control) -> bool:
         time.sleep(CONTROL_POLL_SECONDS)
 
 
-def reduce_batch(nll: float | None, tokens: int) -> tuple[float | None, int]:
-    """The whole job's (NLL per target token, target tokens) for one batch position.
+def wait_for_device(device) -> None:
+    """Wait until the GPU has done the work queued so far, polling, in a torchrun job on CUDA.
 
-    None when the loss was not finite on any rank: every rank then counts a bad batch, and
-    the update, whose gradients are NaN everywhere after the all-reduce, is skipped everywhere.
+    A plain synchronising read (``.item()``) blocks inside CUDA: behind an NCCL all-reduce whose
+    peer died it would wait until torchrun kills the process without a word. Polling lets this
+    rank give up once a stop signal (torchrun's SIGTERM) is STOP_GRACE_SECONDS old, so that the
+    failure is recorded.
     """
-    if _job is None:
-        return nll, tokens
-    bad = nll is None
-    nll_sum, token_sum, bad_ranks = reduce_sums(
-        [0.0 if bad else nll * tokens, 0.0 if bad else float(tokens), 1.0 if bad else 0.0])
-    if bad_ranks:
-        return None, 0
-    return nll_sum / max(token_sum, 1.0), int(token_sum)
+    if _job is None or getattr(device, "type", "cpu") != "cuda":
+        return
+    import time
+
+    import torch
+
+    done = torch.cuda.Event()
+    done.record()
+    while not done.query():
+        time.sleep(0.0002)
+        signalled = _job.stop_signal_at
+        if signalled is not None and time.monotonic() - signalled > STOP_GRACE_SECONDS:
+            raise EngineError("terminated by SIGTERM while waiting for the GPU: torchrun ends "
+                              "every process of the job when one of them fails (its error is "
+                              "in torchrun's report); the last checkpoint in the run directory "
+                              "stays loadable")
 
 
 def shard_order(order, rank: int, world: int):
@@ -312,29 +366,48 @@ def from_main(compute: Callable[[], float | None]) -> float | None:
 
 # --- model ---------------------------------------------------------------------------------
 
+BUCKET_BYTES = 64 * 2**20  # gradients all-reduced this many bytes at a time
 
-def wrap_model(model):
-    """The DistributedDataParallel wrapper that trains ``model`` (None for one process).
 
-    Constructing it broadcasts rank 0's weights, so every rank starts from the same model.
-    """
+def broadcast_parameters(model) -> None:
+    """Every rank starts from rank 0's weights (identity for one process)."""
     if _job is None:
-        return None
-    from torch.nn.parallel import DistributedDataParallel
+        return
+    import torch.distributed as dist
 
-    device_ids = [_job.local_rank] if _job.backend == "nccl" else None
-    # the model's only buffer is the fixed sinusoid table: nothing to broadcast every forward
-    # (torch >= 2.13 names that forward_sync_buffers; older versions broadcast_buffers)
-    newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-    no_buffer_sync = {"forward_sync_buffers" if newer else "broadcast_buffers": False}
-    return DistributedDataParallel(model, device_ids=device_ids, **no_buffer_sync)
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        dist.broadcast(tensor.data, src=0)
 
 
-def sync_gradients(parallel, sync: bool):
-    """Context for one micro-batch: gradients are all-reduced only on an update's last one."""
-    if parallel is None or sync:
-        return nullcontext()
-    return parallel.no_sync()
+def average_gradients(params: list) -> None:
+    """Each gradient becomes its mean over the ranks (default group: NCCL on GPUs), in flat
+    buckets of ``BUCKET_BYTES``. Every rank calls it with the same parameters, in the same
+    order, and only once the control group agreed that every rank's batches went through."""
+    if _job is None:
+        return
+    import torch
+    import torch.distributed as dist
+
+    grads = []
+    for p in params:
+        if p.grad is None:  # a parameter this rank's batches did not reach
+            p.grad = torch.zeros_like(p)
+        grads.append(p.grad)
+    buckets: list[list] = []
+    size = 0
+    for grad in grads:
+        nbytes = grad.numel() * grad.element_size()
+        if not buckets or size + nbytes > BUCKET_BYTES or grad.dtype != buckets[-1][0].dtype:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(grad)
+        size += nbytes
+    for bucket in buckets:
+        flat = torch.cat([g.reshape(-1) for g in bucket])
+        dist.all_reduce(flat)
+        flat.div_(_job.world)
+        for target, averaged in zip(bucket, flat.split([g.numel() for g in bucket])):
+            target.copy_(averaged.view_as(target))
 
 
 def adapt_resume(state: dict[str, Any], epoch: int, batch_in_epoch: int, path: Path | str,

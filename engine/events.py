@@ -137,8 +137,8 @@ class BatchProgress(Event):
     tokens_per_second: float  # target tokens
     eta: float  # seconds to the end of the epoch
     elapsed: float
-    gnorm: float | None = None  # gradient norm of the last update (fairseq's gnorm)
-    loss_scale: float | None = None  # fp16 loss scale of the last update; None without fp16
+    gnorm: float | None = None  # the last update's gradient norm (before clipping)
+    loss_scale: float | None = None  # fp16's GradScaler scale, None in other precisions
 
 
 @dataclass(frozen=True)

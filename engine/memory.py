@@ -3,6 +3,11 @@
 Every NVML call may fail (no driver, a GPU fallen off the bus, a call the driver does not
 support): each one degrades to None, shown as "n/a", and never raises. Without an NVIDIA driver
 ``nvml_error`` says so in plain words and the panel shows psutil's numbers instead.
+
+NVML numbers every GPU of the machine in PCI order and ignores ``CUDA_VISIBLE_DEVICES``; CUDA
+numbers only the visible ones, in its own order. ``visible_devices`` maps one onto the other by
+UUID, so a shared machine's panel lists only this run's GPUs, labelled ``cuda:N`` as torch
+names them. The probe never starts CUDA: it asks torch for UUIDs only once the engine has.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import psutil
 @dataclass(frozen=True)
 class MemoryReading:
     nvml_error: str = ""  # "" when NVML answered
-    devices: list[dict[str, Any]] = field(default_factory=list)  # name, used, total, util
+    devices: list[dict[str, Any]] = field(default_factory=list)  # name, label, used, total, util
     torch_allocated: int | None = None  # bytes, this process, None without CUDA
     torch_reserved: int | None = None
     torch_peak: int | None = None
@@ -62,17 +67,24 @@ class MemoryProbe:
         nvml = self._nvml
         if nvml is None:
             return []
+        handles = [_try(lambda: nvml.nvmlDeviceGetHandleByIndex(index))
+                   for index in range(_try(nvml.nvmlDeviceGetCount) or 0)]
+        uuids = [_text(_try(lambda: nvml.nvmlDeviceGetUUID(h))) if h is not None else ""
+                 for h in handles]
         devices = []
-        for index in range(_try(nvml.nvmlDeviceGetCount) or 0):
-            handle = _try(lambda: nvml.nvmlDeviceGetHandleByIndex(index))
+        for label, index in visible_devices(uuids, _torch_uuids(),
+                                            os.environ.get("CUDA_VISIBLE_DEVICES")):
+            handle = handles[index]
             if handle is None:
-                devices.append({"name": f"GPU {index}", "used": None, "total": None, "util": None})
+                devices.append({"name": f"GPU {index}", "label": label, "used": None,
+                                "total": None, "util": None})
                 continue
             name = _try(lambda: nvml.nvmlDeviceGetName(handle))
             memory = _try(lambda: nvml.nvmlDeviceGetMemoryInfo(handle))
             util = _try(lambda: nvml.nvmlDeviceGetUtilizationRates(handle))
             devices.append({
-                "name": name.decode() if isinstance(name, bytes) else (name or f"GPU {index}"),
+                "name": _text(name) or f"GPU {index}",
+                "label": label,
                 "used": None if memory is None else int(memory.used),
                 "total": None if memory is None else int(memory.total),
                 "util": None if util is None else int(util.gpu),
@@ -83,6 +95,74 @@ class MemoryProbe:
         if self._nvml is not None:
             _try(self._nvml.nvmlShutdown)
             self._nvml = None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else (value or "")
+
+
+def _uuid_key(uuid: str) -> str:
+    """NVML says "GPU-8e0f...", torch "8e0f..."; MIG devices start "MIG-"."""
+    uuid = uuid.strip().lower()
+    for prefix in ("gpu-", "mig-"):
+        if uuid.startswith(prefix):
+            return uuid[len(prefix):]
+    return uuid
+
+
+def visible_devices(nvml_uuids: list[str], torch_uuids: list[str] | None,
+                    cuda_visible: str | None) -> list[tuple[str, int]]:
+    """[(torch's name "cuda:N", NVML index)] for the GPUs this process can use, in torch's order.
+
+    ``torch_uuids``: torch.cuda.get_device_properties(N).uuid for each visible N, when CUDA is up
+    (exact). Without them, ``cuda_visible`` (CUDA_VISIBLE_DEVICES) as CUDA reads it: a comma list
+    of indices or UUIDs (a unique prefix is enough), parsing stops at the first entry that names
+    no device; an integer is taken as an NVML index (exact with CUDA_DEVICE_ORDER=PCI_BUS_ID).
+    Unset: every device.
+    """
+    keys = [_uuid_key(u) for u in nvml_uuids]
+    if torch_uuids is not None:
+        found = []
+        for n, uuid in enumerate(torch_uuids):
+            key = _uuid_key(uuid)
+            if key and key in keys:
+                found.append((f"cuda:{n}", keys.index(key)))
+        return found
+    if cuda_visible is None:
+        return [(f"cuda:{i}", i) for i in range(len(nvml_uuids))]
+    chosen: list[int] = []
+    for entry in cuda_visible.split(","):
+        entry = entry.strip()
+        if entry.lstrip("+-").isdigit():
+            index = int(entry)
+            if not 0 <= index < len(keys):
+                break
+        else:
+            prefix = _uuid_key(entry)
+            matches = [i for i, key in enumerate(keys) if prefix and key.startswith(prefix)]
+            if len(matches) != 1:
+                break
+            index = matches[0]
+        if index in chosen:
+            break  # CUDA refuses a device listed twice
+        chosen.append(index)
+    return [(f"cuda:{n}", index) for n, index in enumerate(chosen)]
+
+
+def _torch_uuids() -> list[str] | None:
+    """torch's UUID of each visible GPU, only once this process has started CUDA."""
+    torch = sys.modules.get("torch")
+    if torch is None or not _try(torch.cuda.is_initialized):
+        return None
+    return _try(lambda: [str(torch.cuda.get_device_properties(n).uuid)
+                         for n in range(torch.cuda.device_count())])
+
+
+def reset_peak() -> None:
+    """Start a new peak (each epoch, after an out-of-memory batch); only where CUDA is up."""
+    torch = sys.modules.get("torch")
+    if torch is not None and _try(torch.cuda.is_initialized):
+        _try(torch.cuda.reset_peak_memory_stats)
 
 
 def _explain_nvml_failure(exc: Exception) -> str:

@@ -23,6 +23,7 @@ from engine.errors import EngineError
 from engine.events import (
     Emit,
     JsonlWriter,
+    Notice,
     RunFailed,
     RunFinished,
     RunPaused,
@@ -97,13 +98,20 @@ def _run_stages(stages: "_StageRunner", config: RunConfig, run_dir: Path, emit: 
     """The pipeline itself: each stage with its inputs, in order. ``stages.run`` ends the run
     (``_Done``) when asked for a stage past the last one (``--until``)."""
     # torch and the tokenizers library load here, not when the app imports this module
+    import torch
+
     from engine.batching import run_batches_stage
     from engine.data.stage import run_data_stage
+    from engine.device import use_expandable_segments
     from engine.encode import run_encode_stage
     from engine.preflight import preflight
     from engine.tokenizer.stage import run_tokenizer_stage
     from engine.train import run_model_stage, run_train_stage
 
+    if config.training.device != "cpu" and torch.cuda.is_available():
+        allocator = use_expandable_segments()  # before anything starts CUDA in this process
+        if allocator:
+            emit(Notice(text=allocator))
     emit(preflight(config, run_dir))
     corpus = stages.run("data", lambda: run_data_stage(config.data, emit))
     tokenizers = stages.run("tokenizer", lambda: run_tokenizer_stage(
@@ -133,7 +141,7 @@ class _StageRunner:
     def run(self, name: str, call: Callable[[], StageResult[T]]) -> T:
         if self.current == self.names[-1]:
             raise _Done()
-        if distributed.agree_control(self.control):  # every rank blocks while paused
+        if distributed.agree_control(self.control, patient=True):  # every rank, while paused
             raise RunStopped()
         self.current = name
         self.emit(StageStarted(stage=name, index=STAGES.index(name) + 1, total=len(self.names)))

@@ -9,6 +9,13 @@ label-smoothed cross entropy over the real target tokens, backward. Per update: 
 Every loss the run reports (batch, epoch, validation) is the cross entropy per target token
 without label smoothing, so perplexity = exp(loss) and train and validation compare.
 
+The host never waits for the device within an update: the next batch is collated (and pinned,
+on CUDA) in a background thread and copied with ``non_blocking=True``; token counts come from
+the host's batch; losses stay on the device. Each update reads back exactly two numbers in
+one transfer, its gradient norm and its NLL sum: the norm decides whether the update is applied
+(NaN/inf gradients are skipped), and the NLL joins this process's sums on the host. In a
+torchrun job those sums are added up over the ranks only when progress is reported or saved.
+
 Stops and resumes are exact: a stop is honoured at an update boundary, the checkpoint records how
 many batches of the epoch are done and every random generator's state, and batch order depends
 only on the seed and the epoch, so a resumed run continues with the very batch, dropout mask and
@@ -33,7 +40,7 @@ from engine import distributed
 from engine.batching import Batches, collate
 from engine.checkpoint import Progress
 from engine.control import RunControl, RunStopped
-from engine.device import pick_device, resolve_precision
+from engine.device import attention_context, enable_tf32, pick_device, resolve_precision
 from engine.encode import EncodedData
 from engine.errors import ConfigError, DataError, EngineError
 from engine.events import (
@@ -45,7 +52,8 @@ from engine.events import (
     MemorySample,
     Notice,
 )
-from engine.memory import MemoryProbe
+from engine.memory import MemoryProbe, reset_peak
+from engine.prefetch import Prefetcher, pinned
 from engine.stages import StageResult
 from engine.vocab import PAD_ID
 
@@ -129,7 +137,6 @@ class Trainer:
     amp_dtype: torch.dtype | None
     progress: Progress = field(default_factory=Progress)
     resumed_from: str = ""
-    parallel: Any = None  # DistributedDataParallel around model in a torchrun job, else None
 
     @property
     def step(self) -> int:
@@ -145,6 +152,7 @@ def run_model_stage(config: RunConfig, tokenizers: TokenizerSet, run_dir: Path, 
         raise ConfigError(f"{config.source}: [eval] best_by = \"bleu\" needs bleu_every >= 1")
     device = pick_device(config.training.device)
     precision, amp_dtype = resolve_precision(config.training.precision, device)
+    tf32 = enable_tf32(device, precision)
     src_vocab, tgt_vocab = tokenizers.src.get_vocab_size(), tokenizers.tgt.get_vocab_size()
 
     # same seed, same initial weights, same dropout masks
@@ -174,9 +182,14 @@ def run_model_stage(config: RunConfig, tokenizers: TokenizerSet, run_dir: Path, 
             emit(notice)
         trainer.resumed_from = str(path)
 
-    trainer.parallel = distributed.wrap_model(model)
+    distributed.broadcast_parameters(model)  # every rank starts from rank 0's weights
     parameters = sum(p.numel() for p in model.parameters())  # tied weights counted once
-    info = {"parameters": parameters, "device": device.type, "precision": precision}
+    info = {"parameters": parameters, "device": device.type, "precision": precision,
+            "attention": config.training.attention}
+    if tf32:
+        info["tf32"] = True
+    if distributed.active():
+        info["processes"], info["backend"] = distributed.world_size(), distributed.backend()
     if trainer.resumed_from:
         info.update(resumed_from=trainer.resumed_from, epoch=trainer.progress.epoch,
                     batch_in_epoch=trainer.progress.batch_in_epoch, step=trainer.step)
@@ -202,6 +215,18 @@ class _Clock:
         return max(time.monotonic() - self.started - paused, 0.0)
 
 
+@dataclass
+class _Group:
+    """The batches of one optimizer update, as they go through this process."""
+
+    batches: int = 0
+    tokens: int = 0  # target tokens, from the host's batches
+    padded_tokens: int = 0
+    nll: Any = None  # NLL sum on the device (read with the update's norm), None before a batch
+    out_of_memory: bool = False
+    loss: float | None = None  # the NLL sum read back, when finite and the update not lost
+
+
 class TrainLoop:
     def __init__(self, config: RunConfig, trainer: Trainer, corpus: Corpus,
                  tokenizers: TokenizerSet, data: EncodedData, batches: Batches, run_dir: Path,
@@ -217,13 +242,28 @@ class TrainLoop:
         self.saved_position: tuple[int, int] | None = None  # (epoch, batch) of checkpoint_last
         self.session = _Clock(control)
         self.seconds_before = self.progress.seconds
-        self.last_gnorm: torch.Tensor | None = None  # of the last update, for BatchProgress
+        self.gnorm: float | None = None  # the last update's gradient norm (before clipping)
+        # this process's NLL and target tokens of the epoch since it started or resumed; the
+        # epoch's totals are the checkpoint's (base) plus these summed over the ranks
+        self.local_nll, self.local_tokens = 0.0, 0
+        self.base_nll, self.base_tokens = 0.0, 0
 
     # -- helpers --
 
     def autocast(self):
         t = self.trainer
         return torch.autocast(t.device.type, dtype=t.amp_dtype, enabled=t.amp_dtype is not None)
+
+    def kernels(self):
+        """The attention kernels training.attention allows, for every forward and backward."""
+        return attention_context(self.cfg.attention)
+
+    def to_device(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        device = self.trainer.device
+        # from pinned memory (CUDA) the copy is queued, and the host goes on
+        asynchronous = device.type == "cuda"
+        return tuple(x.to(device, non_blocking=asynchronous)
+                     for x in (batch.src, batch.tgt_in, batch.tgt_out))
 
     def total_seconds(self) -> float:
         return self.seconds_before + self.session.seconds()
@@ -239,6 +279,17 @@ class TrainLoop:
                 process_rss=reading.process_rss or 0, system_used=reading.system_used or 0,
                 system_total=reading.system_total or 0, max_tokens=self.cfg.max_tokens))
 
+    def epoch_sums(self, last: _Group | None = None) -> tuple[float, int, float, int]:
+        """(the epoch's NLL sum, its target tokens, ``last``'s NLL sum, its tokens), each for the
+        whole job; sets the progress counters a checkpoint saves. Every rank calls it together."""
+        p = self.progress
+        last_nll = last.loss if last is not None and last.loss is not None else 0.0
+        last_tokens = last.tokens if last is not None and last.loss is not None else 0
+        nll, tokens, last_nll, last_tokens = distributed.reduce_sums(
+            [self.local_nll, float(self.local_tokens), float(last_nll), float(last_tokens)])
+        p.epoch_nll, p.epoch_tokens = self.base_nll + nll, self.base_tokens + int(tokens)
+        return p.epoch_nll, p.epoch_tokens, last_nll, int(last_tokens)
+
     def save_last(self) -> None:
         t = self.trainer
         p = self.progress
@@ -246,17 +297,18 @@ class TrainLoop:
         if self.saved_position == position:
             return
         rank_rng = distributed.gather_rng_states()  # every rank's dropout generator, for resume
-        if not distributed.is_main():
-            self.saved_position = position
-            return  # rank 0 writes the checkpoint
-        p.seconds = self.total_seconds()
-        path = self.run_dir / ckpt.LAST
-        state = ckpt.training_state(t, self.config, self.tokenizers, distributed.world_size())
-        if rank_rng is not None:
-            state["rank_rng"] = rank_rng
-        size = ckpt.save_checkpoint(state, path)
+        if distributed.is_main():  # rank 0 writes the checkpoint
+            p.seconds = self.total_seconds()
+            path = self.run_dir / ckpt.LAST
+            state = ckpt.training_state(t, self.config, self.tokenizers,
+                                        distributed.world_size())
+            if rank_rng is not None:
+                state["rank_rng"] = rank_rng
+            size = ckpt.save_checkpoint(state, path)
+            self.announce(path, size)
         self.saved_position = position
-        self.announce(path, size)
+        # the others wait here, not in a collective with the short timeout: a slow disk is fine
+        distributed.barrier()
 
     def announce(self, path: Path, size: int) -> None:
         t = self.trainer
@@ -270,12 +322,8 @@ class TrainLoop:
         raise RunStopped()
 
     def bad_batch(self, reason: str, epoch: int, batch: int, tokens: int) -> None:
-        if reason == "oom" and distributed.active():
-            raise EngineError(
-                f"CUDA out of memory on {distributed.describe()} (epoch {epoch}, batch {batch}, "
-                f"{tokens:,} padded tokens): one process cannot skip a batch while the others "
-                f"wait for its gradients; lower training.max_tokens (now {self.cfg.max_tokens}) "
-                "and raise training.update_freq to keep the batch size")
+        """One skipped update (every rank skips the same one); the run ends after
+        training.max_bad_batches in a row."""
         self.bad_in_a_row += 1
         self.emit(BatchSkipped(reason=reason, epoch=epoch, batch=batch, tokens=tokens,
                                in_a_row=self.bad_in_a_row))
@@ -293,62 +341,70 @@ class TrainLoop:
                 f"batches in a row (epoch {epoch}, batch {batch}); {kept}; try a lower "
                 "training.lr_factor, training.clip_norm = 1.0 or training.precision = \"fp32\"")
 
+    def out_of_memory(self) -> None:
+        """After a CUDA out-of-memory error, outside its except block (whose traceback still
+        holds the batch's tensors): drop the update's gradients and the cached blocks."""
+        self.trainer.optimizer.zero_grad(set_to_none=True)
+        if torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+        reset_peak()  # the panel's peak starts again from what is left
+
     # -- one batch, one update --
 
-    def forward_backward(self, batch) -> float | None:
-        """Adds this batch's gradients; its NLL per target token, or None when not finite."""
+    def forward_backward(self, batch) -> torch.Tensor:
+        """Adds this batch's gradients; returns its NLL sum, on the device (not read)."""
         t = self.trainer
-        src, tgt_in = batch.src.to(t.device), batch.tgt_in.to(t.device)
-        tgt_out = batch.tgt_out.to(t.device)
-        with self.autocast():
-            logits = (t.model if t.parallel is None else t.parallel)(src, tgt_in)
-        loss, nll, tokens = label_smoothed_loss(logits, tgt_out, self.cfg.label_smoothing)
-        loss_value, nll_value = torch.stack([loss.detach(), nll.detach()]).tolist()  # one sync
-        finite = math.isfinite(loss_value) and math.isfinite(nll_value)
-        # under DDP every rank must take part in the gradient all-reduce: a NaN backward makes
-        # the averaged gradients NaN on every rank, and every rank skips that update
-        if not finite and t.parallel is None:
-            return None
-        loss = loss / tokens / self.cfg.update_freq
-        (t.scaler.scale(loss) if t.scaler is not None else loss).backward()
-        return nll_value / tokens if finite else None
+        src, tgt_in, tgt_out = self.to_device(batch)
+        with self.kernels():
+            with self.autocast():
+                logits = t.model(src, tgt_in)
+            loss, nll, _ = label_smoothed_loss(logits, tgt_out, self.cfg.label_smoothing)
+            # normalised by the host's token count: nothing is read back from the device
+            loss = loss / batch.tokens / self.cfg.update_freq
+            (t.scaler.scale(loss) if t.scaler is not None else loss).backward()
+        return nll.detach()
 
-    def _gnorm(self) -> float | None:
-        """The gradient norm of the last update (before clipping), when finite."""
-        if self.last_gnorm is None:
-            return None
-        value = float(self.last_gnorm)
-        return round(value, 4) if math.isfinite(value) else None
+    def update(self, group: _Group) -> tuple[bool, float]:
+        """Apply the accumulated gradients: (applied, the group's NLL sum, NaN when not finite).
 
-    def update(self) -> bool:
-        """Apply the accumulated gradients; False when they were not finite (update skipped)."""
+        The norm and the NLL come back in one transfer, the update's only wait for the device.
+        Not applied when the norm is not finite: NaN/inf gradients, or an fp16 overflow (which
+        the GradScaler handles: it skips the step on the device and lowers the scale).
+        """
         t = self.trainer
         params = [p for p in t.model.parameters() if p.grad is not None]
-        if not params:
-            return False
         if t.scaler is not None:
             t.scaler.unscale_(t.optimizer)
         # the total norm in one foreach pass; with clipping off (inf) the gradients stay as they are
         norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_norm or math.inf)
-        self.last_gnorm = norm  # a tensor: read (a device sync) only when progress is reported
-        finite = bool(torch.isfinite(norm))
-        if t.scaler is not None:
-            scale = t.scaler.get_scale()
-            t.scaler.step(t.optimizer)  # skips the step itself when gradients overflowed
-            t.scaler.update()
-            applied = t.scaler.get_scale() >= scale
-        elif finite:
-            t.optimizer.step()
-            applied = True
-        else:
-            applied = False
+        distributed.wait_for_device(t.device)
+        norm_value, nll_value = torch.stack([norm.float(), group.nll.float()]).tolist()
+        self.gnorm = norm_value
+        applied = math.isfinite(norm_value)
+        try:
+            if t.scaler is not None:
+                t.scaler.step(t.optimizer)  # skips the step itself when gradients overflowed
+                t.scaler.update()
+            elif applied:
+                t.optimizer.step()
+        except torch.cuda.OutOfMemoryError:
+            # Adam's first step allocates its state; a step half done cannot be skipped
+            raise EngineError(
+                f"CUDA out of memory in the optimizer update (step {t.step + 1}): the model, "
+                "its gradients and Adam's state do not fit beside the batch; lower "
+                f"training.max_tokens (now {self.cfg.max_tokens}) or use a smaller model"
+            ) from None
         t.optimizer.zero_grad(set_to_none=True)
         if applied:
             t.schedule.step()
-        # an fp16 overflow is the scaler's normal business; non-finite bf16/fp32 gradients are not
-        return applied or t.scaler is not None
+        return applied, nll_value
 
     # -- epochs --
+
+    def make_batch(self, order, position: int):
+        """Runs in the prefetch thread: the batch at ``position`` of the epoch, pinned on CUDA."""
+        batch = collate(self.data.train, self.batches.train[order[position]])
+        return pinned(batch) if self.trainer.device.type == "cuda" else batch
 
     def train_epoch(self, epoch: int) -> None:
         t, cfg, control = self.trainer, self.cfg, self.control
@@ -357,104 +413,155 @@ class TrainLoop:
         n = len(order)
         world = distributed.world_size()  # progress counts the whole job's batches
         t.model.train()
+        reset_peak()  # each epoch's peak on its own
         clock = _Clock(control)
-        done_here = tokens_here = 0
+        done_here = 0
+        self.base_nll, self.base_tokens = p.epoch_nll, p.epoch_tokens
+        self.local_nll, self.local_tokens = 0.0, 0
         last_progress = 0.0
-        for position in range(p.batch_in_epoch, n):
-            boundary = position % cfg.update_freq == 0
-            # blocks while paused; in a torchrun job every rank pauses, resumes and stops here
-            # together (a stop waits for the update boundary)
-            if distributed.agree_control(control) and boundary:
-                self.stop()
-            batch = collate(self.data.train, self.batches.train[order[position]])
-            last_in_group = (position + 1) % cfg.update_freq == 0 or position == n - 1
-            out_of_memory = False
-            try:
-                with distributed.sync_gradients(t.parallel, last_in_group):
-                    nll = self.forward_backward(batch)
-            except torch.cuda.OutOfMemoryError:
-                out_of_memory, nll = True, None
-            # outside the except block, whose traceback still holds the batch's tensors; the
-            # group's earlier gradients go too, the rest of the group still counts
-            if out_of_memory:
-                t.optimizer.zero_grad(set_to_none=True)
-                torch.cuda.empty_cache()
-                self.bad_batch("oom", epoch, position + 1, batch.padded_tokens)
-            # the whole job's loss and target tokens at this position (one process: the batch's)
-            nll, tokens = distributed.reduce_batch(nll, batch.tokens)
-            if nll is None and not out_of_memory:
-                self.bad_batch("nan", epoch, position + 1, batch.padded_tokens)
-            if nll is not None:
-                p.epoch_nll += nll * tokens
-                p.epoch_tokens += tokens
-                tokens_here += tokens
-            if last_in_group and not self.update() and nll is not None:
-                self.bad_batch("nan", epoch, position + 1, batch.padded_tokens)
-                nll = None
-            if nll is not None:
-                self.bad_in_a_row = 0
-            p.batch_in_epoch = position + 1
-            done_here += 1
+        group = _Group()
+        positions = range(p.batch_in_epoch, n)
+        with Prefetcher(lambda position: self.make_batch(order, position), positions) as batches:
+            for position, batch in zip(positions, batches):
+                # blocks while paused; in a torchrun job every rank pauses, resumes and stops
+                # here together (host numbers over the gloo control group: no wait for the GPU)
+                if position % cfg.update_freq == 0 and distributed.agree_control(control):
+                    self.epoch_sums()  # the checkpoint's loss counters, for the whole job
+                    self.stop()
+                group.batches += 1
+                group.tokens += batch.tokens
+                group.padded_tokens += batch.padded_tokens
+                if not group.out_of_memory:  # after an OOM the update is lost anyway
+                    out_of_memory = False
+                    try:
+                        nll = self.forward_backward(batch)
+                        group.nll = nll if group.nll is None else group.nll + nll
+                    except torch.cuda.OutOfMemoryError:
+                        out_of_memory = True
+                    if out_of_memory:
+                        group.out_of_memory = True
+                        self.out_of_memory()
+                del batch
+                p.batch_in_epoch = position + 1
+                done_here += 1
+                if not ((position + 1) % cfg.update_freq == 0 or position == n - 1):
+                    continue
 
-            now = time.monotonic()
-            if nll is not None and (now - last_progress >= PROGRESS_SECONDS or position == n - 1):
-                last_progress = now
-                seconds = max(clock.seconds(), 1e-9)
-                rate = done_here / seconds
-                self.emit(BatchProgress(
-                    epoch=epoch, epochs=cfg.epochs, batch=(position + 1) * world,
-                    batches=n * world, step=t.step,
-                    loss=nll, avg_loss=p.epoch_nll / max(p.epoch_tokens, 1),
-                    lr=t.schedule.lr, batches_per_second=round(rate * world, 3),
-                    tokens_per_second=round(tokens_here / seconds, 1),
-                    eta=round((n - position - 1) / rate, 1) if rate > 0 else 0.0,
-                    elapsed=round(seconds, 3), gnorm=self._gnorm(),
-                    loss_scale=t.scaler.get_scale() if t.scaler is not None else None))
-            self.maybe_memory()
+                # before the gradients travel, the ranks agree (host numbers only) on whether
+                # any of them ran out of memory, and on progress being due (rank 0's clock):
+                # every rank then takes the same decisions
+                now = time.monotonic()
+                report_due = position == n - 1 or (distributed.is_main()
+                                                   and now - last_progress >= PROGRESS_SECONDS)
+                oom, report = (flag > 0 for flag in distributed.reduce_sums(
+                    [float(group.out_of_memory), float(report_due)]))
+                nll_value = math.nan
+                if oom:
+                    self.out_of_memory()  # every rank drops this update
+                    self.bad_batch("oom", epoch, position + 1, group.padded_tokens)
+                else:
+                    distributed.average_gradients(list(t.model.parameters()))
+                    applied, nll_value = self.update(group)
+                    if not applied and (t.scaler is None or not math.isfinite(nll_value)):
+                        self.bad_batch("nan", epoch, position + 1, group.padded_tokens)
+                    else:  # an fp16 overflow is the scaler's normal business
+                        self.bad_in_a_row = 0
+                if math.isfinite(nll_value):
+                    group.loss = nll_value
+                    self.local_nll += nll_value
+                    self.local_tokens += group.tokens
+                if report:
+                    last_progress = now
+                    self.report(epoch, position, n, world, group, clock, done_here)
+                group = _Group()
+                self.maybe_memory()
+        self.epoch_sums()
+
+    def report(self, epoch: int, position: int, n: int, world: int, group: _Group,
+               clock: _Clock, done_here: int) -> None:
+        """A BatchProgress for the whole job (every rank calls it, rank 0's is written)."""
+        t, cfg = self.trainer, self.cfg
+        epoch_nll, epoch_tokens, last_nll, last_tokens = self.epoch_sums(group)
+        if not last_tokens:
+            return  # the update was skipped: no loss to show
+        seconds = max(clock.seconds(), 1e-9)
+        rate = done_here / seconds
+        self.emit(BatchProgress(
+            epoch=epoch, epochs=cfg.epochs, batch=(position + 1) * world,
+            batches=n * world, step=t.step,
+            loss=last_nll / last_tokens, avg_loss=epoch_nll / max(epoch_tokens, 1),
+            lr=t.schedule.lr, batches_per_second=round(rate * world, 3),
+            tokens_per_second=round((epoch_tokens - self.base_tokens) / seconds, 1),
+            eta=round((n - position - 1) / rate, 1) if rate > 0 else 0.0,
+            elapsed=round(seconds, 3),
+            gnorm=self.gnorm if self.gnorm is not None and math.isfinite(self.gnorm) else None,
+            # reading the scale waits for the device: only here, at reporting time
+            loss_scale=t.scaler.get_scale() if t.scaler is not None else None))
 
     @torch.no_grad()
     def validate(self) -> float | None:
         """Validation NLL per target token; None when a stop came in the middle."""
         t = self.trainer
         t.model.eval()
-        nll_sum, tokens_sum, stopped = 0.0, 0, False
+        nll_sum, tokens_sum, stopped = None, 0, False
         for rows in distributed.shard_list(self.batches.valid):  # each rank a share
             # ranks validate unequal shares: no collective per batch, so no pause here under
-            # torchrun (the next training batch pauses); a stop is summed below
+            # torchrun (the next update pauses); a stop is summed below
             if (self.control.stop_requested if distributed.active()
                     else self.control.checkpoint()):
                 stopped = True
                 break
             batch = collate(self.data.valid, rows)
+            if t.device.type == "cuda":
+                batch = pinned(batch)
+            src, tgt_in, tgt_out = self.to_device(batch)
+            out_of_memory = False
             try:
-                with self.autocast():
-                    logits = t.model(batch.src.to(t.device), batch.tgt_in.to(t.device))
+                with self.kernels(), self.autocast():
+                    logits = t.model(src, tgt_in)
+                _, nll, _ = label_smoothed_loss(logits, tgt_out, 0.0)
             except torch.cuda.OutOfMemoryError:
+                out_of_memory = True
+            if out_of_memory:
+                self.out_of_memory()
                 raise EngineError(f"CUDA out of memory during validation ({batch.padded_tokens:,} "
                                   "padded tokens); lower training.max_tokens "
-                                  f"(now {self.cfg.max_tokens})") from None
-            _, nll, tokens = label_smoothed_loss(logits, batch.tgt_out.to(t.device), 0.0)
-            nll_sum += nll.item()
-            tokens_sum += tokens
-        nll_sum, tokens_sum, stopped = distributed.reduce_sums([nll_sum, tokens_sum, stopped])
+                                  f"(now {self.cfg.max_tokens})")
+            nll_sum = nll if nll_sum is None else nll_sum + nll  # on the device until the end
+            tokens_sum += batch.tokens
+        distributed.wait_for_device(t.device)
+        local = 0.0 if nll_sum is None else nll_sum.item()
+        nll_total, tokens_total, stopped = distributed.reduce_sums([local, tokens_sum, stopped])
         if stopped:
             return None
         t.model.train()
-        return nll_sum / max(tokens_sum, 1)
+        return nll_total / max(tokens_total, 1)
 
-    def bleu(self) -> float:
+    def bleu(self) -> float | None:
+        """Validation BLEU (rank 0 decodes); None, with a warning, when decoding ran out of
+        GPU memory: training goes on without this epoch's BLEU."""
         from engine.decode import corpus_bleu, translate
 
         t, ev = self.trainer, self.config.eval
         corpus = self.corpus
         pairs = corpus.valid[:ev.bleu_samples] if ev.bleu_samples else corpus.valid
         t.model.eval()
-        with torch.no_grad(), self.autocast():
-            hypotheses = translate(t.model, self.tokenizers.src, self.tokenizers.tgt,
-                                   [src for src, _ in pairs], beam=ev.beam,
-                                   length_penalty=ev.length_penalty,
-                                   max_len_offset=ev.max_len_offset)
+        out_of_memory = False
+        try:
+            with torch.no_grad(), self.kernels(), self.autocast():
+                hypotheses = translate(t.model, self.tokenizers.src, self.tokenizers.tgt,
+                                       [src for src, _ in pairs], beam=ev.beam,
+                                       length_penalty=ev.length_penalty,
+                                       max_len_offset=ev.max_len_offset)
+        except torch.cuda.OutOfMemoryError:
+            out_of_memory = True
         t.model.train()
+        if out_of_memory:
+            self.out_of_memory()
+            self.emit(Notice(level="warning", text=(
+                f"CUDA out of memory while decoding {len(pairs)} validation sentences for BLEU "
+                f"(beam {ev.beam}): no BLEU this epoch; lower eval.beam or eval.bleu_samples")))
+            return None
         return round(corpus_bleu(hypotheses, [tgt for _, tgt in pairs])[0], 2)
 
     def finish_epoch(self, epoch: int, epoch_clock: _Clock) -> None:
@@ -487,16 +594,16 @@ class TrainLoop:
         if periodic:  # recorded before saving, so a resume from this checkpoint knows it too
             p.periodic = [*p.periodic, ckpt.periodic_name(epoch)]
         self.save_last()
-        if not distributed.is_main():
-            return  # rank 0 writes the checkpoints
-        last = self.run_dir / ckpt.LAST
-        if periodic:
-            path = self.run_dir / ckpt.periodic_name(epoch)
-            self.announce(path, ckpt.copy_checkpoint(last, path))
-            ckpt.prune_periodic(self.run_dir, self.cfg.keep_last, p.periodic)
-        if improved:
-            path = self.run_dir / ckpt.BEST
-            self.announce(path, ckpt.copy_checkpoint(last, path))
+        if distributed.is_main():  # rank 0 writes the checkpoints
+            last = self.run_dir / ckpt.LAST
+            if periodic:
+                path = self.run_dir / ckpt.periodic_name(epoch)
+                self.announce(path, ckpt.copy_checkpoint(last, path))
+                ckpt.prune_periodic(self.run_dir, self.cfg.keep_last, p.periodic)
+            if improved:
+                path = self.run_dir / ckpt.BEST
+                self.announce(path, ckpt.copy_checkpoint(last, path))
+        distributed.barrier()  # the others wait for those writes with the long timeout
 
     def run(self) -> dict[str, Any]:
         t, cfg = self.trainer, self.cfg

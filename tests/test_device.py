@@ -41,3 +41,87 @@ def test_fp16_needs_a_gpu_and_fp32_has_no_autocast():
     assert resolve_precision("fp32", torch.device("cpu")) == ("fp32", None)
     with pytest.raises(ConfigError, match="fp16"):
         resolve_precision("fp16", torch.device("cpu"))
+
+
+# --- precision by compute capability, attention kernels, the CUDA allocator ----------------
+
+
+@pytest.mark.parametrize("card, capability, auto", [
+    ("T4", (7, 5), "fp16"), ("V100", (7, 0), "fp16"), ("A100", (8, 0), "bf16"),
+    ("RTX 4090", (8, 9), "bf16"), ("H100", (9, 0), "bf16"), ("B200", (10, 0), "bf16")])
+def test_auto_precision_takes_bf16_only_where_the_gpu_has_it_natively(card, capability, auto):
+    from engine.device import precision_for
+
+    assert precision_for("auto", "cuda", capability) == auto, card
+    assert precision_for("fp32", "cuda", capability) == "fp32"
+    assert precision_for("fp16", "cuda", capability) == "fp16"
+    if auto == "fp16":  # emulated bf16 on a V100 or T4: refused, with what to use instead
+        with pytest.raises(ConfigError, match=rf"compute capability {capability[0]}\."
+                                              rf"{capability[1]}\) has no native bfloat16"):
+            precision_for("bf16", "cuda", capability)
+    else:
+        assert precision_for("bf16", "cuda", capability) == "bf16"
+
+
+def test_on_the_cpu_auto_takes_bf16_only_with_native_bf16_instructions():
+    from engine.device import precision_for
+
+    assert precision_for("auto", "cpu", None, fast_cpu_bf16=True) == "bf16"
+    assert precision_for("auto", "cpu", None, fast_cpu_bf16=False) == "fp32"
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        precision_for("fp16", "cpu")
+
+
+def test_tf32_is_only_for_fp32_on_cuda():
+    from engine.device import enable_tf32
+
+    before = torch.backends.cuda.matmul.fp32_precision
+    assert not enable_tf32(torch.device("cpu"), "fp32")
+    assert torch.backends.cuda.matmul.fp32_precision == before
+
+
+def sdpa_kernels_called(attention: str) -> set[str]:
+    """The aten attention ops a real forward and backward of the engine's Transformer calls
+    under training.attention = ``attention`` (the same context the training loop uses)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from engine.device import attention_context
+    from engine.model import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(50, 50, d_model=32, ffn_hidden=64, n_head=2, n_layers=1, dropout=0.0,
+                        max_len=16, share_embeddings=True)
+    src, tgt = torch.randint(4, 50, (3, 7)), torch.randint(4, 50, (3, 6))
+    src[0, 5:] = 0  # padding: the encoder takes an explicit mask
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with attention_context(attention):
+            model(src, tgt).sum().backward()
+    return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
+
+
+def test_the_attention_switch_reaches_the_sdpa_call():
+    auto = sdpa_kernels_called("auto")
+    math = sdpa_kernels_called("math")
+    assert any("flash_attention" in k for k in auto)  # torch's choice on the CPU: flash
+    assert any("_math" in k for k in math) and not any("flash" in k for k in math)
+    # no-cudnn leaves the CPU's kernels alone (cuDNN is a GPU kernel)
+    assert sdpa_kernels_called("no-cudnn") == auto
+
+
+def test_the_attention_switch_is_a_checked_config_key():
+    config = load_config("sample", ["training.attention=no-cudnn"])
+    assert config.training.attention == "no-cudnn"
+    with pytest.raises(ConfigError, match="attention"):
+        load_config("sample", ["training.attention=cudnn"])
+
+
+def test_expandable_segments_are_set_unless_the_user_chose_an_allocator_config():
+    from engine.device import ALLOC_CONF_ENV, use_expandable_segments
+
+    environ: dict[str, str] = {}
+    notice = use_expandable_segments(environ)
+    assert environ == {ALLOC_CONF_ENV: "expandable_segments:True"}
+    assert "expandable_segments:True" in notice
+    users = {ALLOC_CONF_ENV: "max_split_size_mb:128"}
+    assert use_expandable_segments(users) is None
+    assert users == {ALLOC_CONF_ENV: "max_split_size_mb:128"}

@@ -188,3 +188,56 @@ def test_killing_one_rank_ends_the_job_with_a_clear_error_and_a_loadable_checkpo
     assert not model.training
     assert ckpt.load_checkpoint(job / ckpt.LAST)["epoch"] >= 1
     assert not list(job.glob(f"{ckpt.TEMP_PREFIX}*"))
+
+
+CONTROL_SCRIPT = '''
+import os, sys, time
+import torch
+import torch.distributed as dist
+from engine import distributed
+from engine.errors import EngineError
+
+assert distributed.init_from_env("cpu")
+job = distributed._job
+rank = distributed.rank()
+print(f"rank {rank} control={dist.get_backend(job.control_group)} "
+      f"wait={dist.get_backend(job.wait_group)}", flush=True)
+# flags and loss sums: every rank learns the job's answer
+assert distributed.reduce_sums([1.0, rank]) == [2.0, 1.0]
+assert distributed.any_rank(rank == 1) and not distributed.any_rank(False)
+# gradients: each becomes the mean over the ranks, parameters start as rank 0's
+model = torch.nn.Linear(3, 2)
+torch.nn.init.constant_(model.weight, float(rank))
+distributed.broadcast_parameters(model)
+assert model.weight.eq(0.0).all()
+for p in model.parameters():
+    p.grad = torch.full_like(p, float(rank + 1))
+distributed.average_gradients(list(model.parameters()))
+assert all(p.grad.eq(1.5).all() for p in model.parameters())
+print(f"rank {rank} agreed", flush=True)
+if rank == 1:
+    os._exit(0)  # gone without a word, as a killed process
+started = time.monotonic()
+try:
+    distributed.run_stage("train", lambda: distributed.reduce_sums([1.0]), None, sys.argv[1])
+except EngineError as exc:
+    print(f"rank 0 after {time.monotonic() - started:.1f}s: {exc}", flush=True)
+    os._exit(3)
+print("rank 0 was not told", flush=True)
+'''
+
+
+def test_control_traffic_goes_over_gloo_and_a_vanished_peer_is_an_error_not_a_hang(tmp_path):
+    script = tmp_path / "control.py"
+    script.write_text(CONTROL_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(script), str(tmp_path)], capture_output=True, text=True, timeout=120,
+        env=job_env(TRANSFORMER_DIST_TIMEOUT="20", PYTHONPATH=str(Path(__file__).parents[1])))
+    output = done.stdout + done.stderr
+    for rank in (0, 1):
+        assert f"rank {rank} control=gloo wait=gloo" in output, output[-3000:]
+        assert f"rank {rank} agreed" in output, output[-3000:]
+    # rank 0 learns of the vanished rank from the control group within the timeout, in words
+    assert "another process of the job died or stopped answering" in output, output[-3000:]
+    assert "rank 0 was not told" not in output

@@ -4,6 +4,7 @@ there is none, and psutil's process and system memory either way."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import psutil
 
@@ -25,7 +26,8 @@ def test_the_probe_reads_this_process_and_the_system_and_never_raises():
     else:  # a GPU machine: one entry per device, each value a number or None ("n/a")
         assert reading.devices
         for device in reading.devices:
-            assert set(device) == {"name", "used", "total", "util"}
+            assert set(device) == {"name", "label", "used", "total", "util"}
+            assert device["label"].startswith("cuda:")
 
 
 def test_without_cuda_in_use_the_torch_numbers_are_n_a():
@@ -37,3 +39,63 @@ def test_without_cuda_in_use_the_torch_numbers_are_n_a():
     if not torch.cuda.is_available():
         assert (reading.torch_allocated, reading.torch_reserved, reading.torch_peak) == (
             None, None, None)
+
+
+# --- NVML devices mapped to torch's devices by UUID -------------------------------------------
+
+# a shared 4-GPU machine as NVML lists it (PCI order, every GPU, whoever uses it)
+NVML = ["GPU-11111111-aaaa-4000-8000-000000000001", "GPU-22222222-bbbb-4000-8000-000000000002",
+        "GPU-33333333-cccc-4000-8000-000000000003", "GPU-44444444-dddd-4000-8000-000000000004"]
+
+
+def test_with_cuda_up_the_gpus_are_matched_by_uuid_in_torchs_order():
+    from engine.memory import visible_devices
+
+    # CUDA_VISIBLE_DEVICES=3,1: torch sees two GPUs, its cuda:0 is NVML's fourth
+    torch_uuids = [NVML[3].removeprefix("GPU-"), NVML[1].removeprefix("GPU-")]
+    assert visible_devices(NVML, torch_uuids, "3,1") == [("cuda:0", 3), ("cuda:1", 1)]
+    # torch's UUIDs decide, whatever the variable says (CUDA may order by speed, not PCI)
+    assert visible_devices(NVML, torch_uuids, None) == [("cuda:0", 3), ("cuda:1", 1)]
+    assert visible_devices(NVML, [], "") == []
+
+
+def test_without_cuda_the_variable_is_read_as_cuda_reads_it():
+    from engine.memory import visible_devices
+
+    every = [("cuda:0", 0), ("cuda:1", 1), ("cuda:2", 2), ("cuda:3", 3)]
+    assert visible_devices(NVML, None, None) == every
+    assert visible_devices(NVML, None, "2") == [("cuda:0", 2)]
+    assert visible_devices(NVML, None, "3, 0") == [("cuda:0", 3), ("cuda:1", 0)]
+    # UUIDs, whole or a unique prefix, with or without "GPU-"
+    assert visible_devices(NVML, None, "GPU-33333333,22222222-bbbb") == [("cuda:0", 2),
+                                                                         ("cuda:1", 1)]
+    # CUDA stops at the first entry that names no device (-1 is the usual "none")
+    assert visible_devices(NVML, None, "1,7,2") == [("cuda:0", 1)]
+    assert visible_devices(NVML, None, "-1") == []
+    assert visible_devices(NVML, None, "") == []
+    assert visible_devices(NVML, None, "1,1") == [("cuda:0", 1)]
+
+
+def test_a_cpu_run_never_starts_cuda(tmp_path):
+    # a run on the CPU of a GPU machine must not take GPU memory on every GPU (checkpoint RNG
+    # capture, the memory panel and preflight used to start CUDA); here in a fresh process
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import torch
+        from engine.control import RunControl
+        from engine.pipeline import run
+        from tests.tiny_runs import tiny_config
+        config = tiny_config(training__epochs=1, training__device="cpu")
+        assert run(config, {str(tmp_path)!r}, lambda e: None, RunControl()) == "finished"
+        print("cuda initialised:", torch.cuda.is_initialized())
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).parents[1],
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1",
+                               "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "cuda initialised: False" in done.stdout
+    assert (tmp_path / "checkpoint_last.pt").is_file()

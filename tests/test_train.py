@@ -131,7 +131,9 @@ def test_a_stopped_and_resumed_run_repeats_the_uninterrupted_losses_exactly(tmp_
     control = RunControl()
 
     def stop_mid_epoch_2(event):
-        if isinstance(event, BatchProgress) and (event.epoch, event.batch) == (2, 3):
+        # progress comes once an update (two batches): batch 4 ends the second update of
+        # epoch 2, and the stop is honoured before the third
+        if isinstance(event, BatchProgress) and (event.epoch, event.batch) == (2, 4):
             control.stop()
 
     status, first = train_run(tmp_path / "broken", config, control, on_event=stop_mid_epoch_2)

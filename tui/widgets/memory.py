@@ -98,10 +98,11 @@ def _device_line(text: Text, index: int, device: dict[str, Any], with_name: bool
                  width: int) -> None:
     used, total, util = device.get("used"), device.get("total"), device.get("util")
     fraction = used / total if used is not None and total else None
+    label = f"{device.get('label') or f'GPU{index}':<7}"  # torch's name for it: cuda:N
     if with_name:
-        text.append(f"GPU{index}   {device.get('name') or 'n/a'}\n", style="bold")
+        text.append(f"{label}{device.get('name') or 'n/a'}\n", style="bold")
     suffix = f"{size_pair(used, total)} util {'n/a' if util is None else f'{util}%'}"
-    text.append(bar_line(f"GPU{index}   ", fraction, suffix, width) + "\n")
+    text.append(bar_line(label, fraction, suffix, width) + "\n")
 
 
 def _first(primary: Any, secondary: Any, name: str) -> Any:
