@@ -6,7 +6,7 @@ A checkpoint holds everything a run needs to continue at the next batch and ever
 
     model, optimizer, scheduler, scaler (or None)      state dicts
     epoch, batch_in_epoch, epoch_nll, epoch_tokens, train_loss, val_loss, bleu, best,
-    seconds, batches_per_epoch   the training counters: ``Progress`` below
+    best_val_loss, run_id, seconds, batches_per_epoch   the training counters: ``Progress``
     step             optimizer updates so far
     rng              torch CPU/CUDA generator states (tensors), python and numpy states (lists)
     config, run_name the resolved RunConfig as a dict
@@ -17,7 +17,8 @@ A checkpoint holds everything a run needs to continue at the next batch and ever
 
 No pickled objects: ``torch.load(path, weights_only=True)`` reads it. Writing is atomic
 (engine/atomic.py): a crash or a ``kill -9`` at any moment leaves either the old checkpoint or
-the new one, never half of one.
+the new one, never half of one; a full or read-only disk is one EngineError line that says the
+previous checkpoint is intact.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import dataclasses
 import os
 import random
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,8 +42,9 @@ if TYPE_CHECKING:
     from engine.config import ModelConfig, RunConfig
     from engine.tokenizer.stage import TokenizerSet
 
-LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
+LAST, BEST, AVERAGED = "checkpoint_last.pt", "checkpoint_best.pt", "averaged.pt"
 PERIODIC = re.compile(r"model_epoch_(\d+)\.pt$")
+UPDATE = re.compile(r"checkpoint_update_(\d+)\.pt$")  # periodic by updates (training.max_updates)
 TEMP_PREFIX = ".ckpt-"
 # model keys that decide the shapes of the weights (dropout does not)
 SHAPE_KEYS = ("d_model", "ffn_hidden", "n_head", "n_layers", "pre_norm")
@@ -49,6 +52,10 @@ SHAPE_KEYS = ("d_model", "ffn_hidden", "n_head", "n_layers", "pre_norm")
 
 def periodic_name(epoch: int) -> str:
     return f"model_epoch_{epoch}.pt"
+
+
+def update_name(step: int) -> str:
+    return f"checkpoint_update_{step}.pt"
 
 
 # --- the training counters -----------------------------------------------------------------
@@ -66,6 +73,9 @@ class Progress:
     val_loss: float | None = None
     bleu: float | None = None
     best: float | None = None  # best val loss (or BLEU), what checkpoint_best.pt holds
+    best_val_loss: float | None = None  # lowest validation loss: the divergence guard's yardstick
+    run_id: str = ""  # one run's checkpoints share it, across resumes (average refuses a mix)
+    since_best: int = 0  # validations since ``best`` last improved (training.patience)
     seconds: float = 0.0  # training time so far, pauses excluded, across resumes
     batches_per_epoch: int = 0
     # the periodic checkpoints (file names) this run wrote, across resumes: keep_last prunes
@@ -83,20 +93,24 @@ class Progress:
 
 
 def training_state(trainer, config: "RunConfig", tokenizers: "TokenizerSet",
-                   world_size: int = 1) -> dict[str, Any]:
+                   world_size: int = 1, progress: Progress | None = None,
+                   rng: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything a run needs to continue at the next batch, and ``translate`` on its own.
 
     ``trainer``: engine.train.Trainer (model, optimizer, schedule, scaler, precision, progress).
+    ``progress``, ``rng``: counters and generator states taken earlier at the update boundary
+    these weights belong to (default: the trainer's now).
     """
+    progress = progress or trainer.progress
     return {
         "model": trainer.model.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.schedule.state_dict(),
         "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
-        **trainer.progress.to_state(),
+        **progress.to_state(),
         "step": trainer.schedule.updates,
         "world_size": world_size,  # batch_in_epoch counts each rank's batches
-        "rng": rng_state(),
+        "rng": rng or rng_state(),
         "config": config.to_dict(), "run_name": config.name,
         "precision": trainer.precision,
         "vocab": {"src_size": tokenizers.src.get_vocab_size(),
@@ -112,8 +126,16 @@ def training_state(trainer, config: "RunConfig", tokenizers: "TokenizerSet",
 def save_checkpoint(state: dict[str, Any], path: Path) -> int:
     """Write ``state`` to ``path`` atomically; returns the file's size in bytes."""
     path = Path(path)
-    with atomic.atomic_file(path, prefix=TEMP_PREFIX) as f:
-        torch.save(state, f)
+    try:
+        with atomic.atomic_file(path, prefix=TEMP_PREFIX) as f:
+            torch.save(state, f)
+    except Exception as exc:  # the temporary file is gone; the previous checkpoint untouched
+        refused = atomic.storage_error(exc)
+        if refused is None:
+            raise
+        intact = "the previous checkpoint is intact" if path.is_file() else "nothing was written"
+        raise EngineError(atomic.storage_message(refused, path, f"saving {path.name}") +
+                          f"; {intact}") from None
     return path.stat().st_size
 
 
@@ -126,7 +148,14 @@ def copy_checkpoint(source: Path, path: Path) -> int:
         os.link(source, tmp)
     except OSError:
         return save_checkpoint(load_checkpoint(source), path)
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if atomic.storage_error(exc) is None:
+            raise
+        raise EngineError(atomic.storage_message(exc, path, f"saving {path.name}") +
+                          "; the previous checkpoint is intact") from None
     atomic.fsync_dir(path.parent)
     return path.stat().st_size
 
@@ -137,19 +166,23 @@ def remove_stale_temporaries(directory: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def periodic_checkpoints(directory: Path) -> list[Path]:
-    """A run directory's model_epoch_N.pt files, oldest epoch first."""
+def periodic_checkpoints(directory: Path, by_updates: bool = False) -> list[Path]:
+    """A run directory's model_epoch_N.pt files (``by_updates``: checkpoint_update_N.pt),
+    oldest first."""
+    pattern = UPDATE if by_updates else PERIODIC
     found = sorted((int(m.group(1)), p) for p in Path(directory).iterdir()
-                   if (m := PERIODIC.match(p.name)))
+                   if (m := pattern.match(p.name)))
     return [p for _, p in found]
 
 
-def prune_periodic(directory: Path, keep_last: int, written: list[str]) -> list[Path]:
-    """Delete all but the newest ``keep_last`` model_epoch_N.pt (0 keeps all) among those named
-    in ``written`` (the ones this run wrote); returns removed."""
+def prune_periodic(directory: Path, keep_last: int, written: list[str],
+                   by_updates: bool = False) -> list[Path]:
+    """Delete all but the newest ``keep_last`` model_epoch_N.pt (``by_updates``:
+    checkpoint_update_N.pt; 0 keeps all) among those named in ``written`` (the ones this run
+    wrote); returns removed."""
     if keep_last <= 0:
         return []
-    ours = [p for p in periodic_checkpoints(directory) if p.name in set(written)]
+    ours = [p for p in periodic_checkpoints(directory, by_updates) if p.name in set(written)]
     removed = ours[:-keep_last]
     for p in removed:
         p.unlink(missing_ok=True)
@@ -192,16 +225,25 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # --- reading -------------------------------------------------------------------------------
 
 
-def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The checkpoint's dict; an EngineError with one line when it is missing or not one."""
+def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu",
+                    mmap: bool = False) -> dict[str, Any]:
+    """The checkpoint's dict; an EngineError with one line when it is missing or not one.
+    ``mmap``: tensors stay in the file until touched (a quick look at a large checkpoint)."""
     path = Path(path)
     if not path.is_file():
         raise EngineError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # truncated, not a torch file, or holds objects we do not load
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EngineError(f"{path}: not a loadable checkpoint ({first[:160]})") from None
+        if not zipfile.is_zipfile(path):
+            reason = "not a PyTorch zip file"  # random bytes, a cut download, another format
+        elif "weights_only" in first or "Weights only" in first:
+            reason = "it holds Python objects, which are not loaded"  # pickled code: refused
+        else:
+            reason = first.rstrip(".")[:120]
+        raise EngineError(f"{path}: not a transformer-tui checkpoint or damaged ({reason})"
+                          ) from None
     required = ("model", "config", "vocab", "tokenizers")
     missing = [k for k in required if not isinstance(state, dict) or k not in state]
     if missing:
@@ -319,27 +361,35 @@ def build_for_inference(path: Path | str, device: str | torch.device = "cpu"):
 
 def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
     """A checkpoint whose model weights are the mean of those of ``paths`` (the paper averages
-    the last 5 of the base model). Optimizer and schedule are dropped: it is for translating."""
+    the last 5 of the base model). Optimizer and schedule are dropped: it is for translating.
+    One checkpoint is in memory at a time (plus the running sum): the big model's last 20 fit."""
     if not paths:
         raise EngineError("no checkpoints to average")
-    states = [load_checkpoint(p) for p in paths]
-    first = states[0]
-    for path, state in zip(paths[1:], states[1:]):
+    first = load_checkpoint(paths[0])
+    total = {k: v.double() for k, v in first["model"].items() if v.is_floating_point()}
+    last = first
+    for path in paths[1:]:
+        state = load_checkpoint(path)
         same_shapes = state["model"].keys() == first["model"].keys() and all(
             state["model"][k].shape == v.shape for k, v in first["model"].items())
         if state["vocab"] != first["vocab"] or not same_shapes:
             raise EngineError(f"{path}: other vocabulary or model shape than {paths[0]}; "
                               "average checkpoints of one run")
+        if state.get("run_id") and first.get("run_id") and state["run_id"] != first["run_id"]:
+            raise EngineError(f"{path}: from another run than {paths[0]} (run id "
+                              f"{state['run_id'][:8]} vs {first['run_id'][:8]}); average "
+                              "checkpoints of one run")
+        for key in total:
+            total[key] += state["model"][key].double()
+        last = state
     model = {}
     for key, value in first["model"].items():
-        if value.is_floating_point():
-            total = sum(s["model"][key].double() for s in states)
-            model[key] = (total / len(states)).to(value.dtype)
+        if key in total:
+            model[key] = (total[key] / len(paths)).to(value.dtype)
         else:  # integer buffers (none today) are taken from the newest checkpoint
-            model[key] = states[-1]["model"][key]
-    last = states[-1]
-    averaged = {k: last[k] for k in ("config", "vocab", "tokenizers", "epoch", "step", "run_name")
-                if k in last}
+            model[key] = last["model"][key]
+    averaged = {k: last[k] for k in ("config", "vocab", "tokenizers", "epoch", "step", "run_name",
+                                     "run_id") if k in last}
     averaged.update(model=model, averaged_from=[str(p) for p in paths],
                     val_loss=None, bleu=None, train_loss=None)
     return averaged

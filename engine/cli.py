@@ -3,7 +3,7 @@
     transformer-train [--preset NAME|PATH] [--set section.key=value ...] [--run-dir DIR]
                       [--until STAGE] [--resume last|PATH]
                       [--fresh]
-    transformer-train translate|evaluate|average ...   (see `transformer-train COMMAND --help`)
+    transformer-train translate|evaluate|average|export|tensorboard ...  (see `... COMMAND --help`)
     transformer-train status [DIR ...]                 one line per run (default: under saved/)
     transformer-train pause|resume|stop DIR            steer the live run in DIR
 
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from engine import runs
+from engine import atomic, runs
 from engine.config import PRESET_NAMES, describe_keys, load_config
 from engine.control import RunControl
 from engine.errors import EngineError
@@ -41,6 +41,8 @@ COMMANDS = {  # subcommand -> "module:function(argv) -> exit status"
     "translate": "engine.commands:translate_main",
     "evaluate": "engine.commands:evaluate_main",
     "average": "engine.commands:average_main",
+    "export": "engine.export:export_main",
+    "tensorboard": "engine.tensorboard:tensorboard_main",
     "status": "engine.cli:status_main",
     "pause": "engine.cli:pause_main",
     "resume": "engine.cli:resume_main",
@@ -192,6 +194,7 @@ def steer(run_dir: Path, control: RunControl, engine: threading.Thread, signals:
 
 def run_train(argv: list[str]) -> int:
     from engine import distributed
+    from engine.inputs import check_run_inputs
     from engine.pipeline import run
     from engine.printer import HeadlessPrinter
 
@@ -202,10 +205,15 @@ def run_train(argv: list[str]) -> int:
                               "the run in the directory, --fresh moves it aside and starts anew")
         config = load_config(args.preset, args.overrides)
         stage_names(args.until)  # validates --until before any work
+        check_run_inputs(config, args.run_dir or default_run_dir(config.name), args.resume)
         if config.training.device == "cuda":  # only then is torch worth importing here
             from engine.device import pick_device
 
             pick_device("cuda")
+        if config.log.tensorboard:
+            from engine.tensorboard import require_tensorboard
+
+            require_tensorboard()  # a missing optional package is bad input, found before work
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -226,7 +234,7 @@ def run_train(argv: list[str]) -> int:
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    refusal = ""
+    refusal, refusal_status = "", 2
     if distributed.is_main():
         try:
             lock, moved = claim_run_dir(run_dir, args, distributed.world_size(), sys.argv)
@@ -234,12 +242,16 @@ def run_train(argv: list[str]) -> int:
                 print(f"moved the earlier run in {run_dir} to {moved}", file=sys.stderr)
         except (EngineError, OSError) as exc:  # busy, an earlier run, an unwritable dir
             refusal = str(exc)
+            refused = atomic.storage_error(exc)
+            if refused is not None:  # a full disk is no bad input: exit 1, as for a later write
+                refusal, refusal_status = atomic.storage_message(
+                    refused, run_dir / runs.LOCK, f"writing {runs.LOCK}"), 1
     # every rank learns rank 0's answer (a refused job must not leave ranks waiting for it)
     if distributed.from_main(lambda: 1.0 if refusal else 0.0):
         if refusal:
             print(f"error: {refusal}", file=sys.stderr)
         distributed.teardown()
-        return 2
+        return refusal_status
     # rank 0 prints the progress; the other ranks only their own failure
     printer = TerminalSafe(HeadlessPrinter() if distributed.is_main()
                            else distributed.failures_only(HeadlessPrinter(sys.stderr)),
@@ -249,8 +261,11 @@ def run_train(argv: list[str]) -> int:
     outcome = {"status": "failed"}
 
     def engine_thread() -> None:
-        outcome["status"] = run(config, run_dir, emit, control, until=args.until,
-                                resume=args.resume)
+        try:
+            outcome["status"] = run(config, run_dir, emit, control, until=args.until,
+                                    resume=args.resume)
+        except EngineError as exc:  # events.jsonl could not take the run's last event (disk full)
+            print(f"error: {exc}", file=sys.stderr)
 
     engine = threading.Thread(target=engine_thread, name="engine", daemon=True)
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -24,7 +25,7 @@ from engine.errors import ConfigError
 # The preset files ship inside the package (a wheel or `pipx install` has no source tree);
 # wheels install unpacked, so the resource is a real directory.
 PRESETS_DIR = Path(str(resources.files("engine") / "presets"))
-PRESET_NAMES = ("sample", "quick", "medium", "full")
+PRESET_NAMES = ("sample", "small", "quick", "medium", "full", "big")
 
 
 def _key(default: Any, *, doc: str, min: float | None = None, max: float | None = None,
@@ -53,7 +54,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class TokenizerConfig:
     kind: str = _key("bpe", doc="subword model", choices=("bpe", "wordpiece"))
-    vocab_size: int = _key(8000, doc="target vocabulary size, specials included", min=8)
+    vocab_size: int = _key(8000, doc="target vocabulary size, specials included; at least the "
+                           "training text's alphabet + 4 specials (said once counted)", min=5)
     shared: bool = _key(True, doc="one vocabulary for both languages (the paper)")
     min_frequency: int = _key(2, doc="pairs seen fewer times are never merged", min=0)
     path: str = _key("", doc="use this tokenizer.json instead of training one", is_file=True)
@@ -72,9 +74,13 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    epochs: int = _key(10, doc="passes over the training data", min=1)
+    epochs: int = _key(10, doc="passes over the training data (when max_updates = 0)", min=1)
+    max_updates: int = _key(0, doc="optimizer updates to train, 0 = train by epochs", min=0)
     max_tokens: int = _key(4096, doc="padded source or target tokens per batch", min=16)
     update_freq: int = _key(1, doc="batches accumulated per optimizer step", min=1)
+    effective_tokens: int = _key(0, doc="tokens per update over all processes; derives "
+                                 "update_freq = ceil(this / (processes x max_tokens)), 0 = off",
+                                 min=0)
     warmup: int = _key(4000, doc="learning-rate warmup steps", min=1)
     lr_factor: float = _key(1.0, doc="scale of the paper's learning-rate schedule", min=0.0)
     label_smoothing: float = _key(0.1, doc="label smoothing epsilon", min=0.0, max=0.99)
@@ -84,10 +90,21 @@ class TrainingConfig:
     attention: str = _key("auto", doc="attention kernels: auto = torch's choice, math = the "
                           "plain one, no-cudnn = all but cuDNN's",
                           choices=("auto", "math", "no-cudnn"))
-    checkpoint_every: int = _key(10, doc="epochs between model_epoch_N.pt checkpoints", min=1)
+    checkpoint_every: int = _key(10, doc="epochs between model_epoch_N.pt checkpoints "
+                                 "(when checkpoint_every_updates = 0)", min=1)
+    checkpoint_every_updates: int = _key(0, doc="updates between checkpoint_update_N.pt "
+                                         "checkpoints (instead of epoch ones), 0 = off", min=0)
+    save_every_minutes: float = _key(10.0, doc="checkpoint_last.pt also saved mid-epoch this "
+                                     "often (training minutes), 0 = at epoch ends only", min=0.0)
     keep_last: int = _key(5, doc="periodic checkpoints kept, 0 = all", min=0)
+    average_last: int = _key(5, doc="periodic checkpoints averaged into averaged.pt at the end, "
+                             "0 = none", min=0)
+    patience: int = _key(0, doc="validations without improving eval.best_by before training "
+                         "ends early, 0 = off", min=0)
     seed: int = _key(1, doc="random seed for initialisation and batch order", min=0)
     max_bad_batches: int = _key(5, doc="NaN/OOM batches in a row before the run stops", min=1)
+    divergence_factor: float = _key(5.0, doc="a validation loss above this times the best stops "
+                                    "the run without saving (diverged)", min=1.0)
 
 
 @dataclass(frozen=True)
@@ -97,7 +114,16 @@ class EvalConfig:
     max_len_offset: int = _key(50, doc="longest output = input length + this", min=1)
     bleu_every: int = _key(1, doc="epochs between validation BLEU, 0 = never", min=0)
     bleu_samples: int = _key(500, doc="validation pairs decoded for BLEU, 0 = all", min=0)
-    best_by: str = _key("loss", doc="what chooses checkpoint_best.pt", choices=("loss", "bleu"))
+    best_by: str = _key("loss", doc="what chooses checkpoint_best.pt (and what patience "
+                        "watches)", choices=("loss", "bleu"))
+    print_samples: int = _key(3, doc="validation sentences translated at each validation, "
+                              "shown with their reference", min=0)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    tensorboard: bool = _key(False, doc="also write the metrics as TensorBoard scalars in "
+                             "<run dir>/tensorboard (needs the tensorboard package)")
 
 
 SECTIONS: dict[str, type] = {
@@ -106,6 +132,7 @@ SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "training": TrainingConfig,
     "eval": EvalConfig,
+    "log": LogConfig,
 }
 
 
@@ -118,6 +145,7 @@ class RunConfig:
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
     eval: EvalConfig = EvalConfig()
+    log: LogConfig = LogConfig()
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
@@ -254,7 +282,13 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     raw.setdefault(section, {})
     if not isinstance(raw[section], dict):
         raise ConfigError(f"--set {item!r}: [{section}] in the preset is not a table")
-    raw[section][key] = value
+    # checked here, so that a bad value blames the --set that gave it, not the preset file
+    fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
+    if key not in fields:
+        hint = _did_you_mean(key, fields)
+        raise ConfigError(f"--set {item}: unknown key [{section}] {key}{hint} "
+                          f"(keys: {', '.join(fields)})")
+    raw[section][key] = _check_value(section, fields[key], value, f"--set {item}")
 
 
 def _check_consistency(config: RunConfig) -> None:
@@ -276,6 +310,24 @@ def _check_consistency(config: RunConfig) -> None:
     if d.source == "wmt14" and {d.src_lang, d.tgt_lang} != {"en", "de"}:
         raise ConfigError(f"{where}: [data] source = \"wmt14\" has en and de only, "
                           f"not {d.src_lang}-{d.tgt_lang}")
+
+
+def with_effective_batch(config: RunConfig, processes: int) -> tuple[RunConfig, str]:
+    """``training.effective_tokens`` turned into ``update_freq`` for this many processes:
+    (the config to run, a line saying so, "" when effective_tokens is off).
+
+    Effective batch = processes x update_freq x max_tokens; the paper's 25,000 tokens per update
+    stay 25,000 on one GPU or eight."""
+    t = config.training
+    if not t.effective_tokens:
+        return config, ""
+    update_freq = max(1, math.ceil(t.effective_tokens / (processes * t.max_tokens)))
+    training = dataclasses.replace(t, update_freq=update_freq)
+    line = (f"training.effective_tokens = {t.effective_tokens:,}: update_freq = {update_freq} "
+            f"({processes} process{'es' if processes > 1 else ''} x {update_freq} batch"
+            f"{'es' if update_freq > 1 else ''} x {t.max_tokens:,} max_tokens = "
+            f"{processes * update_freq * t.max_tokens:,} tokens per update)")
+    return dataclasses.replace(config, training=training), line
 
 
 def _check_files(config: RunConfig) -> None:

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from engine import atomic
+from engine.errors import EngineError
 
 Emit = Callable[["Event"], None]
 
@@ -139,6 +143,7 @@ class BatchProgress(Event):
     elapsed: float
     gnorm: float | None = None  # the last update's gradient norm (before clipping)
     loss_scale: float | None = None  # fp16's GradScaler scale, None in other precisions
+    max_updates: int = 0  # training.max_updates: the run ends at step == this (0: by epochs)
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,34 @@ class EpochSummary(Event):
     bleu: float | None
     epoch_seconds: float
     total_seconds: float
+
+
+@dataclass(frozen=True)
+class SampleTranslations(Event):
+    """At each validation: the same few validation sentences, translated by the model as it is
+    now (eval.print_samples of them), to read progress in words, not only numbers."""
+
+    epoch: int  # epochs completed (the validation after epoch ``epoch``)
+    step: int
+    samples: list[dict[str, str]]  # each {"source", "reference", "hypothesis"}
+
+
+@dataclass(frozen=True)
+class TestBleu(Event):
+    """The test split decoded once training has ended (finished or stopped), scored two ways:
+    sacreBLEU (detokenized, what to quote) and the paper's tokenized, compound-split BLEU
+    (what to compare with the paper's 27.3; reads higher)."""
+
+    checkpoint: str  # the weights decoded: averaged.pt, else checkpoint_last.pt
+    sentences: int
+    sacrebleu: float
+    sacrebleu_signature: str
+    paper_bleu: float
+    paper_signature: str
+    beam: int
+    length_penalty: float
+    seconds: float  # decoding and scoring
+    averaged_from: list[str] = field(default_factory=list)  # names of the checkpoints averaged
 
 
 @dataclass(frozen=True)
@@ -208,32 +241,65 @@ def from_json(line: str) -> Event:
 
 
 class JsonlWriter:
-    """Appends every event to ``events.jsonl`` with a wall-clock time; safe across threads."""
+    """Appends every event to ``events.jsonl`` with a wall-clock time; safe across threads.
+
+    Never leaves a torn line: a line is appended whole or, when the disk refuses part of it,
+    cut off again; a file that already ends in a torn line (an older writer's) gets a newline
+    first, so the first event of this run starts a line of its own and reads back.
+    When the disk refuses a line, the writer raises one EngineError and drops later events
+    (the run is failing then; its RunFailed still reaches the other consumers).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         self._lock = threading.Lock()
+        self.failed = ""  # the storage error that stopped this writer, if any
+        size = os.fstat(self._fd).st_size
+        if size and os.pread(self._fd, 1, size - 1) != b"\n":
+            self._append(b"\n")
 
     def __call__(self, event: Event) -> None:
         payload = to_json(event)
         line = payload[:-1] + f',"time":{time.time():.3f}}}\n'
         with self._lock:
-            self._file.write(line)
-            self._file.flush()
+            if not self.failed:
+                self._append(line.encode("utf-8"))
+
+    def _append(self, data: bytes) -> None:
+        start = os.fstat(self._fd).st_size
+        try:
+            while data:
+                data = data[os.write(self._fd, data):]
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, start)  # take back the part that was written
+            except OSError:
+                pass
+            if atomic.storage_error(exc) is None:
+                raise
+            self.failed = atomic.storage_message(exc, self.path, f"writing {self.path.name}")
+            raise EngineError(self.failed) from None
 
     def close(self) -> None:
         with self._lock:
-            self._file.close()
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
 
 def read_events(path: Path) -> Iterator[Event]:
-    """Events of a finished (or growing) file, skipping a last line still being written."""
-    with open(path, encoding="utf-8") as f:
+    """Events of a finished (or growing) file, skipping a last line still being written and
+    a torn line an interrupted writer left (the next writer starts after it on a new line)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
-            if line.endswith("\n"):
-                yield from_json(line)
+            if line.endswith("\n") and line.strip():
+                try:
+                    event = from_json(line)
+                except (ValueError, TypeError, KeyError):
+                    continue
+                yield event
 
 
 def fan_out(*consumers: Emit) -> Emit:

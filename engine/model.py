@@ -7,7 +7,8 @@
 Paper choices: sinusoidal positions, post-norm residual blocks ``x = norm(x + dropout(f(x)))``
 (``pre_norm=True`` gives ``x = x + dropout(f(norm(x)))`` with a final norm per stack), ReLU
 feed-forward, dropout on the embedding sums and on every sublayer output (none inside
-attention), Xavier-uniform initialisation, and weight tying: the decoder embedding is the output
+attention), Xavier-uniform initialisation but N(0, d_model^-0.5) embeddings with the pad row
+zero (tensor2tensor, fairseq), and weight tying: the decoder embedding is the output
 projection, and with a shared vocabulary the encoder embedding is the same matrix too.
 
 Speed: attention runs through ``F.scaled_dot_product_attention`` with ``is_causal`` or a boolean
@@ -263,6 +264,14 @@ class Transformer(nn.Module):
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
+        # embeddings as in tensor2tensor and fairseq: N(0, d_model^-0.5), so that after the
+        # x sqrt(d_model) scale tokens have std 1, as strong as the sinusoids (Xavier left them
+        # about 4x weaker); the pad row starts at zero
+        shared = self.src_embed is self.tgt_embed
+        for embedding in [self.tgt_embed] + ([] if shared else [self.src_embed]):
+            nn.init.normal_(embedding.weight, mean=0.0, std=d_model ** -0.5)
+            with torch.no_grad():
+                embedding.weight[pad_id].zero_()
         self.generator.weight = self.tgt_embed.weight  # tied after init: one matrix, one init
 
     @classmethod

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from engine import atomic, distributed
-from engine.config import RunConfig
+from engine.config import RunConfig, with_effective_batch
 from engine.control import RunControl, RunStopped
 from engine.errors import EngineError
 from engine.events import (
@@ -33,6 +33,7 @@ from engine.events import (
     StageStarted,
     fan_out,
 )
+from engine.inputs import check_run_inputs
 from engine.stages import STAGES, StageResult, stage_names
 
 __all__ = ["STAGES", "run", "stage_names"]
@@ -49,13 +50,22 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
     In a torchrun job only rank 0 writes those files (see engine/distributed.py).
     """
     names = stage_names(until)
+    # effective_tokens fixes the tokens per update whatever the number of processes: the
+    # update_freq it derives is what runs and what config.toml records
+    config, batch_line = with_effective_batch(config, distributed.world_size())
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    writer = None
-    if distributed.is_main():
-        atomic.write_text(run_dir / "config.toml", config.to_toml())
-        writer = JsonlWriter(run_dir / "events.jsonl")
+    try:  # bad input: refused before anything is written (the caller's emit hears why)
+        check_run_inputs(config, run_dir, resume)
+        writer = _start_files(config, run_dir)
+    except EngineError as exc:
+        emit(RunFailed(stage="", message=str(exc)))
+        return "failed"
+    if writer is not None:
         emit = fan_out(writer, emit)
+        if config.log.tensorboard:  # a consumer like the others; closes itself at the run's end
+            from engine.tensorboard import TensorBoardWriter
+
+            emit = fan_out(TensorBoardWriter(run_dir), emit)
     control = control or RunControl()
     stages = _StageRunner(config, run_dir, emit, control, names)
 
@@ -69,6 +79,8 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
     started = time.monotonic()
     emit(RunStarted(run_dir=str(run_dir), preset=config.name, stages=names,
                     processes=distributed.world_size()))
+    if batch_line:
+        emit(Notice(text=batch_line))
     status = "finished"
     try:
         _run_stages(stages, config, run_dir, emit, control, resume)
@@ -82,8 +94,15 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
     except Exception as exc:  # a bug or an environment problem: keep the traceback in the log
         status = "failed"
         details = traceback.format_exc().splitlines()[-12:]
-        emit(RunFailed(stage=stages.current, message=f"{type(exc).__name__}: {exc}",
-                       details=details))
+        refused = atomic.storage_error(exc)
+        if refused is not None:  # a full or read-only disk in any stage: say so in one line
+            name = Path(refused.filename).name if refused.filename else "the run's files"
+            message = atomic.storage_message(refused, Path(refused.filename or run_dir / "x"),
+                                             f"writing {name}")
+            details = []  # not a bug: the traceback would only hide the one line that matters
+        else:
+            message = f"{type(exc).__name__}: {exc}"
+        emit(RunFailed(stage=stages.current, message=message, details=details))
     finally:
         control.remove_listener(on_control)
     if status != "failed":
@@ -91,6 +110,23 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
     if writer is not None:
         writer.close()
     return status
+
+
+def _start_files(config: RunConfig, run_dir: Path) -> JsonlWriter | None:
+    """The run directory, its config.toml and the events.jsonl writer (rank 0 only)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not distributed.is_main():
+            return None
+        atomic.write_text(run_dir / "config.toml", config.to_toml())
+        return JsonlWriter(run_dir / "events.jsonl")
+    except OSError as exc:
+        refused = atomic.storage_error(exc)
+        if refused is None:
+            raise EngineError(f"run directory {run_dir}: cannot write there ({exc.strerror})"
+                              ) from None
+        raise EngineError(atomic.storage_message(refused, run_dir / "config.toml",
+                                                 "writing config.toml")) from None
 
 
 def _run_stages(stages: "_StageRunner", config: RunConfig, run_dir: Path, emit: Emit,

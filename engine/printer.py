@@ -153,19 +153,35 @@ class HeadlessPrinter:
     # --- training ---
 
     def _on_BatchProgress(self, e: ev.BatchProgress) -> None:
-        final = e.batch >= e.batches
+        final = e.batch >= e.batches or 0 < e.max_updates <= e.step
         pct = 100.0 * e.batch / e.batches if e.batches else 100.0
         fields = [(0, f"  Epoch {e.epoch}/{e.epochs}"),
                   (0, f"Batch {e.batch:,}/{e.batches:,} ({pct:.1f}%)"),
                   (1, f"Loss: {e.loss:.4f} (avg: {e.avg_loss:.4f})"), (4, f"LR: {e.lr:.6f}"),
                   (3, f"Speed: {e.batches_per_second:.1f} batch/s, "
                       f"{e.tokens_per_second:,.0f} tok/s")]
+        if e.max_updates:  # a run measured in updates: that count first
+            fields.insert(0, (0, f"  Update {e.step:,}/{e.max_updates:,}"))
+            fields[1] = (0, f"Epoch {e.epoch}/{e.epochs}")
         if e.gnorm is not None:
             fields.append((5, f"gnorm: {e.gnorm:.3g}"))
         if e.loss_scale is not None:
             fields.append((6, f"scale: {e.loss_scale:g}"))
         fields.append((2, f"ETA: {_fmt_seconds(e.eta)}"))
         self._progress(fields, final)
+
+    def _on_SampleTranslations(self, e: ev.SampleTranslations) -> None:
+        for number, sample in enumerate(e.samples, 1):
+            self._line(f"    Sample {number} | src: {sample['source']}")
+            self._line(f"             | ref: {sample['reference']}")
+            self._line(f"             | hyp: {sample['hypothesis']}")
+
+    def _on_TestBleu(self, e: ev.TestBleu) -> None:
+        self._line(f"  Test BLEU ({e.sentences:,} sentences, {e.checkpoint}, beam {e.beam}, "
+                   f"alpha {e.length_penalty}):")
+        self._line(f"    sacreBLEU:  {e.sacrebleu:.2f}  ({e.sacrebleu_signature})")
+        self._line(f"    paper BLEU: {e.paper_bleu:.2f}  ({e.paper_signature}; tokenized, "
+                   "compound-split, as the paper's 27.3)")
 
     def _on_EpochSummary(self, e: ev.EpochSummary) -> None:
         self._line(f"  Epoch {e.epoch}/{e.epochs} Summary:")

@@ -146,9 +146,14 @@ class RunLock:
                     "processes": int(processes), "argv": list(argv or sys.argv)}
             # a control request left by an earlier run must not steer this one
             (run_dir / CONTROL).unlink(missing_ok=True)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(info).encode(), 0)
-            os.fsync(fd)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps(info).encode(), 0)
+                os.fsync(fd)
+            except OSError:  # a full disk: leave the directory as it was
+                path.unlink(missing_ok=True)
+                os.close(fd)
+                raise
             return cls(run_dir, fd, info)
         raise RunDirBusy(f"{run_dir}: could not take {LOCK} (it keeps being replaced)")
 

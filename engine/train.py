@@ -1,4 +1,4 @@
-"""Model and train stages: build (or restore) the Transformer, then train it epoch by epoch.
+"""Model and train stages: build (or restore) the Transformer, then train it.
 
 One optimizer update = ``training.update_freq`` batches. Per batch: forward under autocast,
 label-smoothed cross entropy over the real target tokens, backward. Per update: gradient norm
@@ -20,13 +20,22 @@ Stops and resumes are exact: a stop is honoured at an update boundary, the check
 many batches of the epoch are done and every random generator's state, and batch order depends
 only on the seed and the epoch, so a resumed run continues with the very batch, dropout mask and
 weights that an uninterrupted run would have used next.
+
+Training runs ``training.epochs`` epochs, or ``training.max_updates`` updates (epochs follow one
+another until then), or ends earlier when validation has not improved for ``training.patience``
+validations. Then, finished or stopped, the last ``training.average_last`` periodic checkpoints
+(model_epoch_N.pt, or checkpoint_update_N.pt with ``checkpoint_every_updates``) are averaged into
+averaged.pt, and the test split is decoded with it and scored two ways (``TestBleu``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 import random
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +60,8 @@ from engine.events import (
     EpochSummary,
     MemorySample,
     Notice,
+    SampleTranslations,
+    TestBleu,
 )
 from engine.memory import MemoryProbe, reset_peak
 from engine.prefetch import Prefetcher, pinned
@@ -181,6 +192,8 @@ def run_model_stage(config: RunConfig, tokenizers: TokenizerSet, run_dir: Path, 
         if notice is not None:
             emit(notice)
         trainer.resumed_from = str(path)
+    # one id for all the checkpoints of this run, resumes included (average checks it)
+    trainer.progress.run_id = trainer.progress.run_id or uuid.uuid4().hex
 
     distributed.broadcast_parameters(model)  # every rank starts from rank 0's weights
     parameters = sum(p.numel() for p in model.parameters())  # tied weights counted once
@@ -240,6 +253,12 @@ class TrainLoop:
         self.last_memory = 0.0
         self.bad_in_a_row = 0
         self.saved_position: tuple[int, int] | None = None  # (epoch, batch) of checkpoint_last
+        if trainer.resumed_from and Path(trainer.resumed_from) == self.run_dir / ckpt.LAST:
+            self.saved_position = (self.progress.epoch, self.progress.batch_in_epoch)
+        self.last_save = 0.0  # session seconds (pauses excluded) at the last checkpoint_last.pt
+        self.update_saved = -1  # the step of the newest checkpoint_update_N.pt
+        self.ended = ""  # why training ended early: "patience"
+        self.samples: SampleTranslations | None = None  # rank 0: this validation's samples
         self.session = _Clock(control)
         self.seconds_before = self.progress.seconds
         self.gnorm: float | None = None  # the last update's gradient norm (before clipping)
@@ -290,23 +309,62 @@ class TrainLoop:
         p.epoch_nll, p.epoch_tokens = self.base_nll + nll, self.base_tokens + int(tokens)
         return p.epoch_nll, p.epoch_tokens, last_nll, int(last_tokens)
 
-    def save_last(self) -> None:
-        t = self.trainer
+    def save_due(self) -> bool:
+        """Time for a mid-epoch checkpoint_last.pt (training.save_every_minutes)?"""
+        minutes = self.cfg.save_every_minutes
+        due = minutes > 0 and self.session.seconds() - self.last_save >= minutes * 60
+        return distributed.any_rank(due)  # every rank takes part in the save (RNG states)
+
+    def loss_looks_good(self, loss: float | None) -> bool:
+        """Did weights that gave this training loss not diverge? A NaN/inf loss, or one past
+        training.divergence_factor times the best validation loss, says they did."""
+        best = self.progress.best_val_loss
+        return loss is not None and math.isfinite(loss) and (
+            best is None or loss <= self.cfg.divergence_factor * best)
+
+    def timed_save(self, group: _Group, snapshot: dict[str, Any]) -> None:
+        """The mid-epoch checkpoint_last.pt (training.save_every_minutes) of the weights the
+        update group just computed its loss with: written after the group's forward passes,
+        before its update, so that the loss vouches for them (a save at the boundary itself
+        would write weights nobody has seen a loss of). ``snapshot``: the counters and random
+        generators as they were at the boundary, which a resumed run continues from. Reading
+        the loss waits for the device, once per save. Every rank calls it together."""
+        loss = None
+        if not group.out_of_memory and group.nll is not None:
+            loss = float(group.nll) / max(group.tokens, 1)
+        if not distributed.any_rank(not self.loss_looks_good(loss)):
+            self.write_last(snapshot)
+        # else: not written; still due, tried again at the next boundary
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a checkpoint_last.pt written now holds besides weights and optimizer (every
+        rank calls it together: the loss counters and random generators are the whole job's)."""
+        self.epoch_sums()
         p = self.progress
+        p.seconds = self.total_seconds()
+        return {"progress": dataclasses.replace(p), "rng": ckpt.rng_state(),
+                "rank_rng": distributed.gather_rng_states()}  # each rank's dropout generator
+
+    def save_last(self) -> None:
+        """checkpoint_last.pt now, at an update boundary (an epoch's end, a stop)."""
+        self.write_last(self.snapshot())
+
+    def write_last(self, snapshot: dict[str, Any]) -> None:
+        t = self.trainer
+        p = snapshot["progress"]
         position = (p.epoch, p.batch_in_epoch)
         if self.saved_position == position:
             return
-        rank_rng = distributed.gather_rng_states()  # every rank's dropout generator, for resume
         if distributed.is_main():  # rank 0 writes the checkpoint
-            p.seconds = self.total_seconds()
-            path = self.run_dir / ckpt.LAST
             state = ckpt.training_state(t, self.config, self.tokenizers,
-                                        distributed.world_size())
-            if rank_rng is not None:
-                state["rank_rng"] = rank_rng
-            size = ckpt.save_checkpoint(state, path)
-            self.announce(path, size)
+                                        distributed.world_size(), progress=p,
+                                        rng=snapshot["rng"])
+            if snapshot["rank_rng"] is not None:
+                state["rank_rng"] = snapshot["rank_rng"]
+            path = self.run_dir / ckpt.LAST
+            self.announce(path, ckpt.save_checkpoint(state, path))
         self.saved_position = position
+        self.last_save = self.session.seconds()
         # the others wait here, not in a collective with the short timeout: a slow disk is fine
         distributed.barrier()
 
@@ -318,7 +376,8 @@ class TrainLoop:
                                   saved_at=time.time()))
 
     def stop(self) -> None:
-        self.save_last()
+        if self.bad_in_a_row == 0:  # never the weights of a NaN streak
+            self.save_last()
         raise RunStopped()
 
     def bad_batch(self, reason: str, epoch: int, batch: int, tokens: int) -> None:
@@ -401,12 +460,37 @@ class TrainLoop:
 
     # -- epochs --
 
+    def updates_done(self) -> bool:
+        return bool(self.cfg.max_updates) and self.trainer.step >= self.cfg.max_updates
+
+    def epochs_planned(self) -> int:
+        """training.epochs; when training by updates, the epochs max_updates amounts to."""
+        if not self.cfg.max_updates:
+            return self.cfg.epochs
+        batches = len(self.batches.train) // distributed.world_size()  # each rank's
+        per_epoch = max(math.ceil(batches / self.cfg.update_freq), 1)
+        return max(math.ceil(self.cfg.max_updates / per_epoch), self.progress.epoch + 1)
+
+    def save_update_checkpoint(self) -> None:
+        """checkpoint_update_N.pt (N = updates so far): what the end of training averages."""
+        p = self.progress
+        name = ckpt.update_name(self.trainer.step)
+        p.periodic = [*p.periodic, name]  # before saving: a resume from it knows it too
+        self.save_last()
+        self.update_saved = self.trainer.step
+        if distributed.is_main():
+            path = self.run_dir / name
+            self.announce(path, ckpt.copy_checkpoint(self.run_dir / ckpt.LAST, path))
+            ckpt.prune_periodic(self.run_dir, self.cfg.keep_last, p.periodic, by_updates=True)
+        distributed.barrier()  # the others wait for those writes with the long timeout
+
     def make_batch(self, order, position: int):
         """Runs in the prefetch thread: the batch at ``position`` of the epoch, pinned on CUDA."""
         batch = collate(self.data.train, self.batches.train[order[position]])
         return pinned(batch) if self.trainer.device.type == "cuda" else batch
 
-    def train_epoch(self, epoch: int) -> None:
+    def train_epoch(self, epoch: int) -> bool:
+        """Train the rest of ``epoch``; False when max_updates ended it before its last batch."""
         t, cfg, control = self.trainer, self.cfg, self.control
         p = self.progress
         order = distributed.shard(self.batches.epoch_order(epoch))  # this rank's batches
@@ -420,14 +504,18 @@ class TrainLoop:
         self.local_nll, self.local_tokens = 0.0, 0
         last_progress = 0.0
         group = _Group()
+        pending = None  # a timed save's snapshot, written once its update group vouches for it
         positions = range(p.batch_in_epoch, n)
         with Prefetcher(lambda position: self.make_batch(order, position), positions) as batches:
             for position, batch in zip(positions, batches):
                 # blocks while paused; in a torchrun job every rank pauses, resumes and stops
                 # here together (host numbers over the gloo control group: no wait for the GPU)
-                if position % cfg.update_freq == 0 and distributed.agree_control(control):
-                    self.epoch_sums()  # the checkpoint's loss counters, for the whole job
+                boundary = position % cfg.update_freq == 0
+                if boundary and distributed.agree_control(control):
                     self.stop()
+                # mid-epoch checkpoint_last.pt, so that a kill loses at most save_every_minutes
+                if boundary and self.save_due():
+                    pending = self.snapshot()
                 group.batches += 1
                 group.tokens += batch.tokens
                 group.padded_tokens += batch.padded_tokens
@@ -451,10 +539,15 @@ class TrainLoop:
                 # any of them ran out of memory, and on progress being due (rank 0's clock):
                 # every rank then takes the same decisions
                 now = time.monotonic()
-                report_due = position == n - 1 or (distributed.is_main()
-                                                   and now - last_progress >= PROGRESS_SECONDS)
+                # the update that reaches max_updates is reported too
+                last_update = bool(cfg.max_updates) and t.step + 1 >= cfg.max_updates
+                report_due = position == n - 1 or last_update or (
+                    distributed.is_main() and now - last_progress >= PROGRESS_SECONDS)
                 oom, report = (flag > 0 for flag in distributed.reduce_sums(
                     [float(group.out_of_memory), float(report_due)]))
+                if pending is not None:
+                    self.timed_save(group, pending)
+                    pending = None
                 nll_value = math.nan
                 if oom:
                     self.out_of_memory()  # every rank drops this update
@@ -475,7 +568,14 @@ class TrainLoop:
                     self.report(epoch, position, n, world, group, clock, done_here)
                 group = _Group()
                 self.maybe_memory()
+                if cfg.checkpoint_every_updates and t.step % cfg.checkpoint_every_updates == 0 \
+                        and t.step != self.update_saved:
+                    self.save_update_checkpoint()
+                if self.updates_done():
+                    self.epoch_sums()
+                    return position == n - 1
         self.epoch_sums()
+        return True
 
     def report(self, epoch: int, position: int, n: int, world: int, group: _Group,
                clock: _Clock, done_here: int) -> None:
@@ -487,7 +587,7 @@ class TrainLoop:
         seconds = max(clock.seconds(), 1e-9)
         rate = done_here / seconds
         self.emit(BatchProgress(
-            epoch=epoch, epochs=cfg.epochs, batch=(position + 1) * world,
+            epoch=epoch, epochs=self.epochs_planned(), batch=(position + 1) * world,
             batches=n * world, step=t.step,
             loss=last_nll / last_tokens, avg_loss=epoch_nll / max(epoch_tokens, 1),
             lr=t.schedule.lr, batches_per_second=round(rate * world, 3),
@@ -496,7 +596,8 @@ class TrainLoop:
             elapsed=round(seconds, 3),
             gnorm=self.gnorm if self.gnorm is not None and math.isfinite(self.gnorm) else None,
             # reading the scale waits for the device: only here, at reporting time
-            loss_scale=t.scaler.get_scale() if t.scaler is not None else None))
+            loss_scale=t.scaler.get_scale() if t.scaler is not None else None,
+            max_updates=cfg.max_updates))
 
     @torch.no_grad()
     def validate(self) -> float | None:
@@ -537,62 +638,98 @@ class TrainLoop:
         t.model.train()
         return nll_total / max(tokens_total, 1)
 
-    def bleu(self) -> float | None:
-        """Validation BLEU (rank 0 decodes); None, with a warning, when decoding ran out of
-        GPU memory: training goes on without this epoch's BLEU."""
-        from engine.decode import corpus_bleu, translate
+    def translate(self, model, sources: list[str]) -> list[str]:
+        from engine.decode import translate
 
-        t, ev = self.trainer, self.config.eval
-        corpus = self.corpus
-        pairs = corpus.valid[:ev.bleu_samples] if ev.bleu_samples else corpus.valid
-        t.model.eval()
+        ev = self.config.eval
+        with torch.no_grad(), self.kernels(), self.autocast():
+            return translate(model, self.tokenizers.src, self.tokenizers.tgt, sources,
+                             beam=ev.beam, length_penalty=ev.length_penalty,
+                             max_len_offset=ev.max_len_offset)
+
+    def decode_valid(self, epoch: int, bleu_now: bool) -> float | None:
+        """Rank 0: translate the first validation sentences; BLEU on eval.bleu_samples of them
+        (when ``bleu_now``) and the first eval.print_samples as a SampleTranslations event."""
+        from engine.decode import corpus_bleu
+
+        ev, valid = self.config.eval, self.corpus.valid
+        bleu_pairs = (valid[:ev.bleu_samples] if ev.bleu_samples else valid) if bleu_now else []
+        pairs = valid[:max(len(bleu_pairs), ev.print_samples)]
         out_of_memory = False
         try:
-            with torch.no_grad(), self.kernels(), self.autocast():
-                hypotheses = translate(t.model, self.tokenizers.src, self.tokenizers.tgt,
-                                       [src for src, _ in pairs], beam=ev.beam,
-                                       length_penalty=ev.length_penalty,
-                                       max_len_offset=ev.max_len_offset)
+            hypotheses = self.translate(self.trainer.model, [src for src, _ in pairs])
         except torch.cuda.OutOfMemoryError:
             out_of_memory = True
-        t.model.train()
-        if out_of_memory:
+        if out_of_memory:  # outside the except block, which still holds the tensors
             self.out_of_memory()
             self.emit(Notice(level="warning", text=(
-                f"CUDA out of memory while decoding {len(pairs)} validation sentences for BLEU "
-                f"(beam {ev.beam}): no BLEU this epoch; lower eval.beam or eval.bleu_samples")))
+                f"CUDA out of memory while decoding {len(pairs)} validation sentences (beam "
+                f"{ev.beam}): no BLEU or samples this time; lower eval.beam or "
+                "eval.bleu_samples")))
             return None
-        return round(corpus_bleu(hypotheses, [tgt for _, tgt in pairs])[0], 2)
+        if ev.print_samples:  # emitted after the validation's EpochSummary
+            self.samples = SampleTranslations(epoch=epoch, step=self.trainer.step, samples=[
+                {"source": src, "reference": ref, "hypothesis": hyp}
+                for (src, ref), hyp in zip(pairs[:ev.print_samples], hypotheses)])
+        if not bleu_now:
+            return None
+        references = [tgt for _, tgt in bleu_pairs]
+        return round(corpus_bleu(hypotheses[:len(bleu_pairs)], references)[0], 2)
 
-    def finish_epoch(self, epoch: int, epoch_clock: _Clock) -> None:
+    def finish_epoch(self, epoch: int, epoch_clock: _Clock, complete: bool = True) -> None:
+        """Validate, report, keep the best and the periodic checkpoints. ``complete=False``: the
+        last validation of a run that max_updates ends inside ``epoch``."""
         t, ev = self.trainer, self.config.eval
         p = self.progress
         val_loss = self.validate()
         if val_loss is None:
             self.stop()  # every batch is done, validation is not: resume validates
+        self.check_divergence(epoch, val_loss)
         p.train_loss = p.epoch_nll / max(p.epoch_tokens, 1)
         p.val_loss = val_loss
-        bleu_now = ev.bleu_every and epoch % ev.bleu_every == 0
-        p.bleu = distributed.from_main(self.bleu) if bleu_now else None  # rank 0 decodes
-        p.epoch, p.batch_in_epoch, p.epoch_nll, p.epoch_tokens = epoch, 0, 0.0, 0
+        bleu_now = bool(ev.bleu_every and epoch % ev.bleu_every == 0)
+        if bleu_now or ev.print_samples:
+            p.bleu = distributed.from_main(lambda: self.decode_valid(epoch, bleu_now))
+        else:
+            p.bleu = None
+        if complete:
+            p.epoch, p.batch_in_epoch, p.epoch_nll, p.epoch_tokens = epoch, 0, 0.0, 0
 
+        p.best_val_loss = min(val_loss, p.best_val_loss or val_loss)
         if ev.best_by == "bleu":
-            improved = p.bleu is not None and (p.best is None or p.bleu > p.best)
+            measured = p.bleu is not None
+            improved = measured and (p.best is None or p.bleu > p.best)
             if improved:
                 p.best = p.bleu
         else:
+            measured = True
             improved = p.best is None or val_loss < p.best
             if improved:
                 p.best = val_loss
+        if improved:
+            p.since_best = 0
+        elif measured:
+            p.since_best += 1
         self.emit(EpochSummary(
-            epoch=epoch, epochs=self.cfg.epochs, step=t.step, train_loss=p.train_loss,
+            epoch=epoch, epochs=self.epochs_planned(), step=t.step, train_loss=p.train_loss,
             train_ppl=_ppl(p.train_loss), val_loss=val_loss, val_ppl=_ppl(val_loss), bleu=p.bleu,
             epoch_seconds=round(epoch_clock.seconds(), 3),
             total_seconds=round(self.total_seconds(), 3)))
+        if self.samples is not None:
+            self.emit(self.samples)
+            self.samples = None
+        if self.cfg.patience and p.since_best >= self.cfg.patience and complete:
+            self.ended = "patience"
+            what = "higher validation BLEU" if ev.best_by == "bleu" else "lower validation loss"
+            self.emit(Notice(text=(
+                f"early stop: {p.since_best} validations without a {what} (best {p.best:.4f}, "
+                f"training.patience = {self.cfg.patience}); training ends here")))
 
-        periodic = epoch % self.cfg.checkpoint_every == 0
+        periodic = (complete and not self.cfg.checkpoint_every_updates
+                    and epoch % self.cfg.checkpoint_every == 0)
         if periodic:  # recorded before saving, so a resume from this checkpoint knows it too
             p.periodic = [*p.periodic, ckpt.periodic_name(epoch)]
+        self.saved_position = None  # same batch position, new validation results: write
         self.save_last()
         if distributed.is_main():  # rank 0 writes the checkpoints
             last = self.run_dir / ckpt.LAST
@@ -604,6 +741,109 @@ class TrainLoop:
                 path = self.run_dir / ckpt.BEST
                 self.announce(path, ckpt.copy_checkpoint(last, path))
         distributed.barrier()  # the others wait for those writes with the long timeout
+
+    def check_divergence(self, epoch: int, val_loss: float) -> None:
+        """Stop, saving nothing, when the weights have diverged: a non-finite validation loss, or
+        one above training.divergence_factor times the best so far. The checkpoints on disk are
+        then the last good state, and the message says which one holds it."""
+        p = self.progress
+        best = p.best_val_loss
+        if best is None and self.config.eval.best_by == "loss":
+            best = p.best  # a checkpoint from before best_val_loss was recorded
+        factor = self.cfg.divergence_factor
+        if math.isfinite(val_loss) and (best is None or val_loss <= factor * best):
+            return
+        last = self.run_dir / ckpt.LAST
+        if last.is_file():
+            kept = ckpt.load_checkpoint(last, mmap=True)  # only its counters are read
+            good = (f"{last} (epoch {kept['epoch']}, batch {kept['batch_in_epoch']}, step "
+                    f"{kept['step']}) holds the last good state; resume from it with a lower "
+                    "training.lr_factor or training.clip_norm = 1.0")
+        elif self.trainer.resumed_from:
+            good = (f"{self.trainer.resumed_from} (this run resumed from it) holds the last "
+                    "good state")
+        else:
+            good = "no checkpoint was saved yet"
+        worse = "is not finite" if not math.isfinite(val_loss) else (
+            f"is more than training.divergence_factor = {factor:g} times the best {best:.4f}")
+        raise EngineError(f"training stopped: diverged, validation loss {val_loss:.4g} after "
+                          f"epoch {epoch} {worse}; no checkpoint was replaced; {good}")
+
+    # -- the end: average the last checkpoints, decode the test split --
+
+    def average_at_end(self) -> list[Path]:
+        """averaged.pt from the newest training.average_last periodic checkpoints (update ones
+        when the run writes those); the checkpoints averaged, [] when fewer than two exist."""
+        count = self.cfg.average_last
+        by_updates = bool(self.cfg.checkpoint_every_updates)
+        ours = set(self.progress.periodic)  # never another run's files left in the directory
+        paths = [path for path in ckpt.periodic_checkpoints(self.run_dir, by_updates)
+                 if path.name in ours][-count:] if count else []
+        if len(paths) < 2:
+            return []
+        if len(paths) < count:
+            self.emit(Notice(level="warning", text=(
+                f"training.average_last = {count} but {len(paths)} periodic checkpoints are "
+                f"kept (training.keep_last = {self.cfg.keep_last}): averaging {len(paths)}")))
+        path = self.run_dir / ckpt.AVERAGED
+        size = ckpt.save_checkpoint(ckpt.average_checkpoints(paths), path)
+        self.announce(path, size)
+        self.emit(Notice(text=f"averaged.pt: the mean of the last {len(paths)} checkpoints "
+                              f"({', '.join(p.name for p in paths)})"))
+        return paths
+
+    def test_bleu(self, averaged_from: list[Path]) -> dict[str, Any]:
+        """Decode the test split with averaged.pt (else the current weights, which
+        checkpoint_last.pt holds) and emit TestBleu; its two scores for the stage's info."""
+        from engine.checkpoint import build_for_inference
+        from engine.decode import corpus_bleu, paper_bleu
+
+        t, ev, test = self.trainer, self.config.eval, self.corpus.test
+        if not test:
+            self.emit(Notice(text="no test split: no test BLEU (give data.test_src and "
+                                  "data.test_tgt, or a test_size)"))
+            return {}
+        name = ckpt.AVERAGED if averaged_from else ckpt.LAST
+        self.emit(Notice(text=f"testing {name} on {len(test):,} test sentences (beam "
+                              f"{ev.beam}, alpha {ev.length_penalty})"))
+        started = time.monotonic()
+        model = (build_for_inference(self.run_dir / ckpt.AVERAGED, t.device)[0]
+                 if averaged_from else t.model)
+        out_of_memory = False
+        try:
+            hypotheses = self.translate(model, [src for src, _ in test])
+        except torch.cuda.OutOfMemoryError:
+            out_of_memory = True
+        if out_of_memory:  # the training is saved: say how to test it instead
+            del model
+            self.out_of_memory()
+            self.emit(Notice(level="warning", text=(
+                f"out of memory decoding the test split: no test BLEU; run transformer-train "
+                f"evaluate --checkpoint {self.run_dir / name} --batch-size 16 --paper-bleu "
+                "--src TEST_SOURCE --ref TEST_REFERENCE")))
+            return {}
+        references = [tgt for _, tgt in test]
+        sacre, sacre_signature = corpus_bleu(hypotheses, references)
+        paper, paper_signature = paper_bleu(hypotheses, references)
+        self.emit(TestBleu(
+            checkpoint=str(self.run_dir / name), sentences=len(test), sacrebleu=round(sacre, 2),
+            sacrebleu_signature=sacre_signature, paper_bleu=round(paper, 2),
+            paper_signature=paper_signature, beam=ev.beam, length_penalty=ev.length_penalty,
+            seconds=round(time.monotonic() - started, 3),
+            averaged_from=[p.name for p in averaged_from]))
+        return {"test_bleu": round(sacre, 2), "test_paper_bleu": round(paper, 2)}
+
+    def end_of_training(self) -> dict[str, Any]:
+        """Rank 0 averages and tests (the other ranks wait); nothing when nothing was trained."""
+        if self.trainer.step == 0:
+            return {}
+        scores: dict[str, Any] = {}
+
+        def work() -> None:
+            scores.update(self.test_bleu(self.average_at_end()))
+
+        distributed.from_main(work)
+        return scores
 
     def run(self) -> dict[str, Any]:
         t, cfg = self.trainer, self.cfg
@@ -618,20 +858,38 @@ class TrainLoop:
                 f"has {len(self.batches.train)} (max_tokens changed?): epoch {p.epoch + 1} "
                 f"continues at batch {p.batch_in_epoch + 1} of the new batches")))
         p.batches_per_epoch = len(self.batches.train)
-        if p.epoch >= cfg.epochs:
+        if cfg.max_updates and self.updates_done():
+            self.emit(Notice(text=f"the checkpoint has already made {t.step:,} updates of "
+                                  f"{cfg.max_updates:,}; raise training.max_updates to train more"))
+        elif not cfg.max_updates and p.epoch >= cfg.epochs:
             self.emit(Notice(text=f"the checkpoint has already trained {p.epoch} epochs of "
                                   f"{cfg.epochs}; raise training.epochs to train more"))
         self.maybe_memory(force=True)
         first_epoch = p.epoch + 1
-        for epoch in range(first_epoch, cfg.epochs + 1):
-            epoch_clock = _Clock(self.control)
-            self.train_epoch(epoch)
-            self.finish_epoch(epoch, epoch_clock)
+        # by updates: epochs until max_updates; by epochs: training.epochs
+        epochs = (itertools.count(first_epoch) if cfg.max_updates
+                  else range(first_epoch, cfg.epochs + 1))
+        ended = "max_updates" if cfg.max_updates else "epochs"
+        try:
+            for epoch in epochs:
+                if self.updates_done():
+                    break
+                epoch_clock = _Clock(self.control)
+                complete = self.train_epoch(epoch)
+                self.finish_epoch(epoch, epoch_clock, complete)
+                if self.ended:
+                    ended = self.ended
+                    break
+        except RunStopped:
+            self.end_of_training()  # a stopped run is tested too: what it has learned so far
+            raise
         self.maybe_memory(force=True)
         p.seconds = self.total_seconds()
-        return {"epochs": p.epoch, "steps": t.step, "train_loss": p.train_loss,
+        info = {"epochs": p.epoch, "steps": t.step, "ended": ended, "train_loss": p.train_loss,
                 "val_loss": p.val_loss, "val_ppl": _ppl(p.val_loss), "bleu": p.bleu,
                 "best": p.best, "seconds": round(p.seconds, 1)}
+        info.update(self.end_of_training())
+        return info
 
 
 def _ppl(loss: float | None) -> float:

@@ -107,8 +107,14 @@ def state_model_config(state):
 def test_a_file_that_is_not_a_checkpoint_is_refused_in_one_line(tmp_path):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a zip file at all")
-    with pytest.raises(EngineError, match="not a loadable checkpoint"):
+    with pytest.raises(EngineError, match="not a transformer-tui checkpoint or damaged"):
         ckpt.load_checkpoint(garbage)
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(random.Random(7).randbytes(5000))
+    with pytest.raises(EngineError) as err:
+        ckpt.load_checkpoint(noise)
+    assert str(err.value) == (f"{noise}: not a transformer-tui checkpoint or damaged "
+                              "(not a PyTorch zip file)")
     with pytest.raises(EngineError, match="checkpoint not found"):
         ckpt.load_checkpoint(tmp_path / "missing.pt")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")

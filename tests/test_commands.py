@@ -63,6 +63,14 @@ def test_evaluate_prints_sacrebleu_with_its_signature_and_writes_hypotheses(trai
     assert "20 sentences" in result.stdout
     assert len(out.read_text().splitlines()) == 20
 
+    # --paper-bleu: the paper's tokenized, compound-split BLEU on a second line
+    result = command("evaluate", "--checkpoint", str(trained_run / "checkpoint_best.pt"),
+                     "--src", str(src), "--ref", str(ref), "--beam", "2", "--paper-bleu")
+    assert result.returncode == 0, result.stderr
+    sacre, paper = result.stdout.splitlines()
+    assert sacre.startswith("BLEU = ") and "tok:13a|" in sacre
+    assert paper.startswith("paper BLEU = ") and "tok:13a+compound-split" in paper
+
 
 def test_evaluate_refuses_misaligned_files(trained_run, tmp_path):
     src, ref = tmp_path / "a.en", tmp_path / "a.de"

@@ -11,13 +11,24 @@ from engine.config import (
     describe_keys,
     load_config,
     resolve_preset,
+    with_effective_batch,
 )
 from engine.errors import ConfigError
 
 
+def local_files(write_text) -> list[str]:
+    """--set overrides naming six small aligned files, as a user of the small preset gives."""
+    overrides = []
+    for split in ("train", "valid", "test"):
+        for side, lang in (("src", "en"), ("tgt", "de")):
+            path = write_text(f"{split}.{lang}", [f"{split} {lang} {i}" for i in range(3)])
+            overrides.append(f"data.{split}_{side}={path}")
+    return overrides
+
+
 @pytest.mark.parametrize("name", PRESET_NAMES)
-def test_every_preset_loads(name):
-    config = load_config(name)
+def test_every_preset_loads(name, write_text):
+    config = load_config(name, local_files(write_text) if name == "small" else ())
     assert config.name == name
     assert config.model.d_model % config.model.n_head == 0
 
@@ -27,10 +38,46 @@ def test_full_preset_has_the_paper_values():
     assert (c.tokenizer.vocab_size, c.tokenizer.shared, c.tokenizer.kind) == (37000, True, "bpe")
     assert (c.model.d_model, c.model.ffn_hidden, c.model.n_head, c.model.n_layers) == (512, 2048, 8, 6)
     assert c.model.dropout == 0.1 and c.training.label_smoothing == 0.1
-    assert c.training.warmup == 4000 and c.training.max_tokens == 25000
-    assert c.training.checkpoint_every == 10
+    assert c.training.warmup == 4000
+    assert (c.training.checkpoint_every_updates, c.training.average_last) == (1500, 5)
     assert (c.eval.beam, c.eval.length_penalty) == (4, 0.6)
     assert c.data.source == "wmt14" and c.data.train_size == 0
+
+
+@pytest.mark.parametrize("processes", [1, 2, 8])
+def test_full_is_100k_updates_of_25k_tokens_on_any_number_of_processes(processes):
+    config, line = with_effective_batch(load_config("full"), processes)
+    t = config.training
+    assert t.max_updates == 100_000
+    assert processes * t.update_freq * t.max_tokens == 25_000
+    assert f"update_freq = {t.update_freq}" in line and "25,000 tokens per update" in line
+
+
+def test_effective_tokens_rounds_the_batch_up_and_is_off_at_zero():
+    config = load_config("sample", ["training.effective_tokens=5000", "training.max_tokens=2048"])
+    derived, line = with_effective_batch(config, 1)
+    assert derived.training.update_freq == 3  # ceil(5000 / 2048): never fewer tokens than asked
+    assert "6,144 tokens per update" in line
+    assert "update_freq = 3" in derived.to_toml()  # what config.toml of the run records
+    plain = load_config("sample", ["training.update_freq=2"])
+    assert with_effective_batch(plain, 4) == (plain, "")
+
+
+def test_big_is_table_3_big_with_the_same_batch():
+    c = load_config("big")
+    assert (c.model.d_model, c.model.ffn_hidden, c.model.n_head, c.model.dropout) == (1024, 4096, 16, 0.3)
+    assert c.training.max_updates == 300_000 and c.training.effective_tokens == 25_000
+    assert c.training.average_last == 20 and c.training.keep_last >= 20
+
+
+def test_small_is_the_multi30k_recipe_and_needs_the_users_files(write_text):
+    with pytest.raises(ConfigError, match=r"\[data\] train_src is required when source = \"local\""):
+        load_config("small")
+    c = load_config("small", local_files(write_text))
+    assert (c.model.d_model, c.model.ffn_hidden, c.model.n_head, c.model.n_layers) == (256, 1024, 4, 3)
+    assert c.model.dropout == 0.2 and c.tokenizer.vocab_size == 8000 and c.tokenizer.shared
+    assert (c.training.max_tokens, c.training.warmup) == (2048, 1000)
+    assert c.training.max_updates > 0 and c.training.average_last == 5
 
 
 def test_quick_and_medium_sizes():

@@ -35,7 +35,22 @@ def one_of_each() -> list[ev.Event]:
         ev.RunResumed(stage="train", paused_seconds=5.0),
         ev.RunFailed(stage="tokenizer", message="child died", details=["line 1"]),
         ev.RunFinished(status="finished", seconds=10.0),
+        ev.SampleTranslations(epoch=1, step=4, samples=[
+            {"source": "A dog runs.", "reference": "Ein Hund rennt.", "hypothesis": "Ein Hund."}]),
+        ev.TestBleu(checkpoint="saved/x/averaged.pt", sentences=3003, sacrebleu=26.8,
+                    sacrebleu_signature="nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp",
+                    paper_bleu=27.4, paper_signature="nrefs:1|tok:13a+compound-split",
+                    beam=4, length_penalty=0.6, seconds=60.0,
+                    averaged_from=["checkpoint_update_99000.pt", "checkpoint_update_100000.pt"]),
     ]
+
+
+def test_an_older_events_file_still_reads():
+    # written before max_updates existed: the field takes its default
+    line = ('{"event":"BatchProgress","epoch":1,"epochs":2,"batch":3,"batches":4,"step":3,'
+            '"loss":5.0,"avg_loss":6.0,"lr":0.0001,"batches_per_second":2.0,'
+            '"tokens_per_second":900.0,"eta":1.0,"elapsed":2.0,"time":1.0}')
+    assert ev.from_json(line).max_updates == 0
 
 
 def test_every_event_type_is_covered_here():

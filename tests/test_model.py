@@ -88,6 +88,23 @@ def test_separate_vocabularies_still_tie_decoder_embedding_and_output():
     assert model.src_embed.weight.shape == (30, 32)
 
 
+@pytest.mark.parametrize("share", [True, False])
+def test_embeddings_start_as_tensor2tensor_and_fairseq_draw_them(share):
+    # N(0, d_model^-0.5): after the x sqrt(d_model) scale a token has std 1, like the sinusoids
+    torch.manual_seed(0)
+    model = Transformer(8000, 8000, d_model=256, ffn_hidden=64, n_head=4, n_layers=1,
+                        share_embeddings=share)
+    for embedding in (model.src_embed, model.tgt_embed):
+        weight = embedding.weight.detach()
+        assert weight[PAD].abs().max() == 0  # the pad row starts at zero
+        assert weight[1:].std().item() == pytest.approx(256 ** -0.5, rel=0.02)
+        assert abs(weight[1:].mean().item()) < 0.001
+    assert model.generator.weight is model.tgt_embed.weight  # the output projection too
+    # the other matrices keep Xavier: uniform with std sqrt(2 / (fan_in + fan_out))
+    up = model.encoder[0].ffn.up.weight.detach()
+    assert up.std().item() == pytest.approx((2 / (256 + 64)) ** 0.5, rel=0.05)
+
+
 def test_sharing_embeddings_needs_one_vocabulary():
     with pytest.raises(ValueError, match="src_vocab = 30 and tgt_vocab = 50"):
         Transformer(30, 50, d_model=32, n_head=4, n_layers=1, share_embeddings=True)

@@ -239,3 +239,127 @@ def test_a_dropped_ssh_session_stops_the_headless_command_cleanly_and_it_resumes
                              capture_output=True, text=True, env=env, timeout=120)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"Epoch {stopped['epoch'] + 1}/{stopped['epoch'] + 1} Summary:" in resumed.stdout
+
+
+# --- the recipe: by updates, averaging, test BLEU, samples, patience ------------------------
+
+
+def test_a_run_by_updates_averages_its_last_5_update_checkpoints_and_reports_test_bleu(tmp_path):
+    import io
+
+    from engine.events import TestBleu, read_events
+    from engine.printer import HeadlessPrinter
+
+    config = tiny_config(training__epochs=1, training__max_updates=35,
+                         training__checkpoint_every_updates=5, training__keep_last=6,
+                         data__test_size=20)
+    out = io.StringIO()
+    status, events = train_run(tmp_path, config, on_event=HeadlessPrinter(out))
+    assert status == "finished"
+    # epochs = 1 does not end it: 35 updates do, inside the second epoch (19 batches each)
+    assert of(events, BatchProgress)[-1].step == 35 and of(events, EpochSummary)[-1].epoch == 2
+    info = {f.stage: f.info for f in of(events, StageFinished)}["train"]
+    assert (info["steps"], info["ended"]) == (35, "max_updates")
+
+    kept = sorted(int(p.stem.rsplit("_", 1)[1]) for p in tmp_path.glob("checkpoint_update_*.pt"))
+    assert kept == [10, 15, 20, 25, 30, 35]  # keep_last = 6, no model_epoch_N.pt
+    assert not list(tmp_path.glob("model_epoch_*.pt"))
+    last_five = [f"checkpoint_update_{n}.pt" for n in (15, 20, 25, 30, 35)]
+    averaged = torch.load(tmp_path / ckpt.AVERAGED, weights_only=True)
+    assert [p.rsplit("/", 1)[1] for p in averaged["averaged_from"]] == last_five
+    weights = [ckpt.load_checkpoint(tmp_path / name)["model"] for name in last_five]
+    for key, value in averaged["model"].items():
+        torch.testing.assert_close(value, sum(w[key] for w in weights) / 5)
+
+    test = of(events, TestBleu)
+    assert len(test) == 1 and test[0].checkpoint.endswith("averaged.pt")
+    assert test[0].averaged_from == last_five and test[0].sentences == 20
+    assert "tok:13a|" in test[0].sacrebleu_signature
+    assert "tok:13a+compound-split" in test[0].paper_signature
+    assert (info["test_bleu"], info["test_paper_bleu"]) == (test[0].sacrebleu, test[0].paper_bleu)
+    assert of(list(read_events(tmp_path / "events.jsonl")), TestBleu) == test  # on disk too
+    printed = out.getvalue()
+    assert "Test BLEU (20 sentences" in printed
+    assert f"sacreBLEU:  {test[0].sacrebleu:.2f}" in printed
+    assert f"paper BLEU: {test[0].paper_bleu:.2f}" in printed
+    assert "Update 35/35 | Epoch 2/2" in printed
+
+
+def test_a_stopped_run_is_tested_with_its_last_weights(tmp_path):
+    from engine.events import TestBleu
+
+    control = RunControl()
+
+    def stop_in_epoch_2(event):
+        if isinstance(event, BatchProgress) and event.epoch == 2:
+            control.stop()
+
+    status, events = train_run(tmp_path, tiny_config(training__epochs=5, training__keep_last=1),
+                               control, on_event=stop_in_epoch_2)
+    assert status == "stopped"
+    test = of(events, TestBleu)
+    assert len(test) == 1 and test[0].checkpoint.endswith(ckpt.LAST)  # one epoch: no average
+    assert isinstance(events[-1], RunFinished) and events[-1].status == "stopped"
+
+
+def test_effective_tokens_sets_update_freq_says_so_and_the_run_dir_records_it(tmp_path):
+    from engine.config import load_config
+
+    config = tiny_config(training__epochs=1, training__effective_tokens=1200)
+    status, events = train_run(tmp_path, config)
+    assert status == "finished"
+    notice = [n.text for n in of(events, Notice) if "effective_tokens" in n.text]
+    assert notice == ["training.effective_tokens = 1,200: update_freq = 3 (1 process x 3 "
+                      "batches x 500 max_tokens = 1,500 tokens per update)"]
+    assert load_config(str(tmp_path / "config.toml")).training.update_freq == 3
+    batches = {f.stage: f.info for f in of(events, StageFinished)}["batches"]["batches_per_epoch"]
+    assert of(events, EpochSummary)[0].step == math.ceil(batches / 3)
+
+
+def test_sample_translations_show_the_same_validation_sentences_at_each_validation(tmp_path):
+    import io
+
+    from engine.events import SampleTranslations
+    from engine.printer import HeadlessPrinter
+
+    out = io.StringIO()
+    config = tiny_config(training__epochs=2, eval__print_samples=2)
+    status, events = train_run(tmp_path, config, on_event=HeadlessPrinter(out))
+    assert status == "finished"
+    samples = of(events, SampleTranslations)
+    assert [s.epoch for s in samples] == [1, 2]  # one per validation
+    # the first validation pairs, the same each time
+    first_sources = [s["source"] for s in samples[0].samples]
+    assert len(first_sources) == 2 and first_sources == [s["source"] for s in samples[1].samples]
+    for sample in samples[0].samples:
+        assert sample["reference"] and isinstance(sample["hypothesis"], str)
+    # each validation: its summary, then its samples
+    assert events.index(samples[0]) == events.index(of(events, EpochSummary)[0]) + 1
+    printed = out.getvalue()
+    assert f"Sample 1 | src: {first_sources[0]}" in printed
+    assert f"| ref: {samples[1].samples[1]['reference']}" in printed
+
+    status, events = train_run(tmp_path / "none", tiny_config(training__epochs=1,
+                                                                 eval__print_samples=0))
+    assert status == "finished" and not of(events, SampleTranslations)
+
+
+def test_patience_ends_training_when_validation_stops_improving(tmp_path):
+    # a learning rate of zero: the weights never change, so neither does the validation loss
+    config = tiny_config(training__epochs=8, training__lr_factor=0.0, training__patience=2)
+    status, events = train_run(tmp_path, config)
+    assert status == "finished"
+    summaries = of(events, EpochSummary)
+    assert [s.epoch for s in summaries] == [1, 2, 3]  # best at 1, no better at 2 and 3: stop
+    assert len({s.val_loss for s in summaries}) == 1
+    notice = [n.text for n in of(events, Notice) if n.text.startswith("early stop")]
+    assert len(notice) == 1 and "2 validations without a lower validation loss" in notice[0]
+    info = {f.stage: f.info for f in of(events, StageFinished)}["train"]
+    assert (info["epochs"], info["ended"]) == (3, "patience")
+    assert events[-1] == RunFinished(status="finished", seconds=events[-1].seconds)
+    assert torch.load(tmp_path / ckpt.LAST, weights_only=True)["since_best"] == 2
+
+    # patience counts from the last improvement, across a resume
+    status, events = train_run(tmp_path, tiny_config(training__epochs=8, training__patience=0),
+                               resume="last")
+    assert status == "finished" and [s.epoch for s in of(events, EpochSummary)][0] == 4

@@ -223,12 +223,16 @@ class ChildTraining:
         return chars
 
     def check_alphabet(self) -> None:
-        """vocab_size must hold the specials and every character; fail as soon as it cannot."""
+        """vocab_size must hold the specials and every character of the training text: checked
+        once every sentence is counted (the writer is done), so the minimum said is the real
+        one, not a count so far."""
+        if not self.writer_done or self.writer_error:
+            return
         needed = self.initial_vocab()
         if needed > self.vocab_size:
             raise ConfigError(
                 f"[tokenizer] vocab_size = {self.vocab_size}: smaller than the alphabet of the "
-                f"training text ({needed - len(SPECIALS):,} characters so far) plus "
+                f"training text ({needed - len(SPECIALS):,} characters) plus "
                 f"{len(SPECIALS)} special tokens; use at least {needed:,}, more to leave room "
                 "for merges")
 

@@ -1,0 +1,129 @@
+"""Training metrics as TensorBoard scalars, live or after the fact.
+
+Live: with ``--set log.tensorboard=true`` the runner adds a ``TensorBoardWriter`` beside the
+JSONL writer; it is an event consumer like any other. After the fact:
+``transformer-train tensorboard RUN_DIR`` replays the run's ``events.jsonl`` through the same
+consumer, with each event's recorded wall time. Either way the event files go to
+``RUN_DIR/tensorboard/``, so ``tensorboard --logdir saved/`` shows every run.
+
+Scalars (x axis: optimizer updates):
+    train/loss, train/avg_loss, train/lr, train/tokens_per_second     (BatchProgress)
+    train/epoch_loss, valid/loss, valid/ppl, valid/bleu                (EpochSummary)
+    memory/process_rss_mb, memory/torch_allocated_mb, memory/torch_peak_mb,
+    memory/gpu<i>_used_mb                                              (MemorySample)
+Losses are cross entropy without label smoothing, as everywhere in the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from engine.errors import EngineError
+from engine.events import BatchProgress, EpochSummary, Event, MemorySample, RunFailed, RunFinished, from_json
+
+DIRECTORY = "tensorboard"
+MB = 2**20
+
+
+def require_tensorboard() -> None:
+    try:
+        import tensorboard  # noqa: F401  (torch.utils.tensorboard writes through it)
+    except ImportError:
+        raise EngineError("log.tensorboard = true needs the tensorboard package "
+                          "(pip install 'transformer-tui[tensorboard]')") from None
+
+
+class TensorBoardWriter:
+    """``emit`` consumer: scalars into ``run_dir/tensorboard``; closes at the run's end event."""
+
+    def __init__(self, run_dir: Path, log_dir: Path | None = None) -> None:
+        require_tensorboard()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(log_dir or Path(run_dir) / DIRECTORY), flush_secs=10)
+        self.step = 0  # updates so far; memory samples carry none of their own
+
+    def __call__(self, event: Event, wall_time: float | None = None) -> None:
+        def scalar(tag: str, value: float | None) -> None:
+            if value is not None:
+                self.writer.add_scalar(tag, value, self.step, walltime=wall_time)
+
+        if isinstance(event, BatchProgress):
+            self.step = event.step
+            scalar("train/loss", event.loss)
+            scalar("train/avg_loss", event.avg_loss)
+            scalar("train/lr", event.lr)
+            scalar("train/tokens_per_second", event.tokens_per_second)
+        elif isinstance(event, EpochSummary):
+            self.step = event.step
+            scalar("train/epoch_loss", event.train_loss)
+            scalar("valid/loss", event.val_loss)
+            scalar("valid/ppl", event.val_ppl)
+            scalar("valid/bleu", event.bleu)
+        elif isinstance(event, MemorySample):
+            scalar("memory/process_rss_mb", event.process_rss / MB)
+            for name in ("torch_allocated", "torch_peak"):
+                value = getattr(event, name)
+                scalar(f"memory/{name}_mb", None if value is None else value / MB)
+            for i, device in enumerate(event.devices):
+                used = device.get("used")
+                scalar(f"memory/gpu{i}_used_mb", None if used is None else used / MB)
+        elif isinstance(event, (RunFinished, RunFailed)):
+            self.close()
+
+    def close(self) -> None:
+        self.writer.close()  # flushes; writing again later reopens a file
+
+
+def convert_events(run_dir: Path) -> tuple[Path, int]:
+    """Replay ``run_dir/events.jsonl`` into ``run_dir/tensorboard`` (replacing what is there,
+    which is derived from the same events); returns (directory, events read)."""
+    run_dir = Path(run_dir)
+    events_path = run_dir / "events.jsonl"
+    if not events_path.is_file():
+        raise EngineError(f"{run_dir}: no events.jsonl (give a run directory)")
+    require_tensorboard()
+    target = run_dir / DIRECTORY
+    tmp = Path(tempfile.mkdtemp(prefix=f".{DIRECTORY}.", dir=run_dir))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; it replaces an ordinary directory
+    count = 0
+    try:
+        consumer = TensorBoardWriter(run_dir, log_dir=tmp)
+        with open(events_path, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.endswith("\n"):
+                    break  # a line still being written
+                try:
+                    event = from_json(line)
+                    wall_time = json.loads(line).get("time")
+                except (ValueError, TypeError) as exc:
+                    raise EngineError(f"{events_path}:{number}: not an event ({exc})") from None
+                consumer(event, wall_time)
+                count += 1
+        consumer.close()
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target, count
+
+
+def tensorboard_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="transformer-train tensorboard",
+        description="Write a run's metrics (events.jsonl) as TensorBoard scalars into "
+                    "RUN_DIR/tensorboard; then: tensorboard --logdir RUN_DIR")
+    parser.add_argument("run_dir", type=Path, help="a run directory (holds events.jsonl)")
+    args = parser.parse_args(argv)
+    target, count = convert_events(args.run_dir)
+    print(f"Wrote TensorBoard scalars of {count:,} events to {target}")
+    return 0
