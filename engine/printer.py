@@ -182,12 +182,14 @@ class HeadlessPrinter:
     def _on_BatchProgress(self, e: ev.BatchProgress) -> None:
         final = e.batch >= e.batches or 0 < e.max_updates <= e.step
         pct = 100.0 * e.batch / e.batches if e.batches else 100.0
-        update = f"Update {e.step:,}/{e.max_updates:,} | " if e.max_updates else ""
-        fields = [(0, f"  {update}Epoch {e.epoch}/{e.epochs}"),
+        fields = [(0, f"  Epoch {e.epoch}/{e.epochs}"),
                   (0, f"Batch {e.batch:,}/{e.batches:,} ({pct:.1f}%)"),
                   (1, f"Loss: {e.loss:.4f} (avg: {e.avg_loss:.4f})"), (4, f"LR: {e.lr:.6f}"),
                   (3, f"Speed: {e.batches_per_second:.1f} batch/s, "
                       f"{e.tokens_per_second:,.0f} tok/s")]
+        if e.max_updates:  # a run measured in updates: that count first
+            fields.insert(0, (0, f"  Update {e.step:,}/{e.max_updates:,}"))
+            fields[1] = (0, f"Epoch {e.epoch}/{e.epochs}")
         if e.gnorm is not None:
             fields.append((5, f"gnorm: {e.gnorm:.3g}"))
         if e.loss_scale is not None:

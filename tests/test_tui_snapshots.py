@@ -36,6 +36,20 @@ async def loaded(pilot) -> None:
     await pilot.pause()
 
 
+def loaded_on_page(key: str):
+    """Loaded, then the page shown and drawn at its size (not at the timer's pace: a loaded
+    machine must not change the picture)."""
+
+    async def run_before(pilot) -> None:
+        await loaded(pilot)
+        await pilot.press(key)
+        await pilot.pause(0.2)
+        pilot.app.refresh_panels(force=True)
+        await pilot.pause(0.2)
+
+    return run_before
+
+
 def test_main_screen_at_120x40(snap_compare, finished_run):
     app = TransformerApp(attach=finished_run)
     assert snap_compare(app, terminal_size=(120, 40), run_before=loaded)
@@ -48,10 +62,10 @@ def test_main_screen_at_80x24(snap_compare, finished_run):
 
 def test_loss_page_at_80x24(snap_compare, finished_run):
     app = TransformerApp(attach=finished_run)
-    assert snap_compare(app, press=["2"], terminal_size=(80, 24), run_before=loaded)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=loaded_on_page("2"))
 
 
 def test_log_page_at_80x24(snap_compare, finished_run):
     """Lines logged while the page was hidden, wrapped at the page's width."""
     app = TransformerApp(attach=finished_run)
-    assert snap_compare(app, press=["4"], terminal_size=(80, 24), run_before=loaded)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=loaded_on_page("4"))

@@ -196,11 +196,15 @@ class TransformerApp(App):
 
     def refresh_panels(self, force: bool = False) -> None:
         """Redraw what changed; called by a timer, so the redraw rate is bounded."""
+        if not self.is_running or self._exit:
+            return  # shutting down: widgets are being removed, a draw would miss children
         for panel in self.panels:
             panel.update_from(self.state, force)
         self._show_status()
 
     def _show_status(self) -> None:
+        if not self.is_running or self._exit:
+            return
         if self.state.versions["status"] != self._seen_status:
             self._seen_status = self.state.versions["status"]
             self.query_one(StatusBar).update_from(self.state)
