@@ -536,10 +536,3 @@ class TransformerApp(App):
             self.notify(f"Cannot save a screenshot in {folder}: {exc}", severity="error")
             return
         self.notify(f"Screenshot saved: {path}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The console script `transformer-tui` (kept here for installs that name tui.app:main)."""
-    from tui.cli import main as cli_main  # tui.cli imports this module
-
-    return cli_main(argv)

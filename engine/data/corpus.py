@@ -3,6 +3,7 @@ and the helpers the sources share (sizes, direction, one-line errors)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
@@ -99,7 +100,8 @@ class PairWriter:
             data = ("\n".join([pair[side] for pair in pairs]) + "\n").encode("utf-8",
                                                                               "surrogatepass")
             self.collect_chars(side, data)
-            file.write(data)
+            with self.naming_errors(side):
+                file.write(data)
         self.count += len(pairs)
         self.pending = []
 
@@ -112,10 +114,21 @@ class PairWriter:
             self.chars[side].update(rest.decode("utf-8", "replace"))
             self.seen_ascii[side] = bytes(sorted(ord(c) for c in self.chars[side] if ord(c) < 128))
 
+    @contextlib.contextmanager
+    def naming_errors(self, side: int) -> Iterator[None]:
+        """A buffered write's OSError (a full disk) carries no file name: give it ours."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.filename is not None:
+                raise
+            raise OSError(exc.errno, exc.strerror, str(self.paths[side])) from exc
+
     def close(self) -> PairFiles:
         self.flush()
-        for file in self.files:
-            file.close()
+        for side, file in enumerate(self.files):
+            with self.naming_errors(side):
+                file.close()
         for temp, path in zip(self.temps, self.paths):
             os.replace(temp, path)
         chars = (frozenset(self.chars[0] - {"\n"}), frozenset(self.chars[1] - {"\n"}))
