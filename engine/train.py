@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from engine import checkpoint as ckpt
 from engine import distributed
@@ -45,9 +44,9 @@ from engine.events import (
     MemorySample,
     Notice,
 )
+from engine.loss import label_smoothed_loss, target_positions
 from engine.memory import MemoryProbe
 from engine.stages import StageResult
-from engine.vocab import PAD_ID
 
 if TYPE_CHECKING:
     from engine.config import RunConfig
@@ -95,22 +94,6 @@ class NoamSchedule:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.updates = int(state["updates"])
         self._apply()
-
-
-def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, epsilon: float,
-                        pad_id: int = PAD_ID) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(smoothed loss summed, NLL summed, tokens) over the non-pad positions of ``target``.
-
-    Smoothing as in fairseq: (1 - eps) * NLL + eps * mean over the vocabulary of -log p.
-    Computed in float32 whatever the autocast dtype of ``logits``.
-    """
-    lprobs = F.log_softmax(logits.float(), dim=-1).view(-1, logits.size(-1))
-    target = target.reshape(-1)
-    keep = target.ne(pad_id)
-    lprobs, target = lprobs[keep], target[keep]
-    nll = -lprobs.gather(1, target.unsqueeze(1)).sum()
-    smooth = -lprobs.sum() / lprobs.size(-1)
-    return (1.0 - epsilon) * nll + epsilon * smooth, nll, int(target.numel())
 
 
 # --- model stage ---------------------------------------------------------------------------
@@ -297,11 +280,14 @@ class TrainLoop:
     def forward_backward(self, batch) -> float | None:
         """Adds this batch's gradients; its NLL per target token, or None when not finite."""
         t = self.trainer
-        src, tgt_in = batch.src.to(t.device), batch.tgt_in.to(t.device)
-        tgt_out = batch.tgt_out.to(t.device)
+        keep, target = target_positions(batch.tgt_out)  # on the host: padding never reaches
+        src, tgt_in = batch.src.to(t.device), batch.tgt_in.to(t.device)  # the output layer
+        keep, target = keep.to(t.device), target.to(t.device)
         with self.autocast():
-            logits = (t.model if t.parallel is None else t.parallel)(src, tgt_in)
-        loss, nll, tokens = label_smoothed_loss(logits, tgt_out, self.cfg.label_smoothing)
+            logits = (t.model if t.parallel is None else t.parallel)(src, tgt_in, keep)
+        loss, nll = label_smoothed_loss(logits, target, self.cfg.label_smoothing)
+        del logits  # the loss keeps its gradient, not the logits
+        tokens = batch.tokens
         loss_value, nll_value = torch.stack([loss.detach(), nll.detach()]).tolist()  # one sync
         finite = math.isfinite(loss_value) and math.isfinite(nll_value)
         # under DDP every rank must take part in the gradient all-reduce: a NaN backward makes
@@ -412,16 +398,18 @@ class TrainLoop:
                 stopped = True
                 break
             batch = collate(self.data.valid, rows)
+            keep, target = target_positions(batch.tgt_out)
             try:
                 with self.autocast():
-                    logits = t.model(batch.src.to(t.device), batch.tgt_in.to(t.device))
+                    logits = t.model(batch.src.to(t.device), batch.tgt_in.to(t.device),
+                                     keep.to(t.device))
             except torch.cuda.OutOfMemoryError:
                 raise EngineError(f"CUDA out of memory during validation ({batch.padded_tokens:,} "
                                   "padded tokens); lower training.max_tokens "
                                   f"(now {self.cfg.max_tokens})") from None
-            _, nll, tokens = label_smoothed_loss(logits, batch.tgt_out.to(t.device), 0.0)
+            _, nll = label_smoothed_loss(logits, target.to(t.device), 0.0)
             nll_sum += nll.item()
-            tokens_sum += tokens
+            tokens_sum += batch.tokens
         nll_sum, tokens_sum, stopped = distributed.reduce_sums([nll_sum, tokens_sum, stopped])
         if stopped:
             return None
