@@ -2,7 +2,7 @@
 
     transformer-train [--preset NAME|PATH] [--set section.key=value ...] [--run-dir DIR]
                       [--until STAGE] [--resume last|PATH]
-    transformer-train translate|evaluate|average ...   (see `transformer-train COMMAND --help`)
+    transformer-train translate|evaluate|average|fit ...   (see `transformer-train COMMAND --help`)
 
 Under torchrun (WORLD_SIZE > 1 in the environment) every process joins one distributed job:
     torchrun --nproc_per_node=N -m engine --preset NAME ...   (see engine/distributed.py)
@@ -26,6 +26,7 @@ COMMANDS = {  # subcommand -> "module:function(argv) -> exit status"
     "translate": "engine.commands:translate_main",
     "evaluate": "engine.commands:evaluate_main",
     "average": "engine.commands:average_main",
+    "fit": "engine.fit:fit_main",
 }
 
 

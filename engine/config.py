@@ -28,8 +28,11 @@ PRESET_NAMES = ("sample", "quick", "medium", "full")
 
 
 def _key(default: Any, *, doc: str, min: float | None = None, max: float | None = None,
-         choices: tuple[str, ...] | None = None, is_file: bool = False) -> Any:
-    meta = {"doc": doc, "min": min, "max": max, "choices": choices, "is_file": is_file}
+         choices: tuple[str, ...] | None = None, is_file: bool = False,
+         auto: bool = False) -> Any:
+    """``auto``: the key also takes the string "auto" (the engine works the value out)."""
+    meta = {"doc": doc, "min": min, "max": max, "choices": choices, "is_file": is_file,
+            "auto": auto}
     return field(default=default, metadata=meta)
 
 
@@ -73,7 +76,9 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainingConfig:
     epochs: int = _key(10, doc="passes over the training data", min=1)
-    max_tokens: int = _key(4096, doc="padded source or target tokens per batch", min=16)
+    max_tokens: int | str = _key(4096, doc="padded source or target tokens per batch, or \"auto\": "
+                                 "the largest that fits in memory (transformer-train fit)",
+                                 min=16, auto=True)
     update_freq: int = _key(1, doc="batches accumulated per optimizer step", min=1)
     warmup: int = _key(4000, doc="learning-rate warmup steps", min=1)
     lr_factor: float = _key(1.0, doc="scale of the paper's learning-rate schedule", min=0.0)
@@ -85,6 +90,8 @@ class TrainingConfig:
     keep_last: int = _key(5, doc="periodic checkpoints kept, 0 = all", min=0)
     seed: int = _key(1, doc="random seed for initialisation and batch order", min=0)
     max_bad_batches: int = _key(5, doc="NaN/OOM batches in a row before the run stops", min=1)
+    memory_budget: float = _key(0.0, doc="GiB training may use (fit, preflight); 0 = the whole "
+                                "GPU, or on the CPU all of RAM (preflight: no check)", min=0.0)
 
 
 @dataclass(frozen=True)
@@ -201,12 +208,15 @@ def _check_value(section: str, f: dataclasses.Field, value: Any, source: str) ->
     where = f"{source}: [{section}] {f.name} = {value!r}"
     kind = type(f.default)
     meta = f.metadata
+    auto = ' or "auto"' if meta.get("auto") else ""
+    if auto and value == "auto":
+        return value
     if kind is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: must be true or false")
     elif kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: must be an integer{_range_text(meta)}")
+            raise ConfigError(f"{where}: must be an integer{_range_text(meta)}{auto}")
     elif kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: must be a number{_range_text(meta)}")
@@ -218,9 +228,9 @@ def _check_value(section: str, f: dataclasses.Field, value: Any, source: str) ->
         hint = _did_you_mean(str(value), meta["choices"])
         raise ConfigError(f"{where}: must be one of {', '.join(meta['choices'])}{hint}")
     if meta["min"] is not None and value < meta["min"]:
-        raise ConfigError(f"{where}: must be{_range_text(meta)}")
+        raise ConfigError(f"{where}: must be{_range_text(meta)}{auto}")
     if meta["max"] is not None and value > meta["max"]:
-        raise ConfigError(f"{where}: must be{_range_text(meta)}")
+        raise ConfigError(f"{where}: must be{_range_text(meta)}{auto}")
     return value
 
 
