@@ -436,19 +436,26 @@ def save_fit(result: FitResult, run_dir: Path) -> Path:
     return path
 
 
+def matching_fit(config: RunConfig, run_dir: Path, device: Any) -> FitResult | None:
+    """The run directory's fit.json when it was made for this model, budget and device."""
+    import torch
+
+    from engine.device import resolve_precision
+
+    precision, _ = resolve_precision(config.training.precision, device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    result = load_fit(run_dir)
+    key = fit_key(config, name, precision, memory_budget(config, device))
+    return result if result is not None and result.key == key else None
+
+
 def resolve_auto(config: RunConfig, run_dir: Path, report: Callable[[str], None]) -> RunConfig:
     """``training.max_tokens = "auto"``: the config with the fitted max_tokens (a matching
     fit.json in ``run_dir`` is reused; else the fit runs and is saved there)."""
-    import torch
+    from engine.device import pick_device
 
-    from engine.device import pick_device, resolve_precision
-
-    device = pick_device(config.training.device)
-    precision, _ = resolve_precision(config.training.precision, device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    key = fit_key(config, name, precision, memory_budget(config, device))
-    result = load_fit(run_dir)
-    if result is not None and result.key == key:
+    result = matching_fit(config, run_dir, pick_device(config.training.device))
+    if result is not None:
         report(f"training.max_tokens = \"auto\": {result.max_tokens} from {run_dir / FIT_FILE}")
     else:
         report("training.max_tokens = \"auto\": measuring what fits (transformer-train fit) ...")
@@ -457,6 +464,69 @@ def resolve_auto(config: RunConfig, run_dir: Path, report: Callable[[str], None]
         report(f"training.max_tokens = \"auto\": {result.max_tokens} (saved {run_dir / FIT_FILE})")
     training = dataclasses.replace(config.training, max_tokens=result.max_tokens)
     return dataclasses.replace(config, training=training)
+
+
+# --- preflight of a run's own worst case ------------------------------------------------------
+
+
+def hungriest_batch(batches: list[Any], src_lengths: Any, tgt_lengths: Any, model_cfg: Any,
+                    vocab: int) -> int:
+    """Index of the batch estimated to need the most memory in a training step: activations
+    per padded position (both sides, every layer), the logits and their gradient per real
+    target token, and attention scores (rows x heads x lengths squared) where a backend
+    materialises them. Batches of equal max_tokens differ several-fold in these terms."""
+    d, layers = model_cfg.d_model, model_cfg.n_layers
+    per_position = layers * (12 * d + 2 * model_cfg.ffn_hidden)
+    best, best_cost = 0, -1.0
+    for index, rows in enumerate(batches):
+        s, t = src_lengths[rows], tgt_lengths[rows]
+        n, S, T = len(rows), int(s.max()), int(t.max())
+        cost = (n * (S + T) * per_position + float(t.sum()) * 2 * vocab
+                + n * model_cfg.n_head * layers * (S * S + T * T + S * T))
+        if cost > best_cost:
+            best, best_cost = index, cost
+    return best
+
+
+def max_tokens_that_fits(max_tokens: int, peak: int | None, held: int, fixed: int, budget: int,
+                         lowest: int) -> int | None:
+    """Scale ``max_tokens`` so that its step's memory (``peak`` minus what was ``held`` before
+    and the ``fixed`` part, e.g. optimizer state) fits the budget minus the margin; None when
+    not even ``lowest`` would. An estimate (``transformer-train fit`` measures)."""
+    room = budget * (1 - MARGIN) - held - fixed
+    if peak is None:  # out of memory: at least halve
+        return _round_down(max_tokens / 2, GRANULARITY) if max_tokens / 2 >= lowest else None
+    scaled = max(peak - held - fixed, 1)
+    fits = _round_down(max_tokens * room / scaled, GRANULARITY)
+    return fits if fits >= lowest else None
+
+
+def preflight_failure(what: str, peak: int | None, budget: int, budget_source: str,
+                      max_tokens: int, remedy: str) -> str:
+    """The one line a run that would run out of memory stops with."""
+    needed = "runs out of memory" if peak is None else f"needs {peak / GIB:.2f} GiB"
+    return (f"out of memory ahead: {what} {needed} with training.max_tokens = {max_tokens}, "
+            f"over the {budget / GIB:.2f} GiB budget ({budget_source}); {remedy}")
+
+
+def max_tokens_remedy(fits: int | None, fitted: FitResult | None) -> str:
+    if fitted is not None:
+        return f"training.max_tokens = {fitted.max_tokens} fits (measured, {FIT_FILE})"
+    if fits is None:
+        return ("no max_tokens fits: lower model.max_len or the model size, or raise "
+                "training.memory_budget")
+    return f"training.max_tokens = {fits} fits (estimated; transformer-train fit measures it)"
+
+
+def current_usage(device: Any) -> int:
+    """Bytes in use now: the CUDA allocator's, or this process's resident memory."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
 
 
 # --- transformer-train fit -------------------------------------------------------------------

@@ -325,6 +325,88 @@ class TrainLoop:
         # an fp16 overflow is the scaler's normal business; non-finite bf16/fp32 gradients are not
         return applied or t.scaler is not None
 
+    # -- the worst case first --
+
+    def preflight_worst_case(self) -> None:
+        """One step on the epoch's most memory-hungry batch and one beam search on the longest
+        validation sentences before training, so that a run that would run out of memory fails
+        in its first minute, naming the max_tokens that fits. On the CPU only against
+        training.memory_budget (the whole RAM is no useful limit: the system swaps or kills)."""
+        from engine import fit as memory_fit
+        from engine.batching import decoder_lengths
+
+        t, cfg = self.trainer, self.cfg
+        if t.device.type == "cpu" and not cfg.memory_budget:
+            return
+        budget = memory_fit.memory_budget(self.config, t.device)
+        budget_source = ("training.memory_budget" if cfg.memory_budget
+                         else f"{torch.cuda.get_device_name(t.device)}'s memory")
+        train = self.data.train
+        index = memory_fit.hungriest_batch(self.batches.train, train.src_lengths,
+                                           decoder_lengths(train), self.config.model,
+                                           self.tokenizers.tgt.get_vocab_size())
+        rows = self.batches.train[index]
+        batch = collate(train, rows)
+        what = (f"the epoch's largest batch ({len(rows)} sentences of up to "
+                f"{batch.src.size(1)}/{batch.tgt_in.size(1)} tokens)")
+        # Adam's moments appear at the first update: counted, not allocated, before it
+        adam = 0 if t.optimizer.state else 2 * sum(p.numel() * 4 for p in t.model.parameters())
+        cuda_rng = [t.device] if t.device.type == "cuda" else []
+        held = memory_fit.current_usage(t.device)
+        with torch.random.fork_rng(devices=cuda_rng):  # dropout here leaves the run's draws
+            memory_fit.reset_peak(t.device)
+            try:
+                with distributed.sync_gradients(t.parallel, False):  # this rank alone
+                    self.forward_backward(batch)
+                peak = memory_fit.peak_since_reset(t.device) + adam
+            except torch.cuda.OutOfMemoryError:
+                peak = None
+            finally:
+                t.optimizer.zero_grad(set_to_none=True)
+        if peak is None or peak > budget:
+            if peak is None:
+                torch.cuda.empty_cache()
+            fits = memory_fit.max_tokens_that_fits(cfg.max_tokens, peak, held, adam, budget,
+                                                   self.config.model.max_len)
+            fitted = memory_fit.matching_fit(self.config, self.run_dir, t.device)
+            raise EngineError(memory_fit.preflight_failure(
+                what, peak, budget, budget_source, cfg.max_tokens,
+                memory_fit.max_tokens_remedy(fits, fitted)))
+        text = (f"preflight: {what} peaked at {peak / 2**30:.2f} GiB of the "
+                f"{budget / 2**30:.2f} GiB budget")
+        beam_peak = self.preflight_beam_search() if distributed.is_main() else None
+        if beam_peak is not None:
+            if beam_peak > budget:
+                raise EngineError(memory_fit.preflight_failure(
+                "validation beam search on the longest validation sentences", beam_peak,
+                budget, budget_source, cfg.max_tokens,
+                "lower eval.beam or eval.bleu_samples, or set eval.bleu_every = 0"))
+            text += f"; validation beam search {beam_peak / 2**30:.2f} GiB"
+        self.emit(Notice(text=text))
+
+    def preflight_beam_search(self) -> int | None:
+        """Peak memory of validation beam search on the longest sentences BLEU decodes (one
+        batch of translate's), or None when BLEU is off."""
+        from engine import fit as memory_fit
+        from engine.decode import translate
+
+        t, ev = self.trainer, self.config.eval
+        if not ev.bleu_every:
+            return None
+        sources = [src for src, _ in (self.corpus.valid[:ev.bleu_samples] if ev.bleu_samples
+                                      else self.corpus.valid)]
+        encoded = self.tokenizers.src.encode_batch(sources, add_special_tokens=False)
+        longest = sorted(range(len(sources)), key=lambda i: len(encoded[i].ids))
+        longest = longest[-memory_fit.BEAM_SENTENCES:]
+        memory_fit.reset_peak(t.device)
+        with torch.no_grad(), self.autocast():
+            translate(t.model, self.tokenizers.src, self.tokenizers.tgt,
+                      [sources[i] for i in longest], beam=ev.beam,
+                      length_penalty=ev.length_penalty, max_len_offset=ev.max_len_offset,
+                      batch_size=memory_fit.BEAM_SENTENCES)
+        t.model.train()
+        return memory_fit.peak_since_reset(t.device)
+
     # -- epochs --
 
     def train_epoch(self, epoch: int) -> None:
@@ -485,8 +567,10 @@ class TrainLoop:
         if p.epoch >= cfg.epochs:
             self.emit(Notice(text=f"the checkpoint has already trained {p.epoch} epochs of "
                                   f"{cfg.epochs}; raise training.epochs to train more"))
-        self.maybe_memory(force=True)
         first_epoch = p.epoch + 1
+        if first_epoch <= cfg.epochs:
+            self.preflight_worst_case()
+        self.maybe_memory(force=True)
         for epoch in range(first_epoch, cfg.epochs + 1):
             epoch_clock = _Clock(self.control)
             self.train_epoch(epoch)

@@ -130,3 +130,51 @@ def test_max_tokens_auto_reuses_a_matching_fit_and_refits_when_the_model_changes
         assert len(calls) == 2  # another model: measured anew
     finally:
         fit_module.fit = original
+
+
+# --- the preflight of a run's own worst case ---------------------------------------------------
+
+
+def test_the_preflight_step_leaves_the_run_exactly_as_it_would_be_without_it(tmp_path,
+                                                                             monkeypatch):
+    from engine import train
+    from engine.control import RunControl
+    from engine.events import BatchProgress, Notice
+    from engine.pipeline import run
+
+    def losses(run_dir, config):
+        events = []
+        assert run(config, run_dir, events.append, RunControl()) == "finished"
+        return [(p.step, p.loss) for p in events if isinstance(p, BatchProgress)], events
+
+    monkeypatch.setattr(train, "PROGRESS_SECONDS", 0.0)  # every batch's loss
+
+    plain, _ = losses(tmp_path / "plain", tiny_config())
+    checked, events = losses(tmp_path / "checked", tiny_config(training__memory_budget=64.0))
+    notes = [e.text for e in events if isinstance(e, Notice) and e.text.startswith("preflight")]
+    assert len(notes) == 1 and "of the 64.00 GiB budget" in notes[0]
+    assert checked == plain  # no gradient, dropout draw or optimizer state leaks into training
+
+
+def test_a_run_whose_largest_batch_exceeds_the_budget_stops_before_training_naming_what_fits(
+        tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "--preset", "sample", "--run-dir", str(run_dir),
+         "--set", "training.max_tokens=16384", "--set", "training.memory_budget=0.6",
+         "--set", "training.precision=\"fp32\""],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 1
+    failure = [line for line in (done.stdout + done.stderr).splitlines()
+               if "out of memory ahead" in line]
+    assert len(failure) == 1
+    assert "the epoch's largest batch" in failure[0] and "over the 0.60 GiB budget" in failure[0]
+    assert "training.max_tokens = 16384" in failure[0]
+    assert " fits (estimated; transformer-train fit measures it)" in failure[0]
+    events = (run_dir / "events.jsonl").read_text()
+    assert '"BatchProgress"' not in events  # failed before the first batch
+    assert not list(run_dir.glob("*.pt"))
