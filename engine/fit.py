@@ -290,13 +290,15 @@ def _probe(spec: dict[str, Any]) -> int:
     return peak_since_reset(device)
 
 
-def reset_peak(device: Any) -> None:
+def reset_peak(device: Any, sync: bool = True) -> None:
     """Start a new peak: the CUDA allocator's, or this process's peak resident memory (Linux:
-    writing 5 to /proc/self/clear_refs resets VmHWM to the current resident size)."""
+    writing 5 to /proc/self/clear_refs resets VmHWM to the current resident size). The
+    allocator counts what the host has queued, so ``sync=False`` (training) is exact enough."""
     import torch
 
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        if sync:
+            torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         return
     try:
@@ -305,11 +307,12 @@ def reset_peak(device: Any) -> None:
         pass  # then the peak is the process's lifetime peak: higher, never lower
 
 
-def peak_since_reset(device: Any) -> int:
+def peak_since_reset(device: Any, sync: bool = True) -> int:
     import torch
 
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        if sync:
+            torch.cuda.synchronize(device)
         return int(torch.cuda.max_memory_allocated(device))
     return resident_peak()
 

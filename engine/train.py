@@ -29,6 +29,7 @@ import torch
 
 from engine import checkpoint as ckpt
 from engine import distributed
+from engine import fit as memory_fit
 from engine.batching import Batches, collate
 from engine.checkpoint import Progress
 from engine.control import RunControl, RunStopped
@@ -196,6 +197,14 @@ class TrainLoop:
         self.emit, self.control = emit, control
         self.memory = MemoryProbe()  # also read by the app's panel: one probe for both
         self.last_memory = 0.0
+        # what a person tuning max_tokens against out-of-memory errors needs (MemorySample)
+        self.budget = memory_fit.memory_budget(config, trainer.device)
+        fitted = memory_fit.matching_fit(config, self.run_dir, trainer.device)
+        self.fit_max_tokens = fitted.max_tokens if fitted is not None else None
+        self.recent_peak: int | None = None
+        self.largest_peak: int | None = None
+        self.largest_batch: list[int] = []
+        self.oom_skipped = 0
         self.bad_in_a_row = 0
         self.saved_position: tuple[int, int] | None = None  # (epoch, batch) of checkpoint_last
         self.session = _Clock(control)
@@ -219,7 +228,21 @@ class TrainLoop:
                 devices=reading.devices, torch_allocated=reading.torch_allocated,
                 torch_reserved=reading.torch_reserved, torch_peak=reading.torch_peak,
                 process_rss=reading.process_rss or 0, system_used=reading.system_used or 0,
-                system_total=reading.system_total or 0, max_tokens=self.cfg.max_tokens))
+                system_total=reading.system_total or 0, max_tokens=self.cfg.max_tokens,
+                budget=self.budget, recent_peak=self.recent_peak,
+                largest_batch_peak=self.largest_peak, largest_batch=self.largest_batch,
+                headroom=None if self.largest_peak is None else self.budget - self.largest_peak,
+                oom_skipped=self.oom_skipped, fit_max_tokens=self.fit_max_tokens))
+            self.recent_peak = None
+
+    def note_peak(self, batch) -> None:
+        """This batch's peak memory (from ``reset_peak`` before it): the sparkline's point and
+        the run's largest so far, with the batch's shape."""
+        peak = memory_fit.peak_since_reset(self.trainer.device, sync=False)
+        self.recent_peak = max(self.recent_peak or 0, peak)
+        if self.largest_peak is None or peak > self.largest_peak:
+            self.largest_peak = peak
+            self.largest_batch = [batch.src.size(0), batch.src.size(1), batch.tgt_in.size(1)]
 
     def save_last(self) -> None:
         t = self.trainer
@@ -252,6 +275,8 @@ class TrainLoop:
         raise RunStopped()
 
     def bad_batch(self, reason: str, epoch: int, batch: int, tokens: int) -> None:
+        if reason == "oom":
+            self.oom_skipped += 1
         if reason == "oom" and distributed.active():
             raise EngineError(
                 f"CUDA out of memory on {distributed.describe()} (epoch {epoch}, batch {batch}, "
@@ -332,7 +357,6 @@ class TrainLoop:
         validation sentences before training, so that a run that would run out of memory fails
         in its first minute, naming the max_tokens that fits. On the CPU only against
         training.memory_budget (the whole RAM is no useful limit: the system swaps or kills)."""
-        from engine import fit as memory_fit
         from engine.batching import decoder_lengths
 
         t, cfg = self.trainer, self.cfg
@@ -387,7 +411,6 @@ class TrainLoop:
     def preflight_beam_search(self) -> int | None:
         """Peak memory of validation beam search on the longest sentences BLEU decodes (one
         batch of translate's), or None when BLEU is off."""
-        from engine import fit as memory_fit
         from engine.decode import translate
 
         t, ev = self.trainer, self.config.eval
@@ -427,6 +450,7 @@ class TrainLoop:
             batch = collate(self.data.train, self.batches.train[order[position]])
             last_in_group = (position + 1) % cfg.update_freq == 0 or position == n - 1
             out_of_memory = False
+            memory_fit.reset_peak(t.device, sync=False)
             try:
                 with distributed.sync_gradients(t.parallel, last_in_group):
                     nll = self.forward_backward(batch)
@@ -449,6 +473,7 @@ class TrainLoop:
             if last_in_group and not self.update() and nll is not None:
                 self.bad_batch("nan", epoch, position + 1, batch.padded_tokens)
                 nll = None
+            self.note_peak(batch)
             if nll is not None:
                 self.bad_in_a_row = 0
             p.batch_in_epoch = position + 1

@@ -139,7 +139,7 @@ def test_the_preflight_step_leaves_the_run_exactly_as_it_would_be_without_it(tmp
                                                                              monkeypatch):
     from engine import train
     from engine.control import RunControl
-    from engine.events import BatchProgress, Notice
+    from engine.events import BatchProgress, MemorySample, Notice
     from engine.pipeline import run
 
     def losses(run_dir, config):
@@ -154,6 +154,15 @@ def test_the_preflight_step_leaves_the_run_exactly_as_it_would_be_without_it(tmp
     notes = [e.text for e in events if isinstance(e, Notice) and e.text.startswith("preflight")]
     assert len(notes) == 1 and "of the 64.00 GiB budget" in notes[0]
     assert checked == plain  # no gradient, dropout draw or optimizer state leaks into training
+
+    # the memory panel's data: the largest batch's peak and shape, headroom to the budget
+    sample = [e for e in events if isinstance(e, MemorySample)][-1]
+    assert sample.budget == 64 * GIB and sample.oom_skipped == 0
+    rows, src_len, tgt_len = sample.largest_batch
+    assert rows * max(src_len, tgt_len) <= 500  # a real batch under max_tokens
+    assert 0 < sample.largest_batch_peak < sample.budget
+    assert sample.headroom == sample.budget - sample.largest_batch_peak
+    assert sample.fit_max_tokens is None  # no fit.json in this run directory
 
 
 def test_a_run_whose_largest_batch_exceeds_the_budget_stops_before_training_naming_what_fits(
