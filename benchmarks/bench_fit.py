@@ -70,11 +70,10 @@ def main() -> None:
     started = time.perf_counter()
     result = fit(config, "cpu", report=lambda text: print(text, flush=True))
     print("\n".join(result.recommendation()))
-    print(f"fit took {time.perf_counter() - started:.0f} s, {len(result.points)} training probes"
-          f"{' + 1 beam search probe' if result.beam_peak_bytes is not None else ''}\n")
+    print(f"fit took {time.perf_counter() - started:.0f} s, {len(result.points)} probes\n")
     rec = result.max_tokens
     over = int(rec * args.over)
-    probe_over = measure_in_child(config, "cpu", "train", over)
+    probe_over = measure_in_child(config, "cpu", over)
 
     work = Path(tempfile.mkdtemp(prefix="bench-fit-"))
     try:

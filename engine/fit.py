@@ -9,8 +9,10 @@ one that ignores sequence length and validation, recommends sizes that fail late
   ``model.max_len`` admits, at the shapes bucketing makes (few long rows; many short rows), all
   positions real (every one reaches the output layer), run through forward, backward and the
   optimizer step;
-- validation beam search at ``eval.beam`` on sentences of ``model.max_len`` tokens (an untrained
-  model decodes each to its length limit: the worst case);
+- then, in the same process as in a run, validation beam search at ``eval.beam`` on sentences
+  of ``model.max_len`` tokens, as many as validation puts in a batch at that ``max_tokens``
+  (``engine.decode.beam_sentences``; an untrained model decodes each to its length limit: the
+  worst case);
 - each measurement in a fresh child process (``python -m engine.fit --probe``), so peaks do not
   mix: on CUDA the caching allocator's peak (``max_memory_allocated``), on the CPU the child's
   peak resident memory;
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
     from engine.config import RunConfig
 
 FIT_FILE = "fit.json"
-FIT_VERSION = 1
+FIT_VERSION = 2
 MARGIN = 0.10  # of the budget: what the training process holds besides a step (data, caches)
 GRANULARITY = 64  # max_tokens are recommended in multiples of this
 SHORT_ROWS = 16  # the "many short rows" shape: sentences of this many tokens
@@ -56,7 +58,7 @@ GIB = 2 ** 30
 
 
 class NothingFits(EngineError):
-    """Even the smallest batch (or beam search alone) needs more memory than the budget."""
+    """Even the smallest batch (with its validation beam search) needs more than the budget."""
 
 
 @dataclass
@@ -74,7 +76,6 @@ class FitResult:
     max_tokens: int  # the recommendation
     predicted_peak_bytes: int  # measured at the recommendation
     points: list[FitPoint]
-    beam_peak_bytes: int | None  # validation beam search (None: BLEU is off)
     target_tokens: int | None  # the effective batch to keep (tokens per update), if known
     update_freq: dict[int, int] = field(default_factory=dict)  # processes -> update_freq
     key: dict[str, Any] = field(default_factory=dict)  # what the fit depends on (reuse check)
@@ -103,8 +104,6 @@ class FitResult:
             peak = "out of memory" if p.peak_bytes is None else f"{p.peak_bytes / GIB:.3f} GiB"
             out.append(f"  max_tokens {p.max_tokens:>7,}: peak {peak}"
                        f"{'' if p.fits else '  (over the limit)'}")
-        if self.beam_peak_bytes is not None:
-            out.append(f"  validation beam search: peak {self.beam_peak_bytes / GIB:.3f} GiB")
         return out + self.recommendation()
 
     def recommendation(self) -> list[str]:
@@ -197,34 +196,35 @@ def _next_candidate(peaks: dict[int, int | None], limit: int, good: int, bad: in
 def _nothing_fits_text(max_tokens: int, peak: int | None, limit: int) -> str:
     needed = "runs out of memory" if peak is None else f"needs {peak / GIB:.2f} GiB"
     return (f"even the smallest batch the config allows (max_tokens {max_tokens}, one sentence of "
-            f"model.max_len tokens) {needed}, over the limit of {limit / GIB:.2f} GiB: "
-            "lower model.max_len or the model size, or raise training.memory_budget")
+            f"model.max_len tokens, and its validation beam search) {needed}, over the limit of "
+            f"{limit / GIB:.2f} GiB: lower model.max_len or the model size, or raise "
+            "training.memory_budget")
 
 
 # --- the measurements (each in a fresh child process) ----------------------------------------
 
 
-def _probe_command(config: RunConfig, device: str, what: str, max_tokens: int) -> list[str]:
-    spec = {"config": config.to_dict(), "device": device, "what": what,
-            "max_tokens": max_tokens}
+def _probe_command(config: RunConfig, device: str, max_tokens: int) -> list[str]:
+    spec = {"config": config.to_dict(), "device": device, "max_tokens": max_tokens}
     return [sys.executable, "-m", "engine.fit", "--probe", json.dumps(spec)]
 
 
-def measure_in_child(config: RunConfig, device: str, what: str, max_tokens: int = 0,
+def measure_in_child(config: RunConfig, device: str, max_tokens: int,
                      timeout: float | None = None) -> int | None:
-    """Peak bytes of one probe ("train" at ``max_tokens``, or "beam") in a fresh process; None
+    """Peak bytes of the worst steps and validation beam search at ``max_tokens``, in a fresh
+    process; None
     when it ran out of memory (CUDA's error, or the child killed by the kernel)."""
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)  # the engine the parent runs
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH", "")]))
-    done = subprocess.run(_probe_command(config, device, what, max_tokens), env=env,
+    done = subprocess.run(_probe_command(config, device, max_tokens), env=env,
                           capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         error = done.stderr.lower()
         if done.returncode < 0 or "out of memory" in error or "can't allocate memory" in error:
             return None
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise EngineError(f"fit: the memory probe ({what}, max_tokens {max_tokens}) failed: "
+        raise EngineError(f"fit: the memory probe (max_tokens {max_tokens}) failed: "
                           f"{last}")
     return int(json.loads(done.stdout.strip().splitlines()[-1])["peak"])
 
@@ -241,7 +241,7 @@ def _probe(spec: dict[str, Any]) -> int:
     import torch
 
     from engine.config import config_from_dict
-    from engine.decode import beam_search
+    from engine.decode import beam_search, beam_sentences
     from engine.device import resolve_precision
     from engine.loss import label_smoothed_loss, target_positions
     from engine.model import Transformer
@@ -275,18 +275,17 @@ def _probe(spec: dict[str, Any]) -> int:
         optimizer.zero_grad(set_to_none=True)
 
     reset_peak(device)
-    if spec["what"] == "train":
-        for rows, length in worst_shapes(spec["max_tokens"], max_len):
-            step(rows, length)
-    else:  # the optimizer's state exists during validation: one small step makes it
-        step(1, min(SHORT_ROWS, max_len))
-        n = min(BEAM_SENTENCES, config.eval.bleu_samples or BEAM_SENTENCES)
+    for rows, length in worst_shapes(spec["max_tokens"], max_len):
+        step(rows, length)
+    if config.eval.bleu_every:  # validation follows training in the same process
+        ev = config.eval
+        n = min(BEAM_SENTENCES, ev.bleu_samples or BEAM_SENTENCES,
+                beam_sentences(spec["max_tokens"], ev.beam, max_len, ev.max_len_offset))
         src = torch.randint(4, vocab, (n, max_len))
         src[:, -1] = EOS_ID
         with autocast:
-            beam_search(model, src.to(device), BOS_ID, EOS_ID, PAD_ID, beam=config.eval.beam,
-                        length_penalty=config.eval.length_penalty,
-                        max_len_offset=config.eval.max_len_offset)
+            beam_search(model, src.to(device), BOS_ID, EOS_ID, PAD_ID, beam=ev.beam,
+                        length_penalty=ev.length_penalty, max_len_offset=ev.max_len_offset)
     return peak_since_reset(device)
 
 
@@ -374,9 +373,9 @@ def fit_key(config: RunConfig, device_name: str, precision: str, budget: int) ->
 
 def fit(config: RunConfig, device: str = "auto", processes: int = 1,
         report: Callable[[str], None] | None = None,
-        measure: Callable[[str, int], int | None] | None = None) -> FitResult:
+        measure: Callable[[int], int | None] | None = None) -> FitResult:
     """Measure and recommend ``max_tokens`` for ``config`` on ``device`` ("auto", "cpu",
-    "cuda", "cuda:1"); ``report`` gets a line per measured point. ``measure(what, max_tokens)``
+    "cuda", "cuda:1"); ``report`` gets a line per measured point. ``measure(max_tokens)``
     replaces the child-process probe (tests)."""
     import torch
 
@@ -390,26 +389,13 @@ def fit(config: RunConfig, device: str = "auto", processes: int = 1,
     margin = int(budget * MARGIN)
     limit = budget - margin
     say = report or (lambda text: None)
-    probe = measure or (lambda what, m: measure_in_child(config, str(chosen), what, m))
+    probe = measure or (lambda m: measure_in_child(config, str(chosen), m))
     say(_budget_line(name, budget, margin))
 
-    beam_peak = None
-    if config.eval.bleu_every:
-        say(f"measuring validation beam search (beam {config.eval.beam}, sentences of "
-            f"{config.model.max_len} tokens) ...")
-        beam_peak = probe("beam", 0)
-        if beam_peak is None or beam_peak > limit:
-            needed = "runs out of memory" if beam_peak is None else f"needs {beam_peak / GIB:.2f} GiB"
-            raise NothingFits(f"validation beam search (eval.beam = {config.eval.beam}, "
-                              f"{BEAM_SENTENCES} sentences of {config.model.max_len} tokens) "
-                              f"{needed}, over the limit of {limit / GIB:.2f} GiB: lower "
-                              "eval.beam or model.max_len, or set eval.bleu_every = 0")
-        say(f"  validation beam search: peak {beam_peak / GIB:.3f} GiB")
-
     def measure_train(max_tokens: int) -> int | None:
-        peak = probe("train", max_tokens)
+        peak = probe(max_tokens)
         shown = "out of memory" if peak is None else f"{peak / GIB:.3f} GiB"
-        say(f"  max_tokens {max_tokens:>7,}: peak {shown}")
+        say(f"  max_tokens {max_tokens:>7,}: peak {shown}")  # steps and beam search
         return peak
 
     lowest = config.model.max_len  # one sentence of the longest length: batching's minimum
@@ -419,7 +405,7 @@ def fit(config: RunConfig, device: str = "auto", processes: int = 1,
     return FitResult(
         device=name, budget_bytes=budget, margin_bytes=margin, max_tokens=best,
         predicted_peak_bytes=next(p.peak_bytes for p in points if p.max_tokens == best) or 0,
-        points=points, beam_peak_bytes=beam_peak, target_tokens=target,
+        points=points, target_tokens=target,
         update_freq=update_freqs(target, best, processes),
         key=fit_key(config, name, precision, budget), seconds=round(time.monotonic() - started, 1))
 

@@ -426,7 +426,7 @@ class TrainLoop:
             translate(t.model, self.tokenizers.src, self.tokenizers.tgt,
                       [sources[i] for i in longest], beam=ev.beam,
                       length_penalty=ev.length_penalty, max_len_offset=ev.max_len_offset,
-                      batch_size=memory_fit.BEAM_SENTENCES)
+                      batch_size=memory_fit.BEAM_SENTENCES, max_tokens=self.cfg.max_tokens)
         t.model.train()
         return memory_fit.peak_since_reset(t.device)
 
@@ -534,7 +534,8 @@ class TrainLoop:
             hypotheses = translate(t.model, self.tokenizers.src, self.tokenizers.tgt,
                                    [src for src, _ in pairs], beam=ev.beam,
                                    length_penalty=ev.length_penalty,
-                                   max_len_offset=ev.max_len_offset)
+                                   max_len_offset=ev.max_len_offset,
+                                   max_tokens=self.cfg.max_tokens)
         t.model.train()
         return round(corpus_bleu(hypotheses, [tgt for _, tgt in pairs])[0], 2)
 

@@ -94,7 +94,7 @@ def test_the_fit_command_measures_child_processes_recommends_what_fits_and_saves
     assert out.count("  max_tokens") == len(saved.points)  # each point shown as it is measured
     # no guess: a fresh measurement at the recommendation stays under the budget
     config = tiny_config(training__memory_budget=0.75)
-    peak = measure_in_child(config, "cpu", "train", saved.max_tokens)
+    peak = measure_in_child(config, "cpu", saved.max_tokens)
     assert peak is not None and peak <= saved.budget_bytes
 
 
@@ -102,7 +102,7 @@ def test_max_tokens_auto_reuses_a_matching_fit_and_refits_when_the_model_changes
     config = tiny_config(training__max_tokens="auto", training__memory_budget=0.75)
     calls: list[str] = []
     made = FitResult(device="cpu", budget_bytes=int(0.75 * GIB), margin_bytes=0, max_tokens=960,
-                     predicted_peak_bytes=1, points=[], beam_peak_bytes=None, target_tokens=None)
+                     predicted_peak_bytes=1, points=[], target_tokens=None)
     from engine import fit as fit_module
 
     def fake_fit(config, device, processes=1, report=None, measure=None):
