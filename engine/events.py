@@ -178,7 +178,7 @@ class MemorySample(Event):
     devices: list[dict[str, Any]]  # NVML per GPU: name, used, total, util (None = n/a)
     torch_allocated: int | None  # bytes, this process, None without CUDA
     torch_reserved: int | None
-    torch_peak: int | None
+    torch_peak: int | None  # during training: since the current batch began (reset per batch)
     process_rss: int
     system_used: int
     system_total: int

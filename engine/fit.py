@@ -217,7 +217,8 @@ def measure_in_child(config: RunConfig, device: str, max_tokens: int,
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)  # the engine the parent runs
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH", "")]))
-    done = subprocess.run(_probe_command(config, device, max_tokens), env=env,
+    # cwd: ``python -m`` looks there first, and it must find this engine, not another checkout
+    done = subprocess.run(_probe_command(config, device, max_tokens), env=env, cwd=root,
                           capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         error = done.stderr.lower()
