@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 from engine.config import load_config
 from engine.fit import GIB, fit, measure_in_child
 
@@ -41,10 +43,22 @@ def train(preset: str, overrides: list[str], run_dir: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_DATASETS_OFFLINE": "1",
            "HF_HUB_OFFLINE": "1"}
     started = time.perf_counter()
+    polled = 0
     with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(child.pid, 0)
-    return {"exit": os.waitstatus_to_exitcode(status), "peak_rss": usage.ru_maxrss * 1024,
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                 cwd=ROOT)
+        process = psutil.Process(child.pid)
+        while True:  # also sampled: the run resets its peak once (preflight)
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            if pid:
+                break
+            try:
+                polled = max(polled, process.memory_info().rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.02)
+    return {"exit": os.waitstatus_to_exitcode(status),
+            "peak_rss": max(usage.ru_maxrss * 1024, polled),
             "user": usage.ru_utime, "system": usage.ru_stime,
             "wall": time.perf_counter() - started,
             "failure": _failure(run_dir.parent / f"{run_dir.name}.log")}

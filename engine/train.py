@@ -243,9 +243,12 @@ class TrainLoop:
         sample data at max_tokens 6,208, glibc's defaults or ours alike), past what the fit
         measured for a step. The price is page faults (kernel time), paid only under a budget."""
         device = self.trainer.device
-        peak = memory_fit.peak_since_reset(device, sync=False)
-        if device.type == "cpu" and self.cfg.memory_budget:
-            trim_heap()
+        if device.type == "cuda":
+            peak = memory_fit.peak_since_reset(device, sync=False)
+        else:  # resident memory after the batch: its peak is not measured per batch on the CPU
+            peak = memory_fit.current_usage(device)
+            if self.cfg.memory_budget:
+                trim_heap()
         self.recent_peak = max(self.recent_peak or 0, peak)
         if self.largest_peak is None or peak > self.largest_peak:
             self.largest_peak = peak
@@ -457,7 +460,8 @@ class TrainLoop:
             batch = collate(self.data.train, self.batches.train[order[position]])
             last_in_group = (position + 1) % cfg.update_freq == 0 or position == n - 1
             out_of_memory = False
-            memory_fit.reset_peak(t.device, sync=False)
+            if t.device.type == "cuda":  # (on the CPU the process's peak is left alone:
+                memory_fit.reset_peak(t.device, sync=False)  # /usr/bin/time reads it)
             try:
                 with distributed.sync_gradients(t.parallel, last_in_group):
                     nll = self.forward_backward(batch)
