@@ -70,7 +70,9 @@ def test_when_even_one_sentence_does_not_fit_the_answer_says_what_to_change():
 
 
 def test_the_worst_batches_are_many_short_rows_and_few_rows_of_the_longest_sentences():
-    assert worst_shapes(8192, 256) == [(512, 16), (32, 256)]
+    shapes = worst_shapes(8192, 256)
+    assert shapes[:3] == [(512, 16), (128, 64), (32, 256)]
+    assert shapes == shapes[:3] * (len(shapes) // 3)  # again and again, as shapes change in a run
     assert update_freqs(25_000, 6_000, 4) == {1: 5, 2: 3, 3: 2, 4: 2}
 
 
