@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from engine import checkpoint as ckpt
+from engine.loss import label_smoothed_loss, target_positions
 from engine.model import Transformer
-from engine.train import label_smoothed_loss
 
 
 def timed(call) -> tuple[float, float]:
@@ -54,9 +54,9 @@ def main() -> None:
     tgt = torch.randint(4, args.vocab, (rows, width + 1))
 
     def update() -> None:
-        logits = model(src, tgt[:, :-1])
-        loss, _, tokens = label_smoothed_loss(logits, tgt[:, 1:], 0.1)
-        (loss / tokens).backward()
+        keep, target = target_positions(tgt[:, 1:])
+        loss, _ = label_smoothed_loss(model(src, tgt[:, :-1], keep), target, 0.1)
+        (loss / target.numel()).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

@@ -9,3 +9,34 @@ import os
 # shared machine (measured: 1150 -> 359 ms a training batch with 2 threads under load). It must
 # be set before torch loads its OpenMP runtime, so here, before any engine module imports torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _tune_malloc() -> None:
+    """glibc malloc, as training uses it: tensors of a few MB, of new sizes at every batch.
+
+    By default glibc serves large blocks with mmap and unmaps them when freed, raising its
+    threshold as it goes; memory freed at the top of the heap goes back to the kernel. Each
+    step then page-faults its activations in afresh: kernel time (the issue's 26%). Fixed
+    here: blocks under 32 MB (glibc's largest threshold) come from the heap, and up to 256 MB
+    of freed heap is kept for the next step instead of returned; a few arenas, not 8 per core,
+    so memory freed by one thread serves the others. Bigger blocks (logits of large
+    vocabularies) are still mapped and returned. Measured in benchmarks/bench_cpu_time.py.
+    ``TRANSFORMER_TUI_MALLOC=glibc`` keeps glibc's defaults (for that comparison).
+
+    mallopt at runtime, because glibc reads its MALLOC_* variables when the process starts.
+    """
+    if os.environ.get("TRANSFORMER_TUI_MALLOC") == "glibc":
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): nothing to tune
+        return
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
+    libc.mallopt(m_mmap_threshold, 32 * 2**20)
+    libc.mallopt(m_trim_threshold, 256 * 2**20)
+    libc.mallopt(m_arena_max, 4)
+
+
+_tune_malloc()

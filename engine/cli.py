@@ -3,7 +3,7 @@
     transformer-train [--preset NAME|PATH] [--set section.key=value ...] [--run-dir DIR]
                       [--until STAGE] [--resume last|PATH]
                       [--fresh]
-    transformer-train translate|evaluate|average|export|tensorboard ...  (see `... COMMAND --help`)
+    transformer-train translate|evaluate|average|export|tensorboard|fit ... (see `... COMMAND --help`)
     transformer-train status [DIR ...]                 one line per run (default: under saved/)
     transformer-train pause|resume|stop DIR            steer the live run in DIR
 
@@ -47,6 +47,7 @@ COMMANDS = {  # subcommand -> "module:function(argv) -> exit status"
     "pause": "engine.cli:pause_main",
     "resume": "engine.cli:resume_main",
     "stop": "engine.cli:stop_main",
+    "fit": "engine.fit:fit_main",
 }
 
 

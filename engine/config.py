@@ -29,8 +29,11 @@ PRESET_NAMES = ("sample", "small", "quick", "medium", "full", "big")
 
 
 def _key(default: Any, *, doc: str, min: float | None = None, max: float | None = None,
-         choices: tuple[str, ...] | None = None, is_file: bool = False) -> Any:
-    meta = {"doc": doc, "min": min, "max": max, "choices": choices, "is_file": is_file}
+         choices: tuple[str, ...] | None = None, is_file: bool = False,
+         auto: bool = False) -> Any:
+    """``auto``: the key also takes the string "auto" (the engine works the value out)."""
+    meta = {"doc": doc, "min": min, "max": max, "choices": choices, "is_file": is_file,
+            "auto": auto}
     return field(default=default, metadata=meta)
 
 
@@ -76,7 +79,9 @@ class ModelConfig:
 class TrainingConfig:
     epochs: int = _key(10, doc="passes over the training data (when max_updates = 0)", min=1)
     max_updates: int = _key(0, doc="optimizer updates to train, 0 = train by epochs", min=0)
-    max_tokens: int = _key(4096, doc="padded source or target tokens per batch", min=16)
+    max_tokens: int | str = _key(4096, doc="padded source or target tokens per batch, or \"auto\": "
+                                 "the largest that fits in memory (transformer-train fit)",
+                                 min=16, auto=True)
     update_freq: int = _key(1, doc="batches accumulated per optimizer step", min=1)
     effective_tokens: int = _key(0, doc="tokens per update over all processes; derives "
                                  "update_freq = ceil(this / (processes x max_tokens)), 0 = off",
@@ -105,6 +110,8 @@ class TrainingConfig:
     max_bad_batches: int = _key(5, doc="NaN/OOM batches in a row before the run stops", min=1)
     divergence_factor: float = _key(5.0, doc="a validation loss above this times the best stops "
                                     "the run without saving (diverged)", min=1.0)
+    memory_budget: float = _key(0.0, doc="GiB training may use (fit, preflight); 0 = the whole "
+                                "GPU, or on the CPU all of RAM (preflight: no check)", min=0.0)
 
 
 @dataclass(frozen=True)
@@ -232,12 +239,15 @@ def _check_value(section: str, f: dataclasses.Field, value: Any, source: str) ->
     where = f"{source}: [{section}] {f.name} = {value!r}"
     kind = type(f.default)
     meta = f.metadata
+    auto = ' or "auto"' if meta.get("auto") else ""
+    if auto and value == "auto":
+        return value
     if kind is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: must be true or false")
     elif kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: must be an integer{_range_text(meta)}")
+            raise ConfigError(f"{where}: must be an integer{_range_text(meta)}{auto}")
     elif kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: must be a number{_range_text(meta)}")
@@ -249,9 +259,9 @@ def _check_value(section: str, f: dataclasses.Field, value: Any, source: str) ->
         hint = _did_you_mean(str(value), meta["choices"])
         raise ConfigError(f"{where}: must be one of {', '.join(meta['choices'])}{hint}")
     if meta["min"] is not None and value < meta["min"]:
-        raise ConfigError(f"{where}: must be{_range_text(meta)}")
+        raise ConfigError(f"{where}: must be{_range_text(meta)}{auto}")
     if meta["max"] is not None and value > meta["max"]:
-        raise ConfigError(f"{where}: must be{_range_text(meta)}")
+        raise ConfigError(f"{where}: must be{_range_text(meta)}{auto}")
     return value
 
 
@@ -319,7 +329,7 @@ def with_effective_batch(config: RunConfig, processes: int) -> tuple[RunConfig, 
     Effective batch = processes x update_freq x max_tokens; the paper's 25,000 tokens per update
     stay 25,000 on one GPU or eight."""
     t = config.training
-    if not t.effective_tokens:
+    if not t.effective_tokens or t.max_tokens == "auto":  # "auto": once the fit has measured
         return config, ""
     update_freq = max(1, math.ceil(t.effective_tokens / (processes * t.max_tokens)))
     training = dataclasses.replace(t, update_freq=update_freq)

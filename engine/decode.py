@@ -157,14 +157,17 @@ def beam_search(model: Transformer, src: Tensor, bos_id: int, eos_id: int, pad_i
 
 def translate(model: Transformer, src_tokenizer, tgt_tokenizer, sentences: Sequence[str],
               beam: int = 4, length_penalty: float = 0.6, max_len_offset: int = 50,
-              batch_size: int = 64, max_len: int | None = None) -> list[str]:
+              batch_size: int = 64, max_len: int | None = None,
+              max_tokens: int | None = None) -> list[str]:
     """Translate plain-text sentences with ``tokenizers.Tokenizer`` objects; one output string
     per input, in input order.
 
     Each source is encoded without the tokenizer's own specials as ``tokens + [</s>]``. A source
     longer than ``max_len`` ids (default: the model's ``max_len``) is cut to its first
     ``max_len - 1`` tokens plus ``</s>``. An empty (or all-whitespace) line gives an empty
-    output. Sentences are sorted by length into batches of ``batch_size``. ``beam=1`` is greedy
+    output. Sentences are sorted by length into batches of ``batch_size``; with ``max_tokens``
+    a batch also holds at most ``beam_sentences(...)`` of them (memory bounded by the knob a
+    person tunes for training; see engine/fit.py). ``beam=1`` is greedy
     search. The model runs in eval mode and inference mode; its mode is restored afterwards.
     """
     max_len = max_len or model.max_len
@@ -175,8 +178,14 @@ def translate(model: Transformer, src_tokenizer, tgt_tokenizer, sentences: Seque
     # an empty or all-whitespace line stays empty (its ids may be just a word-boundary mark)
     todo = sorted((i for i, ids in enumerate(sources) if sentences[i].strip() and len(ids) > 1),
                   key=lambda i: len(sources[i]))
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start:start + batch_size]
+    start = 0
+    while start < len(todo):
+        size = batch_size
+        if max_tokens:  # the longest sentence of the batch sets its memory
+            longest = len(sources[todo[min(start + batch_size, len(todo)) - 1]])
+            size = min(batch_size, beam_sentences(max_tokens, beam, longest, max_len_offset))
+        batch = todo[start:start + size]
+        start += size
         width = max(len(sources[i]) for i in batch)
         src = torch.full((len(batch), width), PAD_ID, dtype=torch.long)
         for row, i in enumerate(batch):
@@ -191,6 +200,12 @@ def translate(model: Transformer, src_tokenizer, tgt_tokenizer, sentences: Seque
         for i, text in zip(batch, texts):
             outputs[i] = text
     return outputs
+
+
+def beam_sentences(max_tokens: int, beam: int, source_length: int, max_len_offset: int) -> int:
+    """Sentences per beam-search batch so that hypotheses x positions (each hypothesis up to
+    source length + offset long, its cache growing to that) stay under ``max_tokens``; >= 1."""
+    return max(1, max_tokens // (max(beam, 1) * (source_length + max_len_offset)))
 
 
 def corpus_bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:

@@ -256,11 +256,20 @@ class MemorySample(Event):
     devices: list[dict[str, Any]]  # NVML per GPU: name, used, total, util (None = n/a)
     torch_allocated: int | None  # bytes, this process, None without CUDA
     torch_reserved: int | None
-    torch_peak: int | None
+    torch_peak: int | None  # during training: since the current batch began (reset per batch)
     process_rss: int
     system_used: int
     system_total: int
     max_tokens: int
+    # for tuning max_tokens against out-of-memory errors (peaks: the CUDA allocator's on a GPU,
+    # the process's resident memory on the CPU; bytes)
+    budget: int = 0  # what training may use: training.memory_budget, the GPU's memory, or RAM
+    recent_peak: int | None = None  # the highest batch peak since the previous sample
+    largest_batch_peak: int | None = None  # the highest batch peak of the run so far ...
+    largest_batch: list[int] = field(default_factory=list)  # ... its [rows, src len, tgt len]
+    headroom: int | None = None  # budget - largest_batch_peak
+    oom_skipped: int = 0  # batches skipped for running out of memory
+    fit_max_tokens: int | None = None  # the fit's recommendation (fit.json), if made
 
 
 # --- serialisation -------------------------------------------------------------------------

@@ -308,7 +308,8 @@ class Transformer(nn.Module):
         return ~src_pad[:, None, None, :]
 
     def decode(self, tgt_in: Tensor, memory: Tensor, src_pad: Tensor,
-               cache: DecoderCache | None = None, last_only: bool = False) -> Tensor:
+               cache: DecoderCache | None = None, last_only: bool = False,
+               keep: Tensor | None = None) -> Tensor:
         """Logits (B, T, tgt_vocab) of the next token after each position of ``tgt_in``.
 
         ``memory`` (n, S, d_model) and ``src_pad`` (n, S) may have fewer rows than ``tgt_in``
@@ -317,6 +318,8 @@ class Transformer(nn.Module):
         With a ``cache``, ``tgt_in`` is the whole prefix so far; only the positions not yet in
         the cache are run, and only their logits are returned. ``last_only`` returns the last
         position's logits only (B, 1, tgt_vocab), sparing the output projection of the others.
+        ``keep`` (N,), flat indices into the B*T positions, returns only their logits (N,
+        tgt_vocab): training leaves the padding out of the largest matmul and tensor.
         Target padding needs no mask: it only ever follows the real tokens, which the causal
         mask keeps them from seeing.
         """
@@ -337,9 +340,12 @@ class Transformer(nn.Module):
                     cache.self_kv[i] = kv
         if last_only:
             x = x[:, -1:]
+        if keep is not None:
+            x = x.reshape(-1, x.size(-1)).index_select(0, keep)
         return self.generator(self.decoder_norm(x))
 
-    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
-        """Teacher forcing: src (B, S), tgt_in (B, T) = <s> y1 .. y(T-1) -> logits (B, T, V)."""
+    def forward(self, src: Tensor, tgt_in: Tensor, keep: Tensor | None = None) -> Tensor:
+        """Teacher forcing: src (B, S), tgt_in (B, T) = <s> y1 .. y(T-1) -> logits (B, T, V);
+        with ``keep`` (N,), flat indices into B*T, the logits of those positions only: (N, V)."""
         memory, src_pad = self.encode(src)
-        return self.decode(tgt_in, memory, src_pad)
+        return self.decode(tgt_in, memory, src_pad, keep=keep)

@@ -149,6 +149,11 @@ def _run_stages(stages: "_StageRunner", config: RunConfig, run_dir: Path, emit: 
         if allocator:
             emit(Notice(text=allocator))
     emit(preflight(config, run_dir))
+    if config.training.max_tokens == "auto":  # measured (or fit.json reused) before any stage
+        config = _resolve_auto_max_tokens(config, run_dir, emit)
+        config, batch_line = with_effective_batch(config, distributed.world_size())
+        if batch_line:
+            emit(Notice(text=batch_line))
     corpus = stages.run("data", lambda: run_data_stage(config.data, emit, run_dir))
     tokenizers = stages.run("tokenizer", lambda: run_tokenizer_stage(
         config.tokenizer, corpus, run_dir, emit, control))
@@ -159,6 +164,22 @@ def _run_stages(stages: "_StageRunner", config: RunConfig, run_dir: Path, emit: 
                                                           resume))
     stages.run("train", lambda: run_train_stage(config, trainer, corpus, tokenizers, data,
                                                 batches, run_dir, emit, control))
+
+
+def _resolve_auto_max_tokens(config: RunConfig, run_dir: Path, emit: Emit) -> RunConfig:
+    """training.max_tokens = "auto": rank 0 fits (engine/fit.py), every rank uses its answer."""
+    import dataclasses
+
+    from engine.events import Notice
+    from engine.fit import resolve_auto
+
+    def on_main() -> float:
+        return resolve_auto(config, run_dir, lambda text: emit(Notice(text=text))
+                            ).training.max_tokens
+
+    max_tokens = int(distributed.from_main(on_main))
+    training = dataclasses.replace(config.training, max_tokens=max_tokens)
+    return dataclasses.replace(config, training=training)
 
 
 class _Done(Exception):

@@ -42,10 +42,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from engine import checkpoint as ckpt
 from engine import distributed
+from engine import fit as memory_fit
 from engine.batching import Batches, collate
 from engine.checkpoint import Progress
 from engine.control import RunControl, RunStopped
@@ -63,10 +63,10 @@ from engine.events import (
     SampleTranslations,
     TestBleu,
 )
-from engine.memory import MemoryProbe, reset_peak
+from engine.loss import label_smoothed_loss, target_positions
+from engine.memory import MemoryProbe, reset_peak, trim_heap
 from engine.prefetch import Prefetcher, pinned
 from engine.stages import StageResult
-from engine.vocab import PAD_ID
 
 if TYPE_CHECKING:
     from engine.config import RunConfig
@@ -114,22 +114,6 @@ class NoamSchedule:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.updates = int(state["updates"])
         self._apply()
-
-
-def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, epsilon: float,
-                        pad_id: int = PAD_ID) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(smoothed loss summed, NLL summed, tokens) over the non-pad positions of ``target``.
-
-    Smoothing as in fairseq: (1 - eps) * NLL + eps * mean over the vocabulary of -log p.
-    Computed in float32 whatever the autocast dtype of ``logits``.
-    """
-    lprobs = F.log_softmax(logits.float(), dim=-1).view(-1, logits.size(-1))
-    target = target.reshape(-1)
-    keep = target.ne(pad_id)
-    lprobs, target = lprobs[keep], target[keep]
-    nll = -lprobs.gather(1, target.unsqueeze(1)).sum()
-    smooth = -lprobs.sum() / lprobs.size(-1)
-    return (1.0 - epsilon) * nll + epsilon * smooth, nll, int(target.numel())
 
 
 # --- model stage ---------------------------------------------------------------------------
@@ -251,6 +235,14 @@ class TrainLoop:
         self.emit, self.control = emit, control
         self.memory = MemoryProbe()  # also read by the app's panel: one probe for both
         self.last_memory = 0.0
+        # what a person tuning max_tokens against out-of-memory errors needs (MemorySample)
+        self.budget = memory_fit.memory_budget(config, trainer.device)
+        fitted = memory_fit.matching_fit(config, self.run_dir, trainer.device)
+        self.fit_max_tokens = fitted.max_tokens if fitted is not None else None
+        self.recent_peak: int | None = None
+        self.largest_peak: int | None = None
+        self.largest_batch: list[int] = []
+        self.oom_skipped = 0
         self.bad_in_a_row = 0
         self.saved_position: tuple[int, int] | None = None  # (epoch, batch) of checkpoint_last
         if trainer.resumed_from and Path(trainer.resumed_from) == self.run_dir / ckpt.LAST:
@@ -277,12 +269,11 @@ class TrainLoop:
         """The attention kernels training.attention allows, for every forward and backward."""
         return attention_context(self.cfg.attention)
 
-    def to_device(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def to_device(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         device = self.trainer.device
         # from pinned memory (CUDA) the copy is queued, and the host goes on
         asynchronous = device.type == "cuda"
-        return tuple(x.to(device, non_blocking=asynchronous)
-                     for x in (batch.src, batch.tgt_in, batch.tgt_out))
+        return tuple(x.to(device, non_blocking=asynchronous) for x in tensors)
 
     def total_seconds(self) -> float:
         return self.seconds_before + self.session.seconds()
@@ -296,7 +287,31 @@ class TrainLoop:
                 devices=reading.devices, torch_allocated=reading.torch_allocated,
                 torch_reserved=reading.torch_reserved, torch_peak=reading.torch_peak,
                 process_rss=reading.process_rss or 0, system_used=reading.system_used or 0,
-                system_total=reading.system_total or 0, max_tokens=self.cfg.max_tokens))
+                system_total=reading.system_total or 0, max_tokens=self.cfg.max_tokens,
+                budget=self.budget, recent_peak=self.recent_peak,
+                largest_batch_peak=self.largest_peak, largest_batch=self.largest_batch,
+                headroom=None if self.largest_peak is None else self.budget - self.largest_peak,
+                oom_skipped=self.oom_skipped, fit_max_tokens=self.fit_max_tokens))
+            self.recent_peak = None
+
+    def note_peak(self, batch) -> None:
+        """This batch's peak memory (from ``reset_peak`` before it): the sparkline's point and
+        the run's largest so far, with the batch's shape. On the CPU with a memory budget, the
+        heap's free memory goes back to the kernel after every batch: resident memory otherwise
+        creeps up with the changing batch shapes (measured: 1.3 -> 2.0 GiB in one epoch of
+        sample data at max_tokens 6,208, glibc's defaults or ours alike), past what the fit
+        measured for a step. The price is page faults (kernel time), paid only under a budget."""
+        device = self.trainer.device
+        if device.type == "cuda":
+            peak = memory_fit.peak_since_reset(device, sync=False)
+        else:  # resident memory after the batch: its peak is not measured per batch on the CPU
+            peak = memory_fit.current_usage(device)
+            if self.cfg.memory_budget:
+                trim_heap()
+        self.recent_peak = max(self.recent_peak or 0, peak)
+        if self.largest_peak is None or peak > self.largest_peak:
+            self.largest_peak = peak
+            self.largest_batch = [batch.src.size(0), batch.src.size(1), batch.tgt_in.size(1)]
 
     def epoch_sums(self, last: _Group | None = None) -> tuple[float, int, float, int]:
         """(the epoch's NLL sum, its target tokens, ``last``'s NLL sum, its tokens), each for the
@@ -383,6 +398,8 @@ class TrainLoop:
     def bad_batch(self, reason: str, epoch: int, batch: int, tokens: int) -> None:
         """One skipped update (every rank skips the same one); the run ends after
         training.max_bad_batches in a row."""
+        if reason == "oom":
+            self.oom_skipped += 1
         self.bad_in_a_row += 1
         self.emit(BatchSkipped(reason=reason, epoch=epoch, batch=batch, tokens=tokens,
                                in_a_row=self.bad_in_a_row))
@@ -413,11 +430,16 @@ class TrainLoop:
     def forward_backward(self, batch) -> torch.Tensor:
         """Adds this batch's gradients; returns its NLL sum, on the device (not read)."""
         t = self.trainer
-        src, tgt_in, tgt_out = self.to_device(batch)
+        # on the host: padding never reaches the output layer, and nothing is read back
+        keep, target = target_positions(batch.tgt_out)
+        if t.device.type == "cuda":  # the batch itself was pinned by the prefetch thread
+            keep, target = keep.pin_memory(), target.pin_memory()
+        src, tgt_in, keep, target = self.to_device(batch.src, batch.tgt_in, keep, target)
         with self.kernels():
             with self.autocast():
-                logits = t.model(src, tgt_in)
-            loss, nll, _ = label_smoothed_loss(logits, tgt_out, self.cfg.label_smoothing)
+                logits = t.model(src, tgt_in, keep)
+            loss, nll = label_smoothed_loss(logits, target, self.cfg.label_smoothing)
+            del logits  # the loss keeps its gradient, not the logits
             # normalised by the host's token count: nothing is read back from the device
             loss = loss / batch.tokens / self.cfg.update_freq
             (t.scaler.scale(loss) if t.scaler is not None else loss).backward()
@@ -457,6 +479,85 @@ class TrainLoop:
         if applied:
             t.schedule.step()
         return applied, nll_value
+
+    # -- the worst case first --
+
+    def preflight_worst_case(self) -> None:
+        """One step on the epoch's most memory-hungry batch and one beam search on the longest
+        validation sentences before training, so that a run that would run out of memory fails
+        in its first minute, naming the max_tokens that fits. On the CPU only against
+        training.memory_budget (the whole RAM is no useful limit: the system swaps or kills)."""
+        from engine.batching import decoder_lengths
+
+        t, cfg = self.trainer, self.cfg
+        if t.device.type == "cpu" and not cfg.memory_budget:
+            return
+        budget = memory_fit.memory_budget(self.config, t.device)
+        budget_source = ("training.memory_budget" if cfg.memory_budget
+                         else f"{torch.cuda.get_device_name(t.device)}'s memory")
+        train = self.data.train
+        index = memory_fit.hungriest_batch(self.batches.train, train.src_lengths,
+                                           decoder_lengths(train), self.config.model,
+                                           self.tokenizers.tgt.get_vocab_size())
+        rows = self.batches.train[index]
+        batch = collate(train, rows)
+        what = (f"the epoch's largest batch ({len(rows)} sentences of up to "
+                f"{batch.src.size(1)}/{batch.tgt_in.size(1)} tokens)")
+        # Adam's moments appear at the first update: counted, not allocated, before it
+        adam = 0 if t.optimizer.state else 2 * sum(p.numel() * 4 for p in t.model.parameters())
+        cuda_rng = [t.device] if t.device.type == "cuda" else []
+        held = memory_fit.current_usage(t.device)
+        with torch.random.fork_rng(devices=cuda_rng):  # dropout here leaves the run's draws
+            memory_fit.reset_peak(t.device)
+            try:
+                self.forward_backward(batch)  # this rank alone: gradients travel in update()
+                peak = memory_fit.peak_since_reset(t.device) + adam
+            except torch.cuda.OutOfMemoryError:
+                peak = None
+            finally:
+                t.optimizer.zero_grad(set_to_none=True)
+        if peak is None or peak > budget:
+            if peak is None:
+                torch.cuda.empty_cache()
+            fits = memory_fit.max_tokens_that_fits(cfg.max_tokens, peak, held, adam, budget,
+                                                   self.config.model.max_len)
+            fitted = memory_fit.matching_fit(self.config, self.run_dir, t.device)
+            raise EngineError(memory_fit.preflight_failure(
+                what, peak, budget, budget_source, cfg.max_tokens,
+                memory_fit.max_tokens_remedy(fits, fitted)))
+        text = (f"preflight: {what} peaked at {peak / 2**30:.2f} GiB of the "
+                f"{budget / 2**30:.2f} GiB budget")
+        beam_peak = self.preflight_beam_search() if distributed.is_main() else None
+        if beam_peak is not None:
+            if beam_peak > budget:
+                raise EngineError(memory_fit.preflight_failure(
+                "validation beam search on the longest validation sentences", beam_peak,
+                budget, budget_source, cfg.max_tokens,
+                "lower eval.beam or eval.bleu_samples, or set eval.bleu_every = 0"))
+            text += f"; validation beam search {beam_peak / 2**30:.2f} GiB"
+        self.emit(Notice(text=text))
+
+    def preflight_beam_search(self) -> int | None:
+        """Peak memory of validation beam search on the longest sentences BLEU decodes (one
+        batch of translate's), or None when BLEU is off."""
+        from engine.decode import translate
+
+        t, ev = self.trainer, self.config.eval
+        if not ev.bleu_every:
+            return None
+        sources = [src for src, _ in (self.corpus.valid[:ev.bleu_samples] if ev.bleu_samples
+                                      else self.corpus.valid)]
+        encoded = self.tokenizers.src.encode_batch(sources, add_special_tokens=False)
+        longest = sorted(range(len(sources)), key=lambda i: len(encoded[i].ids))
+        longest = longest[-memory_fit.BEAM_SENTENCES:]
+        memory_fit.reset_peak(t.device)
+        with torch.no_grad(), self.autocast():
+            translate(t.model, self.tokenizers.src, self.tokenizers.tgt,
+                      [sources[i] for i in longest], beam=ev.beam,
+                      length_penalty=ev.length_penalty, max_len_offset=ev.max_len_offset,
+                      batch_size=memory_fit.BEAM_SENTENCES, max_tokens=self.cfg.max_tokens)
+        t.model.train()
+        return memory_fit.peak_since_reset(t.device)
 
     # -- epochs --
 
@@ -521,6 +622,8 @@ class TrainLoop:
                 group.padded_tokens += batch.padded_tokens
                 if not group.out_of_memory:  # after an OOM the update is lost anyway
                     out_of_memory = False
+                    if t.device.type == "cuda":  # this batch's own peak, for note_peak
+                        memory_fit.reset_peak(t.device, sync=False)
                     try:
                         nll = self.forward_backward(batch)
                         group.nll = nll if group.nll is None else group.nll + nll
@@ -529,6 +632,8 @@ class TrainLoop:
                     if out_of_memory:
                         group.out_of_memory = True
                         self.out_of_memory()
+                    else:
+                        self.note_peak(batch)
                 del batch
                 p.batch_in_epoch = position + 1
                 done_here += 1
@@ -613,14 +718,15 @@ class TrainLoop:
                 stopped = True
                 break
             batch = collate(self.data.valid, rows)
+            keep, target = target_positions(batch.tgt_out)
             if t.device.type == "cuda":
-                batch = pinned(batch)
-            src, tgt_in, tgt_out = self.to_device(batch)
+                batch, keep, target = pinned(batch), keep.pin_memory(), target.pin_memory()
+            src, tgt_in, keep, target = self.to_device(batch.src, batch.tgt_in, keep, target)
             out_of_memory = False
             try:
                 with self.kernels(), self.autocast():
-                    logits = t.model(src, tgt_in)
-                _, nll, _ = label_smoothed_loss(logits, tgt_out, 0.0)
+                    logits = t.model(src, tgt_in, keep)
+                _, nll = label_smoothed_loss(logits, target, 0.0)
             except torch.cuda.OutOfMemoryError:
                 out_of_memory = True
             if out_of_memory:
@@ -643,9 +749,10 @@ class TrainLoop:
 
         ev = self.config.eval
         with torch.no_grad(), self.kernels(), self.autocast():
+            # batched by max_tokens: the beam's memory follows the setting people tune
             return translate(model, self.tokenizers.src, self.tokenizers.tgt, sources,
                              beam=ev.beam, length_penalty=ev.length_penalty,
-                             max_len_offset=ev.max_len_offset)
+                             max_len_offset=ev.max_len_offset, max_tokens=self.cfg.max_tokens)
 
     def decode_valid(self, epoch: int, bleu_now: bool) -> float | None:
         """Rank 0: translate the first validation sentences; BLEU on eval.bleu_samples of them
@@ -864,12 +971,13 @@ class TrainLoop:
         elif not cfg.max_updates and p.epoch >= cfg.epochs:
             self.emit(Notice(text=f"the checkpoint has already trained {p.epoch} epochs of "
                                   f"{cfg.epochs}; raise training.epochs to train more"))
-        self.maybe_memory(force=True)
         first_epoch = p.epoch + 1
         # by updates: epochs until max_updates; by epochs: training.epochs
         epochs = (itertools.count(first_epoch) if cfg.max_updates
                   else range(first_epoch, cfg.epochs + 1))
         ended = "max_updates" if cfg.max_updates else "epochs"
+        if not self.updates_done() and (cfg.max_updates or first_epoch <= cfg.epochs):
+            self.preflight_worst_case()  # a run that would run out of memory fails now
         try:
             for epoch in epochs:
                 if self.updates_done():

@@ -185,14 +185,15 @@ class RunState:
         self.set_status(Status.FAILED, message)
         self.note(f"error: {message}")
 
-    def starting(self, preset: str, run_dir: str, max_tokens: int | None = None,
+    def starting(self, preset: str, run_dir: str, max_tokens: int | str | None = None,
                  fresh: bool = False) -> None:
         """A run is being started (or attached to) in ``run_dir``; ``fresh``: what is shown
         is read again from its events.jsonl."""
         if fresh or run_dir != self.run_dir:  # nothing shown so far belongs to it
             self._forget_run()
         self.preset, self.run_dir = preset, run_dir
-        self.max_tokens = max_tokens
+        # "auto" (measured by the fit) is known once the run's first MemorySample says
+        self.max_tokens = max_tokens if isinstance(max_tokens, int) else None
         self.set_status(Status.STARTING)
         self._touch("memory")
 
