@@ -17,6 +17,7 @@ from tui_runs import EPOCHS, finished_run_events, jsonl_line, write_finished_run
 from engine.events import (
     BatchProgress,
     CheckpointSaved,
+    MemorySample,
     MergeProgress,
     RunFinished,
     RunPaused,
@@ -216,6 +217,32 @@ async def test_every_nvml_value_may_be_missing_and_shows_as_n_a():
         assert "12.0/80.0 GiB util 87%" in text
         assert "n/a/n/a util n/a" in text
         assert "max_tokens 4,096" in text
+
+
+@scenario
+async def test_the_memory_panel_shows_what_tuning_max_tokens_needs():
+    """The run's samples carry the largest batch's peak and shape, the headroom to the budget,
+    the out-of-memory batches skipped and the fit's recommendation: all of it on the panel."""
+    app = TransformerApp(probe=FixedProbe())
+    gib = 2**30
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        for peak in (1.0, 1.2, 1.4):
+            app.state.apply(MemorySample(
+                devices=[], torch_allocated=None, torch_reserved=None, torch_peak=None,
+                process_rss=int(peak * gib), system_used=4 * gib, system_total=16 * gib,
+                max_tokens=6144, budget=int(1.5 * gib), recent_peak=int(peak * gib),
+                largest_batch_peak=int(peak * gib), largest_batch=[652, 13, 13],
+                headroom=int((1.5 - peak) * gib), oom_skipped=2, fit_max_tokens=5888), None)
+        app.refresh_panels(force=True)
+        text = text_of(app, MemoryPanel)
+        assert "max_tokens 6,144" in text and "fit: 5,888" in text
+        assert "Largest batch (652x13/13) peak 1.4 GiB" in text
+        assert "Headroom 102.4 MiB of 1.5 GiB" in text
+        assert "OOM batches skipped 2" in text
+        peaks = next(line for line in text.splitlines() if line.startswith("Peaks"))
+        assert len(peaks.split()[1]) == 3  # one mark per sample, rising to the budget
+        assert list(app.state.peak_history) == [int(p * gib) for p in (1.0, 1.2, 1.4)]
 
 
 @scenario

@@ -93,3 +93,17 @@ def clock_time(unix_time: float | None) -> str:
 
 def number(value: float | None, digits: int = 4) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
+
+
+SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+def spark(values: list[float], width: int, top: float | None = None) -> str:
+    """A one-line sparkline of the last ``width`` values, scaled to ``top`` (default: their
+    maximum), for a panel that has no room for a Sparkline widget beside its text."""
+    values = list(values)[-width:] if width > 0 else []
+    top = top or max(values, default=0)
+    if not values or top <= 0:
+        return ""
+    last = len(SPARK_BLOCKS) - 1
+    return "".join(SPARK_BLOCKS[min(max(round(v / top * last), 0), last)] for v in values)

@@ -79,6 +79,7 @@ LOSS_SMOOTHING = 0.9  # EMA weight of the history, debiased like TensorBoard's s
 MAX_CURVE_POINTS = 4000  # the curve halves its resolution beyond this (a long run, many steps)
 MAX_RATE_POINTS = 240  # merges/s sparkline history, likewise
 LOG_LINES = 1000
+PEAK_HISTORY = 120  # memory samples (one every few seconds) in the peak-memory sparkline
 HISTORY = ("lr", "tokens_per_second", "gnorm", "loss_scale")  # per-step histories beside the loss
 
 
@@ -158,6 +159,7 @@ class RunState:
         # checkpoints, by name: a later save of checkpoint_last.pt replaces the row
         self.checkpoints: dict[str, CheckpointSaved] = {}
         self.memory: MemorySample | None = None  # the engine's latest sample
+        self.peak_history: deque[int] = deque(maxlen=PEAK_HISTORY)  # batch peaks, sample by sample
         self.reading: MemoryReading | None = None  # this app's own probe (a run in this process)
         self.max_tokens: int | None = None  # from the config, until a MemorySample says
         self.log: deque[str] = deque(maxlen=LOG_LINES)
@@ -210,6 +212,7 @@ class RunState:
 
     def _forget_run(self) -> None:
         self.words = self.merges = self.batch = self.memory = self.prep = None
+        self.peak_history.clear()
         self.stages = {name: StageView(name) for name in STAGE_ORDER}
         self.current_stage = ""
         self.started_at = self.ended_seconds = None
@@ -455,6 +458,8 @@ class RunState:
     def _on_MemorySample(self, e: MemorySample, at: float) -> None:
         self.memory = e
         self.max_tokens = e.max_tokens
+        if e.recent_peak is not None:
+            self.peak_history.append(e.recent_peak)
         self._touch("memory")
 
 

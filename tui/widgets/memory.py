@@ -12,7 +12,7 @@ from textual.widgets import Static
 from textual.worker import get_current_worker
 
 from engine.memory import MemoryProbe
-from tui.format import bar_line, count, size, size_pair
+from tui.format import bar_line, count, size, size_pair, spark
 from tui.messages import MemoryRead
 from tui.state import RunState
 from tui.widgets.panel import StateView, show_text
@@ -90,8 +90,31 @@ class MemoryPanel(StateView, Static):
         if state.max_tokens is not None:
             text.append(f"max_tokens {count(state.max_tokens)}", style="bold")
             text.append("  tokens/batch")
+            if sample is not None and sample.fit_max_tokens:
+                text.append(f"  fit: {count(sample.fit_max_tokens)}")
+            text.append("\n")
+        if sample is not None:
+            _tuning_lines(text, sample, list(state.peak_history), width)
         text.rstrip()
         show_text(self, text)
+
+
+def _tuning_lines(text: Text, sample: Any, peaks: list[int], width: int) -> None:
+    """What a person tuning max_tokens against out-of-memory errors watches: the largest batch's
+    peak and its shape, the headroom to the budget, the batches skipped, the recent peaks."""
+    if sample.largest_batch_peak is not None:
+        shape = sample.largest_batch
+        where = f" ({shape[0]}x{shape[1]}/{shape[2]})" if len(shape) == 3 else ""
+        text.append(f"Largest batch{where} peak {size(sample.largest_batch_peak)}\n")
+    if sample.headroom is not None and sample.budget:
+        text.append(f"Headroom {size(sample.headroom)} of {size(sample.budget)}",
+                    style="bold red" if sample.headroom < 0 else "")
+        text.append("\n")
+    if sample.oom_skipped:
+        text.append(f"OOM batches skipped {sample.oom_skipped}\n", style="bold red")
+    line = spark(peaks, max(width - 7, 0), top=max(peaks + [sample.budget or 0]))
+    if line:
+        text.append(f"Peaks  {line}\n")
 
 
 def _device_line(text: Text, index: int, device: dict[str, Any], with_name: bool,
