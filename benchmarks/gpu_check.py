@@ -542,16 +542,14 @@ def check_fit(ctx: Context) -> dict:
         raise Skip(f"engine.fit.fit is not on this branch (issue 16's fit; {exc})") from None
     from engine.config import load_config
 
-    device = torch.device("cuda" if ctx.cuda else "cpu")
-    config = load_config("sample", SMALL if ctx.small else [])
+    # on the CPU (the dry mode) against a 1 GiB budget: a real fit, over in a few probes
+    overrides = [*(SMALL if ctx.small else []), *([] if ctx.cuda else ["training.memory_budget=1.0"])]
+    config = load_config("sample", overrides)
     started = time.monotonic()
-    found = fit(config, device)
+    found = fit(config, "cuda" if ctx.cuda else "cpu")
     result = {"fit": _plain(found), "seconds": round(time.monotonic() - started, 1)}
-    tokens = getattr(found, "max_tokens", None) or (found.get("max_tokens")
-                                                    if isinstance(found, dict) else None)
-    if tokens:
-        result["run"] = cli(ctx, ctx.runs / "fit", *ctx.preset_overrides(
-            f"training.max_tokens={int(tokens)}"))
+    result["run"] = cli(ctx, ctx.runs / "fit", *ctx.preset_overrides(
+        f"training.max_tokens={found.max_tokens}"))
     return result
 
 
