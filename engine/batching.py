@@ -17,6 +17,7 @@ import torch
 
 from engine.encode import EncodedData, EncodedSplit
 from engine.errors import ConfigError
+from engine.loss import target_positions
 from engine.stages import StageResult
 from engine.vocab import PAD_ID
 
@@ -42,6 +43,14 @@ class Batch:
     tgt_out: torch.Tensor  # [B, T] target tokens + </s>
     tokens: int  # real target tokens (what the loss averages over)
     padded_tokens: int  # B*S + B*T: what the batch costs
+    # the non-pad positions of tgt_out, flat, and their ids: made on the host with the batch (in
+    # the prefetch thread), so padding never reaches the output layer and nothing is read back
+    keep: torch.Tensor | None = None
+    target: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.keep is None or self.target is None:
+            self.keep, self.target = target_positions(self.tgt_out)
 
 
 def decoder_lengths(split: EncodedSplit) -> np.ndarray:

@@ -87,4 +87,5 @@ def pinned(batch):
     """The batch with its tensors in page-locked memory (CUDA copies them asynchronously)."""
     return dataclasses.replace(batch, src=batch.src.pin_memory(),
                                tgt_in=batch.tgt_in.pin_memory(),
-                               tgt_out=batch.tgt_out.pin_memory())
+                               tgt_out=batch.tgt_out.pin_memory(),
+                               keep=batch.keep.pin_memory(), target=batch.target.pin_memory())

@@ -63,7 +63,7 @@ from engine.events import (
     SampleTranslations,
     TestBleu,
 )
-from engine.loss import label_smoothed_loss, target_positions
+from engine.loss import label_smoothed_loss
 from engine.memory import MemoryProbe, reset_peak, trim_heap
 from engine.prefetch import Prefetcher, pinned
 from engine.stages import StageResult
@@ -430,11 +430,9 @@ class TrainLoop:
     def forward_backward(self, batch) -> torch.Tensor:
         """Adds this batch's gradients; returns its NLL sum, on the device (not read)."""
         t = self.trainer
-        # on the host: padding never reaches the output layer, and nothing is read back
-        keep, target = target_positions(batch.tgt_out)
-        if t.device.type == "cuda":  # the batch itself was pinned by the prefetch thread
-            keep, target = keep.pin_memory(), target.pin_memory()
-        src, tgt_in, keep, target = self.to_device(batch.src, batch.tgt_in, keep, target)
+        # keep/target were made (and pinned, on CUDA) with the batch in the prefetch thread
+        src, tgt_in, keep, target = self.to_device(batch.src, batch.tgt_in, batch.keep,
+                                                   batch.target)
         with self.kernels():
             with self.autocast():
                 logits = t.model(src, tgt_in, keep)
@@ -718,10 +716,10 @@ class TrainLoop:
                 stopped = True
                 break
             batch = collate(self.data.valid, rows)
-            keep, target = target_positions(batch.tgt_out)
             if t.device.type == "cuda":
-                batch, keep, target = pinned(batch), keep.pin_memory(), target.pin_memory()
-            src, tgt_in, keep, target = self.to_device(batch.src, batch.tgt_in, keep, target)
+                batch = pinned(batch)
+            src, tgt_in, keep, target = self.to_device(batch.src, batch.tgt_in, batch.keep,
+                                                       batch.target)
             out_of_memory = False
             try:
                 with self.kernels(), self.autocast():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_runs import tiny_config
+from tiny_runs import tiny_config, train_run
 
 from engine import checkpoint as ckpt
 from engine import events as ev
@@ -55,15 +55,6 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     return err.strip()
 
 
-def train_run(run_dir, config, control=None, resume=None, on_event=None):
-    events = []
-
-    def emit(event):
-        events.append(event)
-        if on_event:
-            on_event(event)
-
-    return run(config, run_dir, emit, control or RunControl(), resume=resume), events
 
 
 def of(events, kind):

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 import torch
-from tiny_runs import tiny_config
+from tiny_runs import tiny_config, train_run
 
 from engine import checkpoint as ckpt
 from engine import train
@@ -31,19 +31,6 @@ from engine.events import (
 )
 from engine.pipeline import run
 from engine.train import noam_lr
-
-
-def train_run(run_dir, config, control=None, resume=None, on_event=None):
-    events = []
-
-    def emit(event):
-        events.append(event)
-        if on_event:
-            on_event(event)
-
-    status = run(config, run_dir, emit, control or RunControl(), resume=resume)
-    return status, events
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

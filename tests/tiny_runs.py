@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 
 from engine.config import RunConfig, config_from_dict
+from engine.control import RunControl
+from engine.pipeline import run
 
 TINY = {
     "data": {"source": "sample", "train_size": 400, "valid_size": 40, "test_size": 10},
@@ -23,3 +25,16 @@ def tiny_config(**changes) -> RunConfig:
         section, _, name = key.partition("__")
         raw[section][name] = value
     return config_from_dict(raw, name="tiny")
+
+
+def train_run(run_dir, config: RunConfig, control: RunControl | None = None,
+              resume: str | None = None, on_event=None):
+    """(status, events) of a run in this process; ``on_event`` sees each event as it comes."""
+    events = []
+
+    def emit(event):
+        events.append(event)
+        if on_event:
+            on_event(event)
+
+    return run(config, run_dir, emit, control or RunControl(), resume=resume), events
