@@ -6,8 +6,9 @@ trained from scratch in a child process per variant; the kernel's accounting for
 (``wait4``) gives user and system CPU time, minor page faults, context switches and peak
 resident memory. Variants are environment settings, compared in the same run:
 
-    engine      the engine as it runs (its malloc settings, see engine/__init__.py)
-    glibc       TRANSFORMER_TUI_MALLOC=glibc: glibc's malloc defaults
+    engine        the engine as it runs (its malloc and oneDNN settings, engine/__init__.py)
+    glibc         TRANSFORMER_TUI_MALLOC=glibc: glibc's malloc defaults
+    onednn-cache  ONEDNN_PRIMITIVE_CACHE_CAPACITY=1024: oneDNN's default kernel cache
     (more with --variant NAME=VAR=VALUE,VAR=VALUE)
 
     python benchmarks/bench_cpu_time.py [--epochs 3] [--max-tokens 1024] [--rounds 1]
@@ -25,7 +26,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = {"engine": {}, "glibc": {"TRANSFORMER_TUI_MALLOC": "glibc"}}
+VARIANTS = {"engine": {}, "glibc": {"TRANSFORMER_TUI_MALLOC": "glibc"},
+            "onednn-cache": {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"}}
 
 
 def run(args: argparse.Namespace, run_dir: Path, env: dict[str, str], until: str = "") -> dict:
