@@ -186,6 +186,7 @@ class BatchProgress(Event):
     gnorm: float | None = None  # the last update's gradient norm (before clipping)
     loss_scale: float | None = None  # fp16's GradScaler scale, None in other precisions
     max_updates: int = 0  # training.max_updates: the run ends at step == this (0: by epochs)
+    run_eta: float | None = None  # seconds to the end of training at this speed (no validation)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,16 @@ import tempfile
 from pathlib import Path
 
 from engine.errors import EngineError
-from engine.events import BatchProgress, EpochSummary, Event, MemorySample, RunFailed, RunFinished, from_json
+from engine.events import (
+    BatchProgress,
+    EpochSummary,
+    Event,
+    MemorySample,
+    RunFailed,
+    RunFinished,
+    TestBleu,
+    from_json,
+)
 
 DIRECTORY = "tensorboard"
 MB = 2**20
@@ -65,6 +74,12 @@ class TensorBoardWriter:
             scalar("valid/loss", event.val_loss)
             scalar("valid/ppl", event.val_ppl)
             scalar("valid/bleu", event.bleu)
+        elif isinstance(event, TestBleu):  # once, at the end: the run's headline numbers
+            scalar("test/sacrebleu", event.sacrebleu)
+            scalar("test/paper_bleu", event.paper_bleu)
+            self.writer.add_text("test/signatures", f"{event.checkpoint}: sacreBLEU "
+                                 f"{event.sacrebleu_signature}; paper {event.paper_signature}",
+                                 self.step, walltime=wall_time)
         elif isinstance(event, MemorySample):
             scalar("memory/process_rss_mb", event.process_rss / MB)
             for name in ("torch_allocated", "torch_peak"):

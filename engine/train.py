@@ -299,8 +299,9 @@ class TrainLoop:
         the run's largest so far, with the batch's shape. On the CPU with a memory budget, the
         heap's free memory goes back to the kernel after every batch: resident memory otherwise
         creeps up with the changing batch shapes (measured: 1.3 -> 2.0 GiB in one epoch of
-        sample data at max_tokens 6,208, glibc's defaults or ours alike), past what the fit
-        measured for a step. The price is page faults (kernel time), paid only under a budget."""
+        sample data at max_tokens 6,208, glibc's defaults or ours alike, most of it oneDNN's
+        kernel cache, since capped in engine/__init__.py), past what the fit measured for a
+        step. The price is page faults (kernel time), paid only under a budget."""
         device = self.trainer.device
         if device.type == "cuda":
             peak = memory_fit.peak_since_reset(device, sync=False)
@@ -671,9 +672,9 @@ class TrainLoop:
                     self.report(epoch, position, n, world, group, clock, done_here)
                 group = _Group()
                 self.maybe_memory()
-                if cfg.checkpoint_every_updates and t.step % cfg.checkpoint_every_updates == 0 \
-                        and t.step != self.update_saved:
-                    self.save_update_checkpoint()
+                if cfg.checkpoint_every_updates and t.step != self.update_saved and (
+                        t.step % cfg.checkpoint_every_updates == 0 or self.updates_done()):
+                    self.save_update_checkpoint()  # and the last update's: averaged with them
                 if self.updates_done():
                     self.epoch_sums()
                     return position == n - 1
@@ -689,13 +690,20 @@ class TrainLoop:
             return  # the update was skipped: no loss to show
         seconds = max(clock.seconds(), 1e-9)
         rate = done_here / seconds
+        left_in_epoch = n - position - 1  # this rank's batches
+        if cfg.max_updates:  # the last epoch may end early, at max_updates
+            left = max(cfg.max_updates - t.step, 0) * cfg.update_freq
+            left_in_epoch = min(left_in_epoch, left)
+        else:
+            left = left_in_epoch + (cfg.epochs - epoch) * n
         self.emit(BatchProgress(
             epoch=epoch, epochs=self.epochs_planned(), batch=(position + 1) * world,
             batches=n * world, step=t.step,
             loss=last_nll / last_tokens, avg_loss=epoch_nll / max(epoch_tokens, 1),
             lr=t.schedule.lr, batches_per_second=round(rate * world, 3),
             tokens_per_second=round((epoch_tokens - self.base_tokens) / seconds, 1),
-            eta=round((n - position - 1) / rate, 1) if rate > 0 else 0.0,
+            eta=round(left_in_epoch / rate, 1) if rate > 0 else 0.0,
+            run_eta=round(left / rate, 1) if rate > 0 else None,
             elapsed=round(seconds, 3),
             gnorm=self.gnorm if self.gnorm is not None and math.isfinite(self.gnorm) else None,
             # reading the scale waits for the device: only here, at reporting time

@@ -126,3 +126,17 @@ def test_prep_progress_lines_for_reading_downloading_and_encoding():
     assert "Generating train split: 4,508,785/4,508,785 | 90,000 examples/s" in text
     assert "Reading train: 1,200,000 pairs | 400,000 pairs/s" in text
     assert "Encoding train: 2,000,000/4,500,000 pairs (44.4%) | 40,000 pairs/s | ETA: 1m02s" in text
+
+
+def test_a_run_measured_in_updates_shows_the_time_left_to_its_end_beside_the_epochs():
+    text = printed([ev.BatchProgress(
+        epoch=2, epochs=18, batch=100, batches=5705, step=5805, loss=3.2, avg_loss=3.5,
+        lr=0.0007, batches_per_second=2.5, tokens_per_second=60_000.0, eta=2242.0,
+        elapsed=40.0, max_updates=100_000, run_eta=37_678.0)])
+    assert "Update 5,805/100,000 | Epoch 2/18" in text
+    assert "ETA: 37m22s | run: 10h27m58s" in text
+    last_epoch = printed([ev.BatchProgress(
+        epoch=18, epochs=18, batch=100, batches=5705, step=99_990, loss=3.2, avg_loss=3.5,
+        lr=0.0001, batches_per_second=2.5, tokens_per_second=60_000.0, eta=4.0,
+        elapsed=40.0, max_updates=100_000, run_eta=4.0)])
+    assert "ETA: 4.0s" in last_epoch and "run:" not in last_epoch

@@ -15,7 +15,7 @@ from tiny_runs import tiny_config
 
 from engine.config import LogConfig
 from engine.control import RunControl
-from engine.events import BatchProgress, EpochSummary, MemorySample, read_events
+from engine.events import BatchProgress, EpochSummary, MemorySample, TestBleu, read_events
 from engine.pipeline import run
 
 pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed "
@@ -50,6 +50,9 @@ def test_a_run_logs_its_metrics_for_tensorboard_and_a_finished_run_converts(tmp_
     assert all(v > 0 for _, v in live["train/tokens_per_second"])
     memory = [e for e in events if isinstance(e, MemorySample)]
     assert len(live["memory/process_rss_mb"]) == len(memory) > 0
+    [test] = [e for e in events if isinstance(e, TestBleu)]
+    assert [v for _, v in live["test/sacrebleu"]] == pytest.approx([test.sacrebleu])
+    assert [v for _, v in live["test/paper_bleu"]] == pytest.approx([test.paper_bleu])
 
     # after the fact: the same scalars from events.jsonl, replacing the directory
     shutil.rmtree(run_dir / "tensorboard")

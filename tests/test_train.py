@@ -221,21 +221,25 @@ def test_a_run_by_updates_averages_its_last_5_update_checkpoints_and_reports_tes
     from engine.events import TestBleu, read_events
     from engine.printer import HeadlessPrinter
 
-    config = tiny_config(training__epochs=1, training__max_updates=35,
+    config = tiny_config(training__epochs=1, training__max_updates=34,
                          training__checkpoint_every_updates=5, training__keep_last=6,
                          data__test_size=20)
     out = io.StringIO()
     status, events = train_run(tmp_path, config, on_event=HeadlessPrinter(out))
     assert status == "finished"
-    # epochs = 1 does not end it: 35 updates do, inside the second epoch (19 batches each)
-    assert of(events, BatchProgress)[-1].step == 35 and of(events, EpochSummary)[-1].epoch == 2
+    # epochs = 1 does not end it: 34 updates do, inside the second epoch (19 batches each)
+    assert of(events, BatchProgress)[-1].step == 34 and of(events, EpochSummary)[-1].epoch == 2
+    # the time to the end counts the updates left, not the epoch's batches: none at the end
+    progress = of(events, BatchProgress)
+    assert progress[0].run_eta > progress[0].eta and progress[-1].run_eta == 0
     info = {f.stage: f.info for f in of(events, StageFinished)}["train"]
-    assert (info["steps"], info["ended"]) == (35, "max_updates")
+    assert (info["steps"], info["ended"]) == (34, "max_updates")
 
     kept = sorted(int(p.stem.rsplit("_", 1)[1]) for p in tmp_path.glob("checkpoint_update_*.pt"))
-    assert kept == [10, 15, 20, 25, 30, 35]  # keep_last = 6, no model_epoch_N.pt
+    # keep_last = 6, no model_epoch_N.pt; the last update's weights are kept too
+    assert kept == [10, 15, 20, 25, 30, 34]
     assert not list(tmp_path.glob("model_epoch_*.pt"))
-    last_five = [f"checkpoint_update_{n}.pt" for n in (15, 20, 25, 30, 35)]
+    last_five = [f"checkpoint_update_{n}.pt" for n in (15, 20, 25, 30, 34)]
     averaged = torch.load(tmp_path / ckpt.AVERAGED, weights_only=True)
     assert [p.rsplit("/", 1)[1] for p in averaged["averaged_from"]] == last_five
     weights = [ckpt.load_checkpoint(tmp_path / name)["model"] for name in last_five]
@@ -253,7 +257,7 @@ def test_a_run_by_updates_averages_its_last_5_update_checkpoints_and_reports_tes
     assert "Test BLEU (20 sentences" in printed
     assert f"sacreBLEU:  {test[0].sacrebleu:.2f}" in printed
     assert f"paper BLEU: {test[0].paper_bleu:.2f}" in printed
-    assert "Update 35/35 | Epoch 2/2" in printed
+    assert "Update 34/34 | Epoch 2/2" in printed
 
 
 def test_a_stopped_run_is_tested_with_its_last_weights(tmp_path):
