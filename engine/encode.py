@@ -11,8 +11,7 @@ the text nor the ids of a WMT14-size corpus need to fit in memory. ``data/finger
 records what produced the arrays; a run with the same corpus, tokenizers and max_len reuses them.
 
 Speed: the pairs go to the library's ``encode_batch`` in chunks of ``CHUNK`` sentences, which it
-spreads over its threads (RAYON_NUM_THREADS, all cores unless TOKENIZERS_PARALLELISM=false),
-one chunk ahead of the Python code that turns encodings into arrays (``encoded_chunks``).
+spreads over its threads (RAYON_NUM_THREADS, all cores unless TOKENIZERS_PARALLELISM=false).
 (``encode_batch_fast``, which skips the character offsets, measured 1.6x *more* CPU time here
 with tokenizers 0.23 on our BPE tokenizers.)
 """
@@ -25,7 +24,6 @@ import itertools
 import json
 import os
 import struct
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -138,41 +136,18 @@ class EncodedChunk:
     dropped: int
 
 
-def _encode_batches(sources: list[str], targets: list[str], src_tokenizer, tgt_tokenizer):
-    """The library's batch encoder on both sides (on its threads, without holding the GIL)."""
-    return (src_tokenizer.encode_batch(sources, add_special_tokens=False),
-            tgt_tokenizer.encode_batch(targets, add_special_tokens=False))
-
-
-def _to_chunk(encoded, max_len: int) -> EncodedChunk:
-    """The ids of encoded pairs as flat arrays, without the pairs the model cannot take (the
-    encoder sees len(src) + 1 positions, the decoder len(tgt) + 1)."""
-    src_rows = [e.ids for e in encoded[0]]
-    tgt_rows = [e.ids for e in encoded[1]]
+def encode_chunk(sources: list[str], targets: list[str], src_tokenizer, tgt_tokenizer,
+                 max_len: int) -> EncodedChunk:
+    """Ids for one chunk of pairs with the library's batch encoder; drops the pairs the model
+    cannot take (the encoder sees len(src) + 1 positions, the decoder len(tgt) + 1)."""
+    src_rows = [e.ids for e in src_tokenizer.encode_batch(sources, add_special_tokens=False)]
+    tgt_rows = [e.ids for e in tgt_tokenizer.encode_batch(targets, add_special_tokens=False)]
     src_lengths = np.fromiter(map(len, src_rows), dtype=np.int64, count=len(src_rows))
     tgt_lengths = np.fromiter(map(len, tgt_rows), dtype=np.int64, count=len(tgt_rows))
     keep = (src_lengths + 1 <= max_len) & (tgt_lengths + 1 <= max_len)
     src_ids, src_out = _rows(src_rows, src_lengths, keep, (), (EOS_ID,))
     tgt_ids, tgt_out = _rows(tgt_rows, tgt_lengths, keep, (BOS_ID,), (EOS_ID,))
     return EncodedChunk(src_ids, src_out, tgt_ids, tgt_out, int((~keep).sum()))
-
-
-def encoded_chunks(pairs: "Pairs", src_tokenizer, tgt_tokenizer,
-                   max_len: int) -> Iterator[tuple[int, EncodedChunk]]:
-    """(pairs read, their EncodedChunk), a chunk at a time, in order. The library encodes the
-    next chunk in a thread while this one turns into arrays here: that part is Python's, one
-    core's, and would otherwise leave the library's other cores idle (measured at 4.5M pairs
-    on 2 cores: the encode stage 1.33x the bare ``encode_batch``'s wall time, 1.17x its CPU)."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode") as pool:
-        pending = None
-        for sources, targets in _chunks(pairs, CHUNK):
-            encoding = pool.submit(_encode_batches, sources, targets, src_tokenizer,
-                                   tgt_tokenizer)
-            if pending is not None:
-                yield pending[0], _to_chunk(pending[1].result(), max_len)
-            pending = (len(sources), encoding)
-        if pending is not None:
-            yield pending[0], _to_chunk(pending[1].result(), max_len)
 
 
 def _offsets(lengths: list[np.ndarray]) -> np.ndarray:
@@ -186,10 +161,10 @@ def encode_pairs(pairs: "Pairs", src_tokenizer, tgt_tokenizer, max_len: int,
                  should_stop: Callable[[], bool] = lambda: False) -> EncodedSplit:
     """One split encoded in memory (the stage writes to files instead; see encode_split)."""
     chunks = []
-    for _, chunk in encoded_chunks(pairs, src_tokenizer, tgt_tokenizer, max_len):
+    for sources, targets in _chunks(pairs, CHUNK):
         if should_stop():
             raise RunStopped()
-        chunks.append(chunk)
+        chunks.append(encode_chunk(sources, targets, src_tokenizer, tgt_tokenizer, max_len))
     empty = np.zeros(0, np.int32)
     return EncodedSplit(
         np.concatenate([c.src_ids for c in chunks]) if chunks else empty,
@@ -253,14 +228,15 @@ def encode_split(pairs: "Pairs", src_tokenizer, tgt_tokenizer, max_len: int, cac
         for side in ends:
             streams[f"{side}_offsets"].write(np.zeros(1, np.int64))
         done = dropped = 0
-        for count, chunk in encoded_chunks(pairs, src_tokenizer, tgt_tokenizer, max_len):
+        for sources, targets in _chunks(pairs, CHUNK):
+            chunk = encode_chunk(sources, targets, src_tokenizer, tgt_tokenizer, max_len)
             for side, ids, lengths in (("src", chunk.src_ids, chunk.src_lengths),
                                        ("tgt", chunk.tgt_ids, chunk.tgt_lengths)):
                 streams[f"{side}_ids"].write(ids)
                 streams[f"{side}_offsets"].write(ends[side] + np.cumsum(lengths))
                 ends[side] += int(lengths.sum())
             dropped += chunk.dropped
-            done += count
+            done += len(sources)
             on_chunk(done)
         for stream in streams.values():
             stream.close()
