@@ -154,7 +154,10 @@ def _run_stages(stages: "_StageRunner", config: RunConfig, run_dir: Path, emit: 
         config, batch_line = with_effective_batch(config, distributed.world_size())
         if batch_line:
             emit(Notice(text=batch_line))
-    corpus = stages.run("data", lambda: run_data_stage(config.data, emit, run_dir))
+    # under torchrun rank 0 writes corpus/ first (MAIN_FIRST); the others only hash the same
+    # pairs, and the ranks' fingerprints must agree (distributed.run_stage)
+    corpus = stages.run("data", lambda: run_data_stage(config.data, emit, run_dir,
+                                                       write_train=distributed.is_main()))
     tokenizers = stages.run("tokenizer", lambda: run_tokenizer_stage(
         config.tokenizer, corpus, run_dir, emit, control))
     data = stages.run("encode", lambda: run_encode_stage(

@@ -282,6 +282,23 @@ def test_a_run_streams_the_training_pairs_into_corpus_files_with_progress(write_
     assert result.info["dropped_blank"] == 1
 
 
+def test_the_other_ranks_of_a_torchrun_job_read_the_corpus_files_rank_0_wrote(write_text, tmp_path):
+    lines = [f"Sentence number {i}." for i in range(1200)]
+    train = (write_text("t.en", lines), write_text("t.de", [s.replace("Sentence", "Satz")
+                                                              for s in lines]))
+    cfg = _local(train, (write_text("v.en", ["x"]), write_text("v.de", ["X"])))
+    written = run_data_stage(cfg, lambda event: None, tmp_path / "run").output  # rank 0
+    files = [written.train.src, written.train.tgt]
+    before = [(p.stat().st_ino, p.stat().st_mtime_ns) for p in files]
+    other = run_data_stage(cfg, lambda event: None, tmp_path / "run", write_train=False).output
+    assert [(p.stat().st_ino, p.stat().st_mtime_ns) for p in files] == before  # not rewritten
+    assert [other.train.src, other.train.tgt] == files and len(other.train) == 1200
+    assert other.fingerprint() == written.fingerprint()  # what the ranks compare
+    assert other.train.chars == written.train.chars
+    assert sorted(p.name for p in (tmp_path / "run" / "corpus").iterdir()) == [
+        "train.src.txt", "train.tgt.txt"]  # no temporary file either
+
+
 def test_train_size_stops_reading_and_counts_the_blank_pairs_it_read(write_text, tmp_path):
     train = (write_text("t.en", ["a", "", "b", "c", "d"]),
              write_text("t.de", ["x", "", "y", "z", "w"]))

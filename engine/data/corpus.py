@@ -69,11 +69,16 @@ class PairWriter:
     replaced by a space: one sentence must stay one line.
     """
 
-    def __init__(self, directory: Path, src_lang: str, tgt_lang: str, split: str = "train") -> None:
+    def __init__(self, directory: Path, src_lang: str, tgt_lang: str, split: str = "train",
+                 write: bool = True) -> None:
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         self.paths = (directory / f"{split}.src.txt", directory / f"{split}.tgt.txt")
-        self.temps = [atomic.temporary_name(path) for path in self.paths]
+        # write=False: another process (torchrun's rank 0) wrote these files from the same
+        # source; count and hash only, and the fingerprint check across ranks vouches for them
+        self.write = write
+        self.temps = [atomic.temporary_name(path) for path in self.paths] if write else []
+        if write:
+            directory.mkdir(parents=True, exist_ok=True)
         self.files = [open(temp, "wb") for temp in self.temps]
         self.digest = hashlib.sha256(f"{src_lang}-{tgt_lang}".encode())
         self.digest.update(f"\n#{split}\n".encode())
@@ -96,12 +101,13 @@ class PairWriter:
             pairs = [(src.replace("\n", " "), tgt.replace("\n", " ")) for src, tgt in pairs]
         self.digest.update("".join([f"{src}\t{tgt}\n" for src, tgt in pairs])
                            .encode("utf-8", "surrogatepass"))
-        for side, file in enumerate(self.files):
+        for side in (0, 1):
             data = ("\n".join([pair[side] for pair in pairs]) + "\n").encode("utf-8",
                                                                               "surrogatepass")
             self.collect_chars(side, data)
-            with self.naming_errors(side):
-                file.write(data)
+            if self.write:
+                with self.naming_errors(side):
+                    self.files[side].write(data)
         self.count += len(pairs)
         self.pending = []
 
@@ -141,8 +147,8 @@ class PairWriter:
 
 
 def write_pair_files(pairs: Iterable[Pair], directory: Path, src_lang: str, tgt_lang: str,
-                     split: str = "train") -> PairFiles:
-    writer = PairWriter(directory, src_lang, tgt_lang, split)
+                     split: str = "train", write: bool = True) -> PairFiles:
+    writer = PairWriter(directory, src_lang, tgt_lang, split, write)
     try:
         writer.add(pairs)
         return writer.close()

@@ -35,11 +35,14 @@ CORPUS_DIR = "corpus"  # in the run directory: the training pairs as text files
 
 
 def load_corpus(cfg: "DataConfig", report: LoadReport | None = None,
-                train_dir: Path | None = None, emit: Emit | None = None) -> Corpus:
+                train_dir: Path | None = None, emit: Emit | None = None,
+                write_train: bool = True) -> Corpus:
     """The corpus ``cfg`` describes: source, sizes (0 = all) and direction src_lang->tgt_lang.
 
     ``train_dir``: write the training pairs there as they are read (Corpus.train is then a
-    PairFiles); without it every split is a list in memory. ``emit`` receives progress events.
+    PairFiles); without it every split is a list in memory. ``write_train=False``: another
+    process of a torchrun job has written those files; read, count and hash, write nothing.
+    ``emit`` receives progress events.
     Raises ``DataError`` with one line naming the file (and line) for anything unusable.
     """
     report = report if report is not None else LoadReport()
@@ -68,7 +71,8 @@ def load_corpus(cfg: "DataConfig", report: LoadReport | None = None,
                           sizes[name], emit)
         try:
             if name == "train" and train_dir is not None:
-                loaded[name] = write_pair_files(pairs, train_dir, cfg.src_lang, cfg.tgt_lang)
+                loaded[name] = write_pair_files(pairs, train_dir, cfg.src_lang, cfg.tgt_lang,
+                                                write=write_train)
             else:
                 loaded[name] = list(pairs)
         finally:
@@ -97,16 +101,17 @@ def _progress(pairs: Iterable[Pair], split: str, total: int,
                       elapsed=round(clock.elapsed(), 3), final=True))
 
 
-def run_data_stage(cfg: "DataConfig", emit: Emit,
-                   run_dir: Path | None = None) -> StageResult[Corpus]:
+def run_data_stage(cfg: "DataConfig", emit: Emit, run_dir: Path | None = None,
+                   write_train: bool = True) -> StageResult[Corpus]:
     """First stage: load the corpus the config names (training pairs into ``run_dir``'s
-    corpus/ files when a run directory is given)."""
+    corpus/ files when a run directory is given, unless another rank wrote them:
+    ``write_train``)."""
     if cfg.source == "wmt14":
         emit(Notice(text="Loading WMT14 English-German through datasets "
                          "(the first run downloads it)"))
     report = LoadReport()
     train_dir = Path(run_dir) / CORPUS_DIR if run_dir is not None else None
-    corpus = load_corpus(cfg, report, train_dir=train_dir, emit=emit)
+    corpus = load_corpus(cfg, report, train_dir=train_dir, emit=emit, write_train=write_train)
     dropped = sum(report.dropped_blank.values())
     if dropped:
         per_split = ", ".join(f"{split} {n:,}" for split, n in report.dropped_blank.items())
