@@ -196,7 +196,7 @@ class HeadlessPrinter:
             fields.append((6, f"scale: {e.loss_scale:g}"))
         fields.append((2, f"ETA: {_fmt_seconds(e.eta)}"))
         if e.run_eta is not None and e.run_eta > e.eta:  # more epochs to come
-            fields.append((2, f"run: {_fmt_seconds(e.run_eta)}"))
+            fields.append((2, f"run ETA: {_fmt_seconds(e.run_eta)}"))
         self._progress(fields, final)
 
     def _on_SampleTranslations(self, e: ev.SampleTranslations) -> None:

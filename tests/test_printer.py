@@ -134,9 +134,9 @@ def test_a_run_measured_in_updates_shows_the_time_left_to_its_end_beside_the_epo
         lr=0.0007, batches_per_second=2.5, tokens_per_second=60_000.0, eta=2242.0,
         elapsed=40.0, max_updates=100_000, run_eta=37_678.0)])
     assert "Update 5,805/100,000 | Epoch 2/18" in text
-    assert "ETA: 37m22s | run: 10h27m58s" in text
+    assert "ETA: 37m22s | run ETA: 10h27m58s" in text
     last_epoch = printed([ev.BatchProgress(
         epoch=18, epochs=18, batch=100, batches=5705, step=99_990, loss=3.2, avg_loss=3.5,
         lr=0.0001, batches_per_second=2.5, tokens_per_second=60_000.0, eta=4.0,
         elapsed=40.0, max_updates=100_000, run_eta=4.0)])
-    assert "ETA: 4.0s" in last_epoch and "run:" not in last_epoch
+    assert "ETA: 4.0s" in last_epoch and "run ETA" not in last_epoch
