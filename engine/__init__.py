@@ -12,10 +12,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # oneDNN (bf16 matrix products on the CPU) caches a compiled kernel per shape, up to 1,024 of
 # them; token-bucketed batches bring new shapes at nearly every step, so the cache only grew:
-# 0.7 -> 4.7 GB resident in a Multi30k run of a 7.6M-parameter model. 16 kernels hold one
-# step's shapes (the layers repeat them): measured in benchmarks/bench_cpu_time.py at
-# max_tokens 2,048, peak 1.31 -> 1.06 GB for 2% more wall time (no cache: 0.93 GB, 9% more).
-# oneDNN reads it when it first compiles a kernel: set here, before any step, it counts.
+# 0.7 -> 4.7 GB resident in a Multi30k run of a 7.6M-parameter model (1.5-2.0 GB with 16).
+# 16 kernels hold one step's shapes (the layers repeat them): measured in
+# benchmarks/bench_cpu_time.py at max_tokens 2,048, peak 1.31 -> 1.06 GB for 2% more wall
+# time (no cache: 0.93 GB, 9% more). oneDNN reads it when it first compiles a kernel: set
+# here, before any step, it counts.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
 
 
