@@ -213,11 +213,7 @@ def check_cli_runs(ctx: Context) -> dict:
             results[name] = {"status": "skipped", "reason": "fp16 needs CUDA"}
             continue
         results[name] = cli(ctx, ctx.runs / name, *ctx.preset_overrides(*settings))
-    bad = {k: v.get("failure") or v.get("output_tail") for k, v in results.items()
-           if v["status"] not in ("finished", "skipped")}
-    if bad:
-        raise AssertionError(f"runs that did not finish: {bad}")
-    return results
+    return all_finished(results, "runs")
 
 
 def check_resume(ctx: Context) -> dict:
@@ -238,11 +234,17 @@ def check_resume(ctx: Context) -> dict:
                             "--resume", "last")
     else:
         result["gpu"] = {"status": "skipped", "reason": "back on the GPU needs CUDA"}
-    bad = {k: v.get("failure") or v.get("output_tail") for k, v in result.items()
+    return all_finished(result, "resumes")
+
+
+def all_finished(results: dict, what: str) -> dict:
+    """``results`` (name -> a cli() result) when each finished or was skipped, else an error
+    naming the others with their failure."""
+    bad = {k: v.get("failure") or v.get("output_tail") for k, v in results.items()
            if v["status"] not in ("finished", "skipped")}
     if bad:
-        raise AssertionError(f"resumes that did not finish: {bad}")
-    return result
+        raise AssertionError(f"{what} that did not finish: {bad}")
+    return results
 
 
 def check_attention(ctx: Context) -> dict:

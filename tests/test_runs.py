@@ -373,17 +373,21 @@ def test_nohup_keeps_a_run_going_when_the_terminal_hangs_up(tmp_path, reaper):
 # --- torchrun: rank 0 owns the directory, every rank obeys ----------------------------------
 
 
+def start_torchrun(run_dir: Path, **extra_env: str) -> subprocess.Popen:
+    """A 2-process torchrun job (gloo, on the CPU) training the tiny config until stopped."""
+    sets = [arg for item in TINY + [FOREVER] for arg in ("--set", item)]
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "engine", "--preset", "sample", "--run-dir", str(run_dir), *sets],
+        env={**env(), **extra_env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def test_pause_resume_and_stop_reach_both_ranks_of_a_torchrun_job(tmp_path, reaper):
     import psutil
 
     run_dir = tmp_path / "job"
-    sets = [arg for item in TINY + [FOREVER] for arg in ("--set", item)]
     # a training collective gives up after 5 s: a rank left behind by a pause would fail
-    job = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "engine", "--preset", "sample", "--run-dir", str(run_dir), *sets],
-        env={**env(), "TRANSFORMER_DIST_TIMEOUT": "5"}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
+    job = start_torchrun(run_dir, TRANSFORMER_DIST_TIMEOUT="5")
     reaper(job)
     training(run_dir, job, at_least=2)
     rank_1 = next(p for p in psutil.Process(job.pid).children()
@@ -457,11 +461,7 @@ def test_launch_detached_starts_a_run_in_its_own_session_logging_to_run_log(tmp_
 def test_sigterm_to_torchrun_stops_every_rank_with_a_checkpoint(tmp_path, reaper):
     # a batch scheduler ending the job: torchrun passes the signal on to each rank
     run_dir = tmp_path / "job"
-    sets = [arg for item in TINY + [FOREVER] for arg in ("--set", item)]
-    job = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "engine", "--preset", "sample", "--run-dir", str(run_dir), *sets],
-        env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    job = start_torchrun(run_dir)
     reaper(job)
     training(run_dir, job, at_least=2)
     job.send_signal(signal.SIGTERM)

@@ -392,19 +392,17 @@ class RunState:
             stage.seconds = max(0.0, at - (stage.started_at or at))
             self._touch("stages")
 
-    def _on_DataProgress(self, e: DataProgress, at: float) -> None:
-        self.prep = e
+    def _on_DataProgress(self, e: DataProgress | EncodeProgress, at: float) -> None:
+        self.prep = e  # reading and encoding show in the same place
         self._touch("tokenizer")
+
+    _on_EncodeProgress = _on_DataProgress
 
     def _on_DownloadProgress(self, e: DownloadProgress, at: float) -> None:
         self.prep = e
         self._touch("tokenizer")
         if e.final:
             self.note(f"{e.what}: done ({_short(e.done)} {e.unit} in {duration(e.elapsed)})", at)
-
-    def _on_EncodeProgress(self, e: EncodeProgress, at: float) -> None:
-        self.prep = e
-        self._touch("tokenizer")
 
     def _on_WordCountProgress(self, e: WordCountProgress, at: float) -> None:
         self.words = e
