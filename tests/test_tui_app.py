@@ -394,10 +394,9 @@ async def test_paused_shows_in_speed_and_eta_and_a_stop_names_the_checkpoint_hol
     async with app.run_test(size=(120, 40)) as pilot:
         app.inbox.put(RunStarted(run_dir="saved/x", preset="x", stages=["train"]))
         app.inbox.put(progress(10))
-        app.inbox.put(RunPaused(stage="train"))
-        await until(pilot, lambda: app.state.status == "paused")
-        app.refresh_panels(force=True)
-        await pilot.pause()
+        await until(pilot, lambda: "tok/s" in text_of(app, "#training"))
+        app.inbox.put(RunPaused(stage="train"))  # no batch follows: the pause alone redraws
+        await until(pilot, lambda: "paused" in text_of(app, "#training"), 5)
         training = text_of(app, "#training")
         assert "Speed  paused" in training and "ETA    paused" in training
         assert "2,500 tok/s" not in training  # the last numbers would read as the present

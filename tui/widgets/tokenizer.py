@@ -18,7 +18,7 @@ SHOWN_ABOVE = {"kind", "vocab_size", "merges", "seconds", "reused", "path"}
 
 
 class TokenizerPanel(StateView, Vertical):
-    parts = ("tokenizer",)
+    parts = ("tokenizer", "status")  # paused reads differently
     min_seconds = 0.5
 
     def compose(self) -> ComposeResult:

@@ -11,7 +11,7 @@ from tui.widgets.panel import StateView, show_text
 
 
 class TrainingPanel(StateView, Static):
-    parts = ("training",)
+    parts = ("training", "status")  # paused and ended read differently
     min_seconds = 0.5
 
     def on_mount(self) -> None:
