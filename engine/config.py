@@ -11,7 +11,6 @@ import dataclasses
 import difflib
 import math
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,15 @@ except ModuleNotFoundError:  # Python 3.10
 
 from engine.errors import ConfigError
 
-# The preset files ship inside the package (a wheel or `pipx install` has no source tree);
-# wheels install unpacked, so the resource is a real directory.
-PRESETS_DIR = Path(str(resources.files("engine") / "presets"))
+
+def _presets_dir() -> Path:
+    """presets/ at the top of a source checkout; inside an installed wheel (which has no source
+    tree) setup.py maps it to engine/presets/, and wheels install unpacked: a real directory."""
+    installed = Path(__file__).parent / "presets"
+    return installed if installed.is_dir() else Path(__file__).parent.parent / "presets"
+
+
+PRESETS_DIR = _presets_dir()
 PRESET_NAMES = ("sample", "small", "quick", "medium", "full", "big")
 
 
