@@ -22,7 +22,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from engine.loss import label_smoothed_loss, target_positions
+from engine.batching import target_positions
+from engine.loss import label_smoothed_loss
 from engine.model import Transformer
 from engine.vocab import PAD_ID
 
