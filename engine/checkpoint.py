@@ -255,12 +255,12 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu",
     return state
 
 
-def check_fits(state: dict[str, Any], path: Path | str, model_cfg: "ModelConfig", src_vocab: int,
+def check_fits(state: dict[str, Any], path: Path | str, model_config: "ModelConfig", src_vocab: int,
                tgt_vocab: int, shared: bool) -> None:
     """Refuse, in one line, a checkpoint whose weights cannot fit the model this run builds."""
     saved_model = state["config"].get("model", {})
     for key in SHAPE_KEYS:
-        here = getattr(model_cfg, key)
+        here = getattr(model_config, key)
         if key in saved_model and saved_model[key] != here:
             raise EngineError(f"{path}: checkpoint has model.{key} = {saved_model[key]!r}, this "
                               f"run has {here!r} (resume with the config that trained it)")
@@ -310,13 +310,13 @@ def check_same_tokenizers(state: dict[str, Any], tokenizers: "TokenizerSet", pat
                               "run directory that trained it")
 
 
-def load_for_resume(resume: str, run_dir: Path, model_cfg: "ModelConfig",
+def load_for_resume(resume: str, run_dir: Path, model_config: "ModelConfig",
                     tokenizers: "TokenizerSet") -> tuple[Path, dict[str, Any]]:
     """(path, state) of the checkpoint ``--resume`` names, refused in one line when it cannot
     continue this run (other model shape, other vocabulary, other tokenizer)."""
     path = resume_path(resume, run_dir)
     state = load_checkpoint(path)  # CPU: RNG states must stay there
-    check_fits(state, path, model_cfg, tokenizers.src.get_vocab_size(),
+    check_fits(state, path, model_config, tokenizers.src.get_vocab_size(),
                tokenizers.tgt.get_vocab_size(), bool(tokenizers.shared))
     check_same_tokenizers(state, tokenizers, path)
     return path, state

@@ -426,20 +426,20 @@ def resolve_auto(config: RunConfig, run_dir: Path, report: Callable[[str], None]
 # --- preflight of a run's own worst case ------------------------------------------------------
 
 
-def hungriest_batch(batches: list[Any], src_lengths: Any, tgt_lengths: Any, model_cfg: Any,
+def hungriest_batch(batches: list[Any], src_lengths: Any, tgt_lengths: Any, model_config: Any,
                     vocab: int) -> int:
     """Index of the batch estimated to need the most memory in a training step: activations
     per padded position (both sides, every layer), the logits and their gradient per real
     target token, and attention scores (rows x heads x lengths squared) where a backend
     materialises them. Batches of equal max_tokens differ several-fold in these terms."""
-    d, layers = model_cfg.d_model, model_cfg.n_layers
-    per_position = layers * (12 * d + 2 * model_cfg.ffn_hidden)
+    d, layers = model_config.d_model, model_config.n_layers
+    per_position = layers * (12 * d + 2 * model_config.ffn_hidden)
     best, best_cost = 0, -1.0
     for index, rows in enumerate(batches):
         s, t = src_lengths[rows], tgt_lengths[rows]
         n, S, T = len(rows), int(s.max()), int(t.max())
         cost = (n * (S + T) * per_position + float(t.sum()) * 2 * vocab
-                + n * model_cfg.n_head * layers * (S * S + T * T + S * T))
+                + n * model_config.n_head * layers * (S * S + T * T + S * T))
         if cost > best_cost:
             best, best_cost = index, cost
     return best

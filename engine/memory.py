@@ -8,6 +8,10 @@ NVML numbers every GPU of the machine in PCI order and ignores ``CUDA_VISIBLE_DE
 numbers only the visible ones, in its own order. ``visible_devices`` maps one onto the other by
 UUID, so a shared machine's panel lists only this run's GPUs, labelled ``cuda:N`` as torch
 names them. The probe never starts CUDA: it asks torch for UUIDs only once the engine has.
+
+Below the probe, the engine's side: ``reset_peak``/``peak_since_reset`` (the peak of a batch, a
+fit probe or a preflight step on one device) and ``current_usage``; they import torch when
+called, so the app can import this module without it.
 """
 
 from __future__ import annotations

@@ -42,6 +42,25 @@ class RunCheckpoints:
         self.last_save = 0.0  # session seconds (pauses excluded) at the last checkpoint_last.pt
         self.update_saved = -1  # the step of the newest checkpoint_update_N.pt
 
+    def say_where_it_left_off(self, batches_per_epoch: int, updates_done: bool) -> None:
+        """Before training: warn when the checkpoint's run cut its epochs into other batches
+        (the epoch continues at the same batch number of the new ones), say when it has
+        nothing left to train; then record this run's batches per epoch."""
+        p, training, step = self.progress, self.training, self.state.step
+        if p.batches_per_epoch and p.batches_per_epoch != batches_per_epoch and p.batch_in_epoch:
+            self.emit(Notice(level="warning", text=(
+                f"the checkpoint's run had {p.batches_per_epoch} batches per epoch, this one "
+                f"has {batches_per_epoch} (max_tokens changed?): epoch {p.epoch + 1} continues "
+                f"at batch {p.batch_in_epoch + 1} of the new batches")))
+        p.batches_per_epoch = batches_per_epoch
+        if training.max_updates and updates_done:
+            self.emit(Notice(text=f"the checkpoint has already made {step:,} updates of "
+                                  f"{training.max_updates:,}; raise training.max_updates to "
+                                  "train more"))
+        elif not training.max_updates and p.epoch >= training.epochs:
+            self.emit(Notice(text=f"the checkpoint has already trained {p.epoch} epochs of "
+                                  f"{training.epochs}; raise training.epochs to train more"))
+
     def save_due(self) -> bool:
         """Time for a mid-epoch checkpoint_last.pt (training.save_every_minutes)?"""
         minutes = self.training.save_every_minutes

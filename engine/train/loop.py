@@ -62,8 +62,7 @@ class TrainLoop:
         self.validation = Validation(config, self.step, corpus, tokenizers, data, batches,
                                      control, emit)
         self.guard = DivergenceGuard(config, state, self.run_dir, emit)
-        self.preflight = lambda: self.memory.preflight(data, batches, corpus, tokenizers,
-                                                       self.run_dir)
+        self.corpus, self.tokenizers = corpus, tokenizers
         self.ended = ""  # why training ended early: "patience"
 
     def total_seconds(self) -> float:
@@ -92,27 +91,16 @@ class TrainLoop:
         if len(self.data.valid) == 0:
             raise DataError("no validation pairs are left after encoding (all longer than "
                             f"model.max_len = {self.config.model.max_len}?)")
-        n = len(self.batches.train)
-        if p.batches_per_epoch and p.batches_per_epoch != n and p.batch_in_epoch:
-            self.emit(Notice(level="warning", text=(
-                f"the checkpoint's run had {p.batches_per_epoch} batches per epoch, this one "
-                f"has {n} (max_tokens changed?): epoch {p.epoch + 1} continues at batch "
-                f"{p.batch_in_epoch + 1} of the new batches")))
-        p.batches_per_epoch = n
-        if training.max_updates and self.updates_done():
-            self.emit(Notice(text=f"the checkpoint has already made {self.state.step:,} updates "
-                                  f"of {training.max_updates:,}; raise training.max_updates to "
-                                  "train more"))
-        elif not training.max_updates and p.epoch >= training.epochs:
-            self.emit(Notice(text=f"the checkpoint has already trained {p.epoch} epochs of "
-                                  f"{training.epochs}; raise training.epochs to train more"))
+        self.checkpoints.say_where_it_left_off(len(self.batches.train), self.updates_done())
         first_epoch = p.epoch + 1
         # by updates: epochs until max_updates; by epochs: training.epochs
         epochs = (itertools.count(first_epoch) if training.max_updates
                   else range(first_epoch, training.epochs + 1))
         ended = "max_updates" if training.max_updates else "epochs"
         if not self.updates_done() and (training.max_updates or first_epoch <= training.epochs):
-            self.preflight()  # a run that would run out of memory fails now
+            # a run that would run out of memory fails now, not hours in
+            self.memory.preflight(self.data, self.batches, self.corpus, self.tokenizers,
+                                  self.run_dir)
         try:
             for epoch in epochs:
                 if self.updates_done():
