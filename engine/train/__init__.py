@@ -15,10 +15,11 @@ Rooms, each found by its name:
     loop.py         TrainLoop and the train stage: epochs of updates, as the paper trains
 """
 
-from engine.train.loop import PROGRESS_SECONDS, TrainLoop, run_train_stage
+from engine.train.loop import TrainLoop, run_train_stage
 from engine.train.model_stage import run_model_stage
 from engine.train.state import NoamSchedule, TrainingState, noam_lr
 from engine.train.step import UpdateGroup, UpdateStep
 
-__all__ = ["PROGRESS_SECONDS", "NoamSchedule", "TrainLoop", "TrainingState", "UpdateGroup",
-           "UpdateStep", "noam_lr", "run_model_stage", "run_train_stage"]
+# (the loop's PROGRESS_SECONDS is engine.train.loop's: patch it there, a copy here would not act)
+__all__ = ["NoamSchedule", "TrainLoop", "TrainingState", "UpdateGroup", "UpdateStep", "noam_lr",
+           "run_model_stage", "run_train_stage"]
