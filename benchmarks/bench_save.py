@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from engine import checkpoint as ckpt
-from engine.loss import label_smoothed_loss, target_positions
+from engine.batching import target_positions
+from engine.loss import label_smoothed_loss
 from engine.model import Transformer
 
 

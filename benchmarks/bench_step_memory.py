@@ -2,7 +2,7 @@
 
 "before" is the previous step, kept here as the peer: logits for every position, padding
 included, then ``log_softmax(logits.float())``, the non-pad rows picked out, NLL and smoothing
-from them. "after" is the engine's step (engine/train.py): padding left out before the output
+from them. "after" is the engine's step (engine/train/step.py): padding left out before the output
 layer, engine/loss.py's chunked loss. Same model, same batch, same optimizer. Each step runs in
 a fresh child process, so the peaks do not mix; the peak is the child's peak resident memory
 (CPU) or the caching allocator's peak (CUDA). Reported: the whole peak, and the step's share
@@ -22,7 +22,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from engine.loss import label_smoothed_loss, target_positions
+from engine.batching import target_positions
+from engine.loss import label_smoothed_loss
 from engine.model import Transformer
 from engine.vocab import PAD_ID
 

@@ -1,9 +1,11 @@
 """Training-step speed: this engine's Transformer versus one built from ``torch.nn.Transformer``.
 
 Both models get the same dimensions (default: the quick preset's), the same random batches,
-the same loss (label-smoothed cross entropy ignoring padding: the engine's training step computes
-it with engine/loss.py, the reference with ``F.cross_entropy``) and the same optimizer (fused
-Adam 0.9/0.98/1e-9), in float32 and under bfloat16 autocast. Measurements are interleaved
+the same loss (label-smoothed cross entropy ignoring padding: the engine's with engine/loss.py,
+the reference with ``F.cross_entropy``) and the same optimizer (fused Adam 0.9/0.98/1e-9), in
+float32 and under bfloat16 autocast. The engine's step is the run's own UpdateStep
+(engine/train/step.py: forward, backward, the gradient norm, Adam, the schedule), as a training
+run takes it; the reference's is the loop its documentation shows. Measurements are interleaved
 (every round times each contender in turn, in a rotating order) and ratios are the median of
 the per-round ratios, so a shared, noisy machine slows all of them alike. CPU time per step is
 reported next to wall-clock time (with ``--threads 1`` it is immune to time-slicing). Model
@@ -26,8 +28,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.loss import label_smoothed_loss, target_positions
+from engine.batching import Batch
+from engine.config import TrainingConfig
 from engine.model import Transformer, sinusoids
+from engine.train import NoamSchedule, TrainingState, UpdateGroup, UpdateStep
 
 PAD = 0
 
@@ -80,24 +84,40 @@ def make_batches(n: int, batch: int, length: int, vocab: int, seed: int) -> list
     return batches
 
 
-def train_step(model, optimizer, batch, dtype) -> float:
-    """One step; the engine's as engine/train.py takes it (padding left out before the output
-    layer, engine/loss.py's loss), the reference's with ``F.cross_entropy`` as the docs show."""
+def engine_contender(model: Transformer, precision: str, d_model: int) -> UpdateStep:
+    """The run's update step over ``model``, as the model stage sets it up (fused Adam, the
+    paper's schedule, label smoothing 0.1, no clipping: the defaults of [training])."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.0, betas=(0.9, 0.98), eps=1e-9,
+                                 fused=True)
+    amp_dtype = torch.bfloat16 if precision == "bf16" else None
+    state = TrainingState(model, optimizer, NoamSchedule(optimizer, d_model, 4000, 1.0), None,
+                          torch.device("cpu"), precision, amp_dtype)
+    return UpdateStep(state, TrainingConfig())
+
+
+def engine_batch(batch) -> Batch:
+    """The batch as the run's batches stage makes it (its target positions made on the host)."""
+    src, tgt_in, tgt_out = batch
+    return Batch(src, tgt_in, tgt_out, tokens=int(tgt_out.ne(PAD).sum()),
+                 padded_tokens=src.numel() + tgt_in.numel())
+
+
+def train_step(contender, batch, dtype) -> float:
+    """One step: the engine's through its UpdateStep (padding left out before the output layer,
+    engine/loss.py's loss); the reference's with ``F.cross_entropy`` as the docs show."""
+    if isinstance(contender, UpdateStep):
+        group = UpdateGroup()
+        contender.add_batch(group, batch)
+        _, nll = contender.finish(group)
+        return nll / group.tokens
+    model, optimizer = contender
     src, tgt_in, tgt_out = batch
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16"
                 else contextlib.nullcontext())
-    if isinstance(model, Transformer):
-        keep, target = target_positions(tgt_out)
-        with autocast:
-            logits = model(src, tgt_in, keep)
-        loss, _ = label_smoothed_loss(logits, target, 0.1)
-        del logits
-        loss = loss / len(target)
-    else:
-        with autocast:
-            logits = model(src, tgt_in)
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt_out.reshape(-1),
-                                   ignore_index=PAD, label_smoothing=0.1)
+    with autocast:
+        logits = model(src, tgt_in)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt_out.reshape(-1),
+                               ignore_index=PAD, label_smoothing=0.1)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -146,6 +166,7 @@ def main() -> None:
     dims = dict(d_model=args.d_model, ffn_hidden=args.ffn, n_head=args.heads,
                 n_layers=args.layers, dropout=0.1)
     batches = make_batches(4, args.batch, args.len, args.vocab, seed=1)
+    prepared = {"engine": [engine_batch(b) for b in batches], "reference": batches}
     tokens = sum(int(b[2].ne(PAD).sum()) for b in batches) / len(batches)
     flops = step_flops(args.batch, args.len, args.len, args.d_model, args.ffn, args.layers,
                        args.vocab)
@@ -158,8 +179,10 @@ def main() -> None:
             if name == "engine":
                 model = Transformer(args.vocab, args.vocab, max_len=args.len,
                                     share_embeddings=True, **dims)
-            else:
-                model = ReferenceTransformer(args.vocab, max_len=args.len + 1, **dims)
+                model.train()
+                contenders[(name, precision)] = engine_contender(model, precision, args.d_model)
+                continue
+            model = ReferenceTransformer(args.vocab, max_len=args.len + 1, **dims)
             model.train()
             # fused: one kernel over all parameters, ~4x faster than the default on CPU
             optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98),
@@ -170,13 +193,15 @@ def main() -> None:
           f"batches {args.batch} x {args.len} (~{tokens:.0f} target tokens), "
           f"d_model {args.d_model}, ffn {args.ffn}, heads {args.heads}, "
           f"layers {args.layers}+{args.layers}, vocab {args.vocab}")
-    params = {name: sum(p.numel() for p in contenders[(name, precisions[0])][0].parameters())
-              for name in ("engine", "reference")}
+    models = {name: contenders[(name, precisions[0])] for name in ("engine", "reference")}
+    models["engine"] = models["engine"].state.model
+    models["reference"] = models["reference"][0]
+    params = {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
     print(f"parameters: engine {params['engine']:,}, reference {params['reference']:,}")
 
-    for (name, precision), (model, optimizer) in contenders.items():  # warm up
-        for batch in batches[:2]:
-            train_step(model, optimizer, batch, precision)
+    for (name, precision), contender in contenders.items():  # warm up
+        for batch in prepared[name][:2]:
+            train_step(contender, batch, precision)
 
     # wall-clock seconds per step, and CPU seconds per step: on a machine shared with other
     # work, CPU time counts only the time this process actually ran (exact with --threads 1;
@@ -192,10 +217,10 @@ def main() -> None:
             peaks[precision] = max(peaks[precision], matmul_flops(dtypes[precision]))
         order = order[1:] + order[:1]  # rotate, so no contender always runs first
         for key in order:
-            model, optimizer = contenders[key]
+            contender, own = contenders[key], prepared[key[0]]
             start_wall, start_cpu = time.perf_counter(), time.process_time()
             for i in range(args.steps):
-                train_step(model, optimizer, batches[i % len(batches)], key[1])
+                train_step(contender, own[i % len(own)], key[1])
             wall[key].append((time.perf_counter() - start_wall) / args.steps)
             cpu[key].append((time.process_time() - start_cpu) / args.steps)
 

@@ -357,14 +357,12 @@ def check_syncs(ctx: Context) -> dict:
 
 
 def check_base_step(ctx: Context) -> dict:
-    """Transformer-base through TrainLoop's own forward_backward and update."""
+    """Transformer-base through the run's own update step (engine/train/step.py)."""
     from benchmarks.bench_train import step_flops
-    from engine.checkpoint import Progress
     from engine.config import load_config
-    from engine.control import RunControl
     from engine.device import resolve_precision
     from engine.model import Transformer
-    from engine.train import NoamSchedule, Trainer, TrainLoop, _Group
+    from engine.train import NoamSchedule, TrainingState, UpdateGroup, UpdateStep
 
     device = torch.device("cuda" if ctx.cuda else "cpu")
     if ctx.cuda:  # the paper's base model at the paper's batch
@@ -383,10 +381,9 @@ def check_base_step(ctx: Context) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=0.0, betas=(0.9, 0.98), eps=1e-9,
                                  fused=True)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-    trainer = Trainer(model, optimizer, NoamSchedule(optimizer, m.d_model, 4000, 1.0), scaler,
-                      device, precision, amp_dtype, Progress())
-    loop = TrainLoop(config, trainer, None, None, None, None, ctx.runs, lambda e: None,
-                     RunControl())
+    state = TrainingState(model, optimizer, NoamSchedule(optimizer, m.d_model, 4000, 1.0),
+                          scaler, device, precision, amp_dtype)
+    update_step = UpdateStep(state, config.training)
 
     from engine.batching import Batch
     from engine.prefetch import pinned
@@ -408,9 +405,11 @@ def check_base_step(ctx: Context) -> dict:
     batches = [batch() for _ in range(4)]
 
     def step(b) -> float:
-        group = _Group(batches=1, tokens=b.tokens)
-        group.nll = loop.forward_backward(b)
-        _, nll = loop.update(group)
+        group = UpdateGroup()
+        if not update_step.add_batch(group, b):
+            raise RuntimeError(f"CUDA out of memory in the base step ({b.padded_tokens:,} "
+                               "padded tokens)")
+        _, nll = update_step.finish(group)
         return nll
 
     for b in batches[:2]:  # warm up: kernels chosen, Adam's state allocated

@@ -17,12 +17,22 @@ import torch
 
 from engine.encode import EncodedData, EncodedSplit
 from engine.errors import ConfigError
-from engine.loss import target_positions
 from engine.stages import StageResult
 from engine.vocab import PAD_ID
 
 if TYPE_CHECKING:
     from engine.config import TrainingConfig
+
+
+def target_positions(tgt_out: torch.Tensor,
+                     pad_id: int = PAD_ID) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flat indices of the non-pad positions of ``tgt_out`` (B, T), their target ids).
+
+    Call it on the host copy of the batch (no device sync) and move both to the device; the
+    model's ``keep`` argument takes the indices."""
+    flat = tgt_out.reshape(-1)
+    keep = flat.ne(pad_id).nonzero().squeeze(1)
+    return keep, flat.index_select(0, keep)
 
 
 @dataclass
@@ -116,14 +126,14 @@ def collate(split: EncodedSplit, rows: np.ndarray) -> Batch:
                  tokens=int(tgt_len.sum()), padded_tokens=src.size + tgt_in.size)
 
 
-def run_batches_stage(data: EncodedData, cfg: "TrainingConfig") -> StageResult[Batches]:
+def run_batches_stage(data: EncodedData, training: "TrainingConfig") -> StageResult[Batches]:
     lengths = {name: (data.split(name).src_lengths, decoder_lengths(data.split(name)))
                for name in ("train", "valid")}
-    train = make_batches(*lengths["train"], cfg.max_tokens, cfg.seed)
-    valid = make_batches(*lengths["valid"], cfg.max_tokens, cfg.seed)
+    train = make_batches(*lengths["train"], training.max_tokens, training.seed)
+    valid = make_batches(*lengths["valid"], training.max_tokens, training.seed)
     efficiency = padding_efficiency(train, *lengths["train"])
     info = {"batches_per_epoch": len(train), "valid_batches": len(valid),
-            "max_tokens": cfg.max_tokens,
+            "max_tokens": training.max_tokens,
             "sentences_per_batch": round(len(data.train) / max(len(train), 1), 1),
             "padding_efficiency": round(efficiency, 3)}
-    return StageResult(output=Batches(train=train, valid=valid, seed=cfg.seed), info=info)
+    return StageResult(output=Batches(train=train, valid=valid, seed=training.seed), info=info)

@@ -41,6 +41,7 @@ from engine.errors import EngineError
 if TYPE_CHECKING:
     from engine.config import ModelConfig, RunConfig
     from engine.tokenizer.stage import TokenizerSet
+    from engine.train.state import TrainingState
 
 LAST, BEST, AVERAGED = "checkpoint_last.pt", "checkpoint_best.pt", "averaged.pt"
 PERIODIC = re.compile(r"model_epoch_(\d+)\.pt$")
@@ -92,27 +93,29 @@ class Progress:
         return cls(**{f.name: state[f.name] for f in dataclasses.fields(cls) if f.name in state})
 
 
-def training_state(trainer, config: "RunConfig", tokenizers: "TokenizerSet",
-                   world_size: int = 1, progress: Progress | None = None,
-                   rng: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Everything a run needs to continue at the next batch, and ``translate`` on its own.
+def checkpoint_state(training_state: "TrainingState", config: "RunConfig",
+                     tokenizers: "TokenizerSet", world_size: int = 1,
+                     progress: Progress | None = None,
+                     rng: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything a run needs to continue at the next batch, and ``translate`` on its own:
+    ``training_state``'s model, optimizer, schedule, scaler and precision, with the config and
+    tokenizers.
 
-    ``trainer``: engine.train.Trainer (model, optimizer, schedule, scaler, precision, progress).
     ``progress``, ``rng``: counters and generator states taken earlier at the update boundary
-    these weights belong to (default: the trainer's now).
+    these weights belong to (default: ``training_state``'s now).
     """
-    progress = progress or trainer.progress
+    progress = progress or training_state.progress
     return {
-        "model": trainer.model.state_dict(),
-        "optimizer": trainer.optimizer.state_dict(),
-        "scheduler": trainer.schedule.state_dict(),
-        "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
+        "model": training_state.model.state_dict(),
+        "optimizer": training_state.optimizer.state_dict(),
+        "scheduler": training_state.schedule.state_dict(),
+        "scaler": training_state.scaler.state_dict() if training_state.scaler is not None else None,
         **progress.to_state(),
-        "step": trainer.schedule.updates,
+        "step": training_state.schedule.updates,
         "world_size": world_size,  # batch_in_epoch counts each rank's batches
         "rng": rng or rng_state(),
         "config": config.to_dict(), "run_name": config.name,
-        "precision": trainer.precision,
+        "precision": training_state.precision,
         "vocab": {"src_size": tokenizers.src.get_vocab_size(),
                   "tgt_size": tokenizers.tgt.get_vocab_size(),
                   "shared": bool(tokenizers.shared)},
@@ -252,12 +255,12 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu",
     return state
 
 
-def check_fits(state: dict[str, Any], path: Path | str, model_cfg: "ModelConfig", src_vocab: int,
+def check_fits(state: dict[str, Any], path: Path | str, model_config: "ModelConfig", src_vocab: int,
                tgt_vocab: int, shared: bool) -> None:
     """Refuse, in one line, a checkpoint whose weights cannot fit the model this run builds."""
     saved_model = state["config"].get("model", {})
     for key in SHAPE_KEYS:
-        here = getattr(model_cfg, key)
+        here = getattr(model_config, key)
         if key in saved_model and saved_model[key] != here:
             raise EngineError(f"{path}: checkpoint has model.{key} = {saved_model[key]!r}, this "
                               f"run has {here!r} (resume with the config that trained it)")
@@ -307,26 +310,27 @@ def check_same_tokenizers(state: dict[str, Any], tokenizers: "TokenizerSet", pat
                               "run directory that trained it")
 
 
-def load_for_resume(resume: str, run_dir: Path, model_cfg: "ModelConfig",
+def load_for_resume(resume: str, run_dir: Path, model_config: "ModelConfig",
                     tokenizers: "TokenizerSet") -> tuple[Path, dict[str, Any]]:
     """(path, state) of the checkpoint ``--resume`` names, refused in one line when it cannot
     continue this run (other model shape, other vocabulary, other tokenizer)."""
     path = resume_path(resume, run_dir)
     state = load_checkpoint(path)  # CPU: RNG states must stay there
-    check_fits(state, path, model_cfg, tokenizers.src.get_vocab_size(),
+    check_fits(state, path, model_config, tokenizers.src.get_vocab_size(),
                tokenizers.tgt.get_vocab_size(), bool(tokenizers.shared))
     check_same_tokenizers(state, tokenizers, path)
     return path, state
 
 
-def restore_training(trainer, state: dict[str, Any], path: Path) -> None:
+def restore_training(training_state: "TrainingState", state: dict[str, Any],
+                     path: Path) -> None:
     """Weights, optimizer, schedule, scaler, counters and random generators from ``state``."""
-    load_model_state(trainer.model, state, path)
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.schedule.load_state_dict(state["scheduler"])
-    if trainer.scaler is not None and state.get("scaler"):
-        trainer.scaler.load_state_dict(state["scaler"])
-    trainer.progress = Progress.from_state(state)
+    load_model_state(training_state.model, state, path)
+    training_state.optimizer.load_state_dict(state["optimizer"])
+    training_state.schedule.load_state_dict(state["scheduler"])
+    if training_state.scaler is not None and state.get("scaler"):
+        training_state.scaler.load_state_dict(state["scaler"])
+    training_state.progress = Progress.from_state(state)
     set_rng_state(state["rng"])
 
 

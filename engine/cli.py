@@ -35,6 +35,7 @@ from engine.config import PRESET_NAMES, describe_keys, load_config
 from engine.control import RunControl
 from engine.errors import EngineError
 from engine.events import fan_out
+from engine.paths import RUNS_ROOT, default_run_dir
 from engine.stages import STAGES, stage_names
 
 COMMANDS = {  # subcommand -> "module:function(argv) -> exit status"
@@ -49,10 +50,6 @@ COMMANDS = {  # subcommand -> "module:function(argv) -> exit status"
     "stop": "engine.cli:stop_main",
     "fit": "engine.fit:fit_main",
 }
-
-
-def default_run_dir(config_name: str) -> Path:
-    return Path("saved") / config_name
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -302,7 +299,7 @@ def status_main(argv: list[str]) -> int:
                         help="run directories (default: every run under saved/)")
     args = parser.parse_args(argv)
     if not args.run_dirs:
-        summaries = runs.list_runs(Path("saved"))
+        summaries = runs.list_runs(RUNS_ROOT)
         for summary in summaries:
             print(runs.describe(summary))
         if not summaries:

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from engine import atomic
 from engine.errors import ConfigError, EngineError
+from engine.memory import peak_since_reset, reset_peak
 
 if TYPE_CHECKING:
     from engine.config import RunConfig
@@ -246,10 +247,11 @@ def _probe(spec: dict[str, Any]) -> int:
     """Runs in the child: builds the model and optimizer, runs the probe, returns its peak."""
     import torch
 
+    from engine.batching import target_positions
     from engine.config import config_from_dict
     from engine.decode import beam_search, beam_sentences
     from engine.device import resolve_precision
-    from engine.loss import label_smoothed_loss, target_positions
+    from engine.loss import label_smoothed_loss
     from engine.model import Transformer
     from engine.vocab import BOS_ID, EOS_ID, PAD_ID
 
@@ -293,46 +295,6 @@ def _probe(spec: dict[str, Any]) -> int:
             beam_search(model, src.to(device), BOS_ID, EOS_ID, PAD_ID, beam=ev.beam,
                         length_penalty=ev.length_penalty, max_len_offset=ev.max_len_offset)
     return peak_since_reset(device)
-
-
-def reset_peak(device: Any, sync: bool = True) -> None:
-    """Start a new peak: the CUDA allocator's, or this process's peak resident memory (Linux:
-    writing 5 to /proc/self/clear_refs resets VmHWM to the current resident size). The
-    allocator counts what the host has queued, so ``sync=False`` (training) is exact enough."""
-    import torch
-
-    if device.type == "cuda":
-        if sync:
-            torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass  # then the peak is the process's lifetime peak: higher, never lower
-
-
-def peak_since_reset(device: Any, sync: bool = True) -> int:
-    import torch
-
-    if device.type == "cuda":
-        if sync:
-            torch.cuda.synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device))
-    return resident_peak()
-
-
-def resident_peak() -> int:
-    """This process's peak resident memory in bytes (VmHWM; ru_maxrss where /proc is missing)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # --- fit -------------------------------------------------------------------------------------
@@ -464,20 +426,20 @@ def resolve_auto(config: RunConfig, run_dir: Path, report: Callable[[str], None]
 # --- preflight of a run's own worst case ------------------------------------------------------
 
 
-def hungriest_batch(batches: list[Any], src_lengths: Any, tgt_lengths: Any, model_cfg: Any,
+def hungriest_batch(batches: list[Any], src_lengths: Any, tgt_lengths: Any, model_config: Any,
                     vocab: int) -> int:
     """Index of the batch estimated to need the most memory in a training step: activations
     per padded position (both sides, every layer), the logits and their gradient per real
     target token, and attention scores (rows x heads x lengths squared) where a backend
     materialises them. Batches of equal max_tokens differ several-fold in these terms."""
-    d, layers = model_cfg.d_model, model_cfg.n_layers
-    per_position = layers * (12 * d + 2 * model_cfg.ffn_hidden)
+    d, layers = model_config.d_model, model_config.n_layers
+    per_position = layers * (12 * d + 2 * model_config.ffn_hidden)
     best, best_cost = 0, -1.0
     for index, rows in enumerate(batches):
         s, t = src_lengths[rows], tgt_lengths[rows]
         n, S, T = len(rows), int(s.max()), int(t.max())
         cost = (n * (S + T) * per_position + float(t.sum()) * 2 * vocab
-                + n * model_cfg.n_head * layers * (S * S + T * T + S * T))
+                + n * model_config.n_head * layers * (S * S + T * T + S * T))
         if cost > best_cost:
             best, best_cost = index, cost
     return best
@@ -513,17 +475,6 @@ def max_tokens_remedy(fits: int | None, fitted: FitResult | None) -> str:
     return f"training.max_tokens = {fits} fits (estimated; transformer-train fit measures it)"
 
 
-def current_usage(device: Any) -> int:
-    """Bytes in use now: the CUDA allocator's, or this process's resident memory."""
-    import torch
-
-    if device.type == "cuda":
-        return int(torch.cuda.memory_allocated(device))
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
-
-
 # --- transformer-train fit -------------------------------------------------------------------
 
 
@@ -547,8 +498,8 @@ def fit_parser() -> argparse.ArgumentParser:
 
 
 def fit_main(argv: list[str]) -> int:
-    from engine.cli import default_run_dir
     from engine.config import load_config
+    from engine.paths import default_run_dir
 
     args = fit_parser().parse_args(argv)
     config = load_config(args.preset, args.overrides)  # ConfigError: one line, exit 2 (cli)

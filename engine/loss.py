@@ -8,9 +8,10 @@ also ``F.cross_entropy(..., label_smoothing=eps, reduction="sum")``'s definition
 Why not ``F.cross_entropy``: with a vocabulary of 37,000 the logits are the largest tensors of
 a step, and the usual path keeps several float32 copies of them alive (the cast, log_softmax's
 output saved for backward, its gradient, the gradient of the cast) plus a second log_softmax for
-the unsmoothed NLL. Here the caller passes only the real target positions (``target_positions``:
-padding never reaches the output projection), and the forward computes the loss and, in float32
-a chunk of rows at a time, the gradient of the loss with respect to the logits,
+the unsmoothed NLL. Here the caller passes only the real target positions (``target_positions``
+in engine/batching.py: padding never reaches the output projection), and the forward computes
+the loss and, in float32 a chunk of rows at a time, the gradient of the loss with respect to the
+logits,
 
     d loss / d logit_j = p_j - (1 - eps) * [j = y] - eps / V,
 
@@ -23,28 +24,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from engine.vocab import PAD_ID
-
 CHUNK_ELEMENTS = 1 << 21  # float32 values computed at a time: 8 MB, whatever the batch
 # (under glibc's 32 MB mmap threshold: chunk temporaries reuse heap memory instead of being
 # mapped and page-faulted afresh every step)
 
 
-def target_positions(tgt_out: Tensor, pad_id: int = PAD_ID) -> tuple[Tensor, Tensor]:
-    """(flat indices of the non-pad positions of ``tgt_out`` (B, T), their target ids).
-
-    Call it on the host copy of the batch (no device sync) and move both to the device; the
-    model's ``keep`` argument takes the indices."""
-    flat = tgt_out.reshape(-1)
-    keep = flat.ne(pad_id).nonzero().squeeze(1)
-    return keep, flat.index_select(0, keep)
-
-
 def label_smoothed_loss(logits: Tensor, target: Tensor, epsilon: float) -> tuple[Tensor, Tensor]:
     """(smoothed loss summed, NLL summed) of ``logits`` (N, V) against ``target`` (N,).
 
-    Every row counts (leave padding out before, see ``target_positions``). Works in float32
-    whatever the dtype of ``logits``. The NLL carries no gradient. Backward may run once (it
+    Every row counts (leave padding out before: engine.batching.target_positions). Works in
+    float32 whatever the dtype of ``logits``. The NLL carries no gradient. Backward may run once (it
     scales the stored gradient in place)."""
     if torch.is_grad_enabled() and logits.requires_grad:
         return _SmoothedCrossEntropy.apply(logits, target, float(epsilon))

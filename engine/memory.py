@@ -8,6 +8,10 @@ NVML numbers every GPU of the machine in PCI order and ignores ``CUDA_VISIBLE_DE
 numbers only the visible ones, in its own order. ``visible_devices`` maps one onto the other by
 UUID, so a shared machine's panel lists only this run's GPUs, labelled ``cuda:N`` as torch
 names them. The probe never starts CUDA: it asks torch for UUIDs only once the engine has.
+
+Below the probe, the engine's side: ``reset_peak``/``peak_since_reset`` (the peak of a batch, a
+fit probe or a preflight step on one device) and ``current_usage``; they import torch when
+called, so the app can import this module without it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import psutil
@@ -158,11 +163,57 @@ def _torch_uuids() -> list[str] | None:
                          for n in range(torch.cuda.device_count())])
 
 
-def reset_peak() -> None:
-    """Start a new peak (each epoch, after an out-of-memory batch); only where CUDA is up."""
-    torch = sys.modules.get("torch")
-    if torch is not None and _try(torch.cuda.is_initialized):
-        _try(torch.cuda.reset_peak_memory_stats)
+# --- peaks: what a batch, a probe or an epoch took (the engine's side; torch imported here) --
+
+
+def reset_peak(device: Any, sync: bool = True) -> None:
+    """Start a new peak on ``device`` (a torch.device): the CUDA allocator's, or this process's
+    peak resident memory (Linux: writing 5 to /proc/self/clear_refs resets VmHWM to the current
+    resident size). The allocator counts what the host has queued, so ``sync=False``
+    (training) is exact enough."""
+    import torch
+
+    if device.type == "cuda":
+        if sync:
+            torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # then the peak is the process's lifetime peak: higher, never lower
+
+
+def peak_since_reset(device: Any, sync: bool = True) -> int:
+    import torch
+
+    if device.type == "cuda":
+        if sync:
+            torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device))
+    return resident_peak()
+
+
+def resident_peak() -> int:
+    """This process's peak resident memory in bytes (VmHWM; ru_maxrss where /proc is missing)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def current_usage(device: Any) -> int:
+    """Bytes in use now: the CUDA allocator's, or this process's resident memory."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    return int(psutil.Process().memory_info().rss)
 
 
 def _explain_nvml_failure(exc: Exception) -> str:

@@ -163,9 +163,9 @@ def _run_stages(stages: "_StageRunner", config: RunConfig, run_dir: Path, emit: 
     data = stages.run("encode", lambda: run_encode_stage(
         corpus, tokenizers, config.model.max_len, run_dir, emit, control))
     batches = stages.run("batches", lambda: run_batches_stage(data, config.training))
-    trainer = stages.run("model", lambda: run_model_stage(config, tokenizers, run_dir, emit,
-                                                          resume))
-    stages.run("train", lambda: run_train_stage(config, trainer, corpus, tokenizers, data,
+    state = stages.run("model", lambda: run_model_stage(config, tokenizers, run_dir, emit,
+                                                        resume))
+    stages.run("train", lambda: run_train_stage(config, state, corpus, tokenizers, data,
                                                 batches, run_dir, emit, control))
 
 

@@ -55,9 +55,9 @@ def tokenizers():
 
 def test_a_checkpoint_is_plain_data_and_rebuilds_the_model_for_translation(tmp_path, tokenizers):
     config = model_config()
-    trainer = build_model(tmp_path, tokenizers, config)
+    state = build_model(tmp_path, tokenizers, config)
     path = tmp_path / ckpt.LAST
-    size = ckpt.save_checkpoint(ckpt.training_state(trainer, config, tokenizers), path)
+    size = ckpt.save_checkpoint(ckpt.checkpoint_state(state, config, tokenizers), path)
     assert size == path.stat().st_size > 0
 
     raw = torch.load(path, weights_only=True)  # no pickled objects inside
@@ -70,16 +70,16 @@ def test_a_checkpoint_is_plain_data_and_rebuilds_the_model_for_translation(tmp_p
     assert src_tok.encode("a small dog").ids == tokenizers.src.encode("a small dog").ids
     src = torch.tensor([src_tok.encode("the red car").ids + [3]])
     tgt = torch.tensor([[2] + tgt_tok.encode("das rote").ids])
-    trainer.model.eval()
+    state.model.eval()
     with torch.no_grad():
-        assert torch.equal(model(src, tgt), trainer.model(src, tgt))
+        assert torch.equal(model(src, tgt), state.model(src, tgt))
 
 
 def test_a_checkpoint_for_another_model_is_refused_in_one_line(tmp_path, tokenizers):
     config = model_config(d_model=32)
     path = tmp_path / "wide.pt"
-    ckpt.save_checkpoint(ckpt.training_state(build_model(tmp_path, tokenizers, config), config,
-                                             tokenizers), path)
+    ckpt.save_checkpoint(ckpt.checkpoint_state(build_model(tmp_path, tokenizers, config), config,
+                                               tokenizers), path)
     state = ckpt.load_checkpoint(path)
 
     narrow = model_config().model

@@ -139,17 +139,17 @@ def test_max_tokens_auto_reuses_a_matching_fit_and_refits_when_the_model_changes
 
 def test_the_preflight_step_leaves_the_run_exactly_as_it_would_be_without_it(tmp_path,
                                                                              monkeypatch):
-    from engine import train
     from engine.control import RunControl
     from engine.events import BatchProgress, MemorySample, Notice
     from engine.pipeline import run
+    from engine.train import loop as train_loop
 
     def losses(run_dir, config):
         events = []
         assert run(config, run_dir, events.append, RunControl()) == "finished"
         return [(p.step, p.loss) for p in events if isinstance(p, BatchProgress)], events
 
-    monkeypatch.setattr(train, "PROGRESS_SECONDS", 0.0)  # every batch's loss
+    monkeypatch.setattr(train_loop, "PROGRESS_SECONDS", 0.0)  # every batch's loss
 
     plain, _ = losses(tmp_path / "plain", tiny_config())
     checked, events = losses(tmp_path / "checked", tiny_config(training__memory_budget=64.0))

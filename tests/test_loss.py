@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from engine import loss as loss_module
-from engine.loss import label_smoothed_loss, target_positions
+from engine.batching import target_positions
+from engine.loss import label_smoothed_loss
 from engine.model import Transformer
 
 

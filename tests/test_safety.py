@@ -25,9 +25,9 @@ from tiny_runs import tiny_config, train_run
 
 from engine import checkpoint as ckpt
 from engine import events as ev
-from engine import train
 from engine.control import RunControl
 from engine.pipeline import run
+from engine.train import loop as train_loop
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -116,7 +116,7 @@ def fill_disk(directory: Path, leave: int) -> Path:
 
 def test_a_crash_mid_epoch_loses_at_most_the_updates_since_the_last_timed_save(tmp_path,
                                                                                 monkeypatch):
-    monkeypatch.setattr(train, "PROGRESS_SECONDS", 0.0)  # a loss for every batch
+    monkeypatch.setattr(train_loop, "PROGRESS_SECONDS", 0.0)  # a loss for every batch
     # a save at every update: the crash below then loses nothing but its own batch
     config = tiny_config(training__save_every_minutes=1e-9)
     status, straight = train_run(tmp_path / "straight", config)

@@ -14,7 +14,6 @@ import torch
 from tiny_runs import tiny_config, train_run
 
 from engine import checkpoint as ckpt
-from engine import train
 from engine.control import RunControl
 from engine.events import (
     BatchProgress,
@@ -30,6 +29,7 @@ from engine.events import (
     StageFinished,
 )
 from engine.pipeline import run
+from engine.train import loop as train_loop
 from engine.train import noam_lr
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,7 +42,7 @@ def of(events, kind):
 @pytest.fixture
 def every_batch(monkeypatch):
     """A BatchProgress for every batch, not a few a second: per-step losses to compare."""
-    monkeypatch.setattr(train, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(train_loop, "PROGRESS_SECONDS", 0.0)
 
 
 def test_the_learning_rate_warms_up_then_decays_as_in_the_paper():
@@ -338,3 +338,63 @@ def test_patience_ends_training_when_validation_stops_improving(tmp_path):
     status, events = train_run(tmp_path, tiny_config(training__epochs=8, training__patience=0),
                                resume="last")
     assert status == "finished" and [s.epoch for s in of(events, EpochSummary)][0] == 4
+
+
+# --- the epoch's train loss is the epoch's --------------------------------------------------
+
+
+def update_tokens(run_dir, config, epoch: int) -> list[int]:
+    """Target tokens of each update of ``epoch`` (update_freq 1), from the run's encoded arrays
+    and the batches the seed makes: counted apart from the run's loss sums."""
+    import numpy as np
+
+    from engine.batching import Batches, make_batches
+
+    src = np.diff(np.load(run_dir / "data" / "train.src_offsets.npy"))
+    decoder = np.diff(np.load(run_dir / "data" / "train.tgt_offsets.npy")) - 1
+    training = config.training
+    batches = make_batches(src, decoder, training.max_tokens, training.seed)
+    order = Batches(train=batches, valid=[], seed=training.seed).epoch_order(epoch)
+    return [int(decoder[batches[i]].sum()) for i in order]
+
+
+def epoch_mean(progress, tokens: list[int], epoch: int) -> float:
+    """The token-weighted mean of the per-update losses BatchProgress reported in ``epoch``."""
+    losses = {p.batch: p.loss for p in progress if p.epoch == epoch}
+    assert sorted(losses) == list(range(1, len(tokens) + 1))  # every update reported, once
+    return sum(losses[b] * tokens[b - 1] for b in losses) / sum(tokens)
+
+
+def test_each_epochs_train_loss_is_the_mean_of_that_epochs_updates_also_across_a_stop(
+        tmp_path, every_batch):
+    config = tiny_config(training__epochs=3)
+    status, events = train_run(tmp_path / "straight", config)
+    assert status == "finished"
+    progress, summaries = of(events, BatchProgress), of(events, EpochSummary)
+    for summary in summaries:  # epoch 1, and 2 and 3: not averaged from the start of the run
+        tokens = update_tokens(tmp_path / "straight", config, summary.epoch)
+        mean = epoch_mean(progress, tokens, summary.epoch)
+        assert summary.train_loss == pytest.approx(mean, rel=1e-6)
+        last = [p for p in progress if p.epoch == summary.epoch][-1]
+        assert last.avg_loss == summary.train_loss  # the panel's "avg" says the same
+    assert summaries[2].train_loss < summaries[1].train_loss < summaries[0].train_loss
+
+    # stopped in the middle of epoch 2, then resumed: epoch 2's figure still covers all of
+    # its batches, those before the stop and those after
+    control = RunControl()
+
+    def stop_mid_epoch_2(event):
+        if isinstance(event, BatchProgress) and (event.epoch, event.batch) == (2, 7):
+            control.stop()
+
+    status, first = train_run(tmp_path / "broken", config, control, on_event=stop_mid_epoch_2)
+    assert status == "stopped"
+    status, second = train_run(tmp_path / "broken", config, resume="last")
+    assert status == "finished"
+    assert of(second, BatchProgress)[0].batch == 8  # resumed inside epoch 2
+    resumed = of(first + second, BatchProgress)
+    for summary in of(second, EpochSummary):
+        tokens = update_tokens(tmp_path / "broken", config, summary.epoch)
+        assert summary.train_loss == pytest.approx(epoch_mean(resumed, tokens, summary.epoch),
+                                                   rel=1e-6)
+    assert [s.epoch for s in of(second, EpochSummary)] == [2, 3]
