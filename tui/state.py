@@ -46,7 +46,7 @@ from engine.events import (
     StageStarted,
     WordCountProgress,
 )
-from engine.history import MAX_CURVE_POINTS, Curve, RunHistory  # noqa: F401  (the panels' names)
+from engine.history import MAX_CURVE_POINTS, Curve, RunHistory
 from engine.memory import MemoryReading
 from engine.stages import STAGES
 from tui.format import duration
@@ -122,7 +122,7 @@ class DashboardState:
         self._rewinds = 0  # the run's steps went back this many times (history forgot after)
         self.memory: MemorySample | None = None  # the engine's latest sample
         self.peak_history: deque[int] = deque(maxlen=PEAK_HISTORY)  # batch peaks, sample by sample
-        self.reading: MemoryReading | None = None  # this app's own probe (a run in this process)
+        self.reading: MemoryReading | None = None  # the memory panel's own probe of this machine
         self.max_tokens: int | None = None  # from the config, until a MemorySample says
         self.log: deque[str] = deque(maxlen=LOG_LINES)
         self.log_total = 0  # lines ever logged; the log panel writes the ones it has not
@@ -133,10 +133,6 @@ class DashboardState:
     @property
     def started_at(self) -> float | None:
         return self.run.started_at
-
-    @property
-    def preflight(self) -> Preflight | None:
-        return self.run.preflight
 
     @property
     def batch(self) -> BatchProgress | None:
