@@ -237,7 +237,11 @@ def live_owner(run_dir: Path | str) -> dict[str, Any] | None:
 _histories: dict[Path, HistoryFile] = {}  # run_dir -> its events.jsonl, folded so far
 
 
-def _history(run_dir: Path) -> RunHistory:
+def run_history(run_dir: Path | str) -> RunHistory:
+    """What ``run_dir``'s events.jsonl says (engine/history.py), read to its present end: only
+    what was appended since the last call is read. The object is shared (a cache): read it,
+    never change it."""
+    run_dir = Path(run_dir)
     key = run_dir.resolve()
     if key not in _histories:
         _histories[key] = HistoryFile(run_dir / EVENTS)
@@ -265,7 +269,7 @@ def summarize(run_dir: Path | str, own_lock: bool = True) -> RunSummary:
     ``own_lock=False``: this process's own lock is not the run's (a new run asking what its
     directory held before it)."""
     run_dir = Path(run_dir)
-    history = _history(run_dir)
+    history = run_history(run_dir)
     holder = read_lock(run_dir)
     if not own_lock and holder and holder.get("pid") == os.getpid():
         holder = None

@@ -201,3 +201,17 @@ def test_the_file_is_folded_as_it_grows_and_anew_when_a_new_run_replaces_it(tmp_
 
 def test_the_run_list_and_the_fold_share_one_state_enum():
     assert runs.RunState is RunState
+
+
+def test_the_run_list_reads_a_run_directorys_history_once_then_what_is_appended(tmp_path):
+    from tui_runs import write_finished_run
+
+    run_dir = tmp_path / "demo"
+    path = write_finished_run(run_dir)
+    history = runs.run_history(run_dir)
+    assert vars(history) == vars(read_history(path))
+    assert runs.run_history(run_dir) is history  # nothing appended: nothing read again
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("null\n" + jsonl_line(Notice(text="appended"), T0 + 1e4))
+    assert runs.run_history(run_dir).notices[-1][1].text == "appended"
+    assert runs.summarize(run_dir).state == RunState.FINISHED
