@@ -200,3 +200,24 @@ async def test_the_app_attached_to_a_damaged_real_run_says_finished(real_run, tm
         assert [s.epoch for s in app.state.summaries] == [2]  # epoch 1's summary skipped
         assert log_lines(app).count("skipped 2 damaged lines of events.jsonl "
                                     "(not an event this version reads)") == 1
+
+
+def test_tensorboard_converts_a_damaged_run_as_if_the_damaged_line_were_not_there(tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    from test_tensorboard import scalars
+
+    clean = tmp_path / "clean"
+    write_finished_run(clean)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(clean, damaged)
+    damage(damaged, null_in_the_middle)
+    printed = {}
+    for run_dir in (clean, damaged):
+        result = subprocess.run([sys.executable, "-m", "engine", "tensorboard", str(run_dir)],
+                                capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, result.stderr
+        printed[run_dir.name] = result.stdout
+    assert "damaged" not in printed["clean"]
+    assert f"({SKIPPED_ONE})" in printed["damaged"]
+    assert scalars(damaged / "tensorboard") == scalars(clean / "tensorboard")
