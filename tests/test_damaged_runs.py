@@ -23,6 +23,7 @@ from tiny_runs import tiny_config, train_run
 from tui_runs import EPOCHS, write_finished_run
 
 from engine import runs
+from engine.eventlog import EventLog
 from engine.history import RunState
 from tui.app import TransformerApp
 from tui.widgets.log import LogPanel
@@ -141,8 +142,10 @@ async def test_a_loss_written_as_a_string_is_skipped_and_the_app_does_not_crash(
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("real") / "tiny"
-    status, _ = train_run(run_dir, tiny_config())
+    status, emitted = train_run(run_dir, tiny_config())
     assert status == "finished"
+    log = EventLog(run_dir / "events.jsonl")  # every line a real run writes reads back whole
+    assert [event for _, event in log.read_all()] == emitted and log.skipped == 0
     return run_dir
 
 
