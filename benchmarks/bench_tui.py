@@ -49,7 +49,8 @@ from textual import events
 
 from engine import pipeline
 from engine.config import load_config
-from engine.events import BatchProgress, read_events
+from engine.eventlog import read_events
+from engine.events import BatchProgress
 from tui.app import TransformerApp
 
 DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "multi30k").resolve()

@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))  # run from anywhere: `python benchmarks/gpu_check
 
 import torch  # noqa: E402
 
+from engine.eventlog import read_events  # noqa: E402
 from engine.events import (  # noqa: E402
     BatchProgress,
     BatchSkipped,
@@ -57,7 +58,6 @@ from engine.events import (  # noqa: E402
     RunFinished,
     StageFinished,
     StageStarted,
-    read_events,
 )
 
 # the sample preset shrunk to seconds, for the dry mode on a CPU

@@ -2,7 +2,8 @@
 
 Every event is a small frozen dataclass. Consumers (the headless printer, the JSONL writer, the
 TUI) receive them through one ``emit(event)`` callable. ``to_json``/``from_json`` round-trip an
-event through one JSON object a line, which is what ``events.jsonl`` holds and ``--attach`` reads.
+event through one JSON object a line, which is what ``events.jsonl`` holds; ``JsonlWriter``
+writes that file and ``engine.eventlog`` reads it (whole, or as it grows).
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import json
 import os
 import threading
 import time
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from engine import atomic
 from engine.errors import EngineError
@@ -276,20 +279,93 @@ class MemorySample(Event):
 # --- serialisation -------------------------------------------------------------------------
 
 
+TIME = "time"  # JsonlWriter adds the wall-clock time of the event to its line
+
+
 def to_json(event: Event) -> str:
     payload = {"event": type(event).__name__, **dataclasses.asdict(event)}
     return json.dumps(payload, separators=(",", ":"))
 
 
-def from_json(line: str) -> Event:
+def to_line(event: Event, at: float) -> str:
+    """One line of events.jsonl: the event's JSON with the time it happened, and a newline."""
+    return to_json(event)[:-1] + f',"{TIME}":{at:.3f}}}\n'
+
+
+def from_json(line: str | bytes) -> Event:
+    """The event of one JSON line (its time, if any, dropped). ValueError when the line is not
+    an event this version reads: not JSON, not an object, an unknown event type, a field missing
+    or of the wrong type. Fields this version does not know are ignored; missing ones that have
+    a default take it (an older or newer engine's events)."""
     payload = json.loads(line)
-    name = payload.pop("event")
-    payload.pop("time", None)
-    cls = EVENT_TYPES.get(name)
+    if not isinstance(payload, dict):
+        raise ValueError(f"not a JSON object: {str(payload)[:40]}")
+    return from_dict(payload)
+
+
+def from_dict(payload: dict[str, Any]) -> Event:
+    """``from_json`` of an already parsed line."""
+    name = payload.get("event")
+    cls = EVENT_TYPES.get(name) if isinstance(name, str) else None
     if cls is None:
         raise ValueError(f"unknown event type {name!r}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in payload.items() if k in known})
+    values = {}
+    for key, (check, type_name, required) in _fields(cls).items():
+        if key in payload:
+            try:
+                values[key] = check(payload[key])
+            except TypeError:
+                raise ValueError(f"{name}.{key} = {str(payload[key])[:40]!r}: not "
+                                 f"{type_name}") from None
+        elif required:
+            raise ValueError(f"{name}: no {key}")
+    return cls(**values)
+
+
+# Every line read is checked against the dataclass annotations, so that a value of the wrong
+# type (a loss written as a string, a list where a number belongs) is refused where the file is
+# read, not found deep inside whatever shows it. Check: the value, or raise TypeError.
+Check = Callable[[Any], Any]
+_FIELDS: dict[type, dict[str, tuple[Check, str, bool]]] = {}  # per class: name -> check, ...
+
+
+def _fields(cls: type) -> dict[str, tuple[Check, str, bool]]:
+    """name -> (check, type name, required) of each field of an event class, made once."""
+    if cls not in _FIELDS:
+        hints = typing.get_type_hints(cls)
+        _FIELDS[cls] = {f.name: (_check_for(hints[f.name]), _type_name(hints[f.name]),
+                                 f.default is f.default_factory is dataclasses.MISSING)
+                        for f in dataclasses.fields(cls)}
+    return _FIELDS[cls]
+
+
+def _check_for(hint: Any) -> Check:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return lambda value: value
+    if hint is float:  # an int where a float belongs is a float (JSON writes 3.0 as 3.0, not 3)
+        return lambda value: float(value) if type(value) in (int, float) else _refuse()
+    if hint in (int, str, bool):  # (to type(), unlike isinstance, True is no int)
+        return lambda value: value if type(value) is hint else _refuse()
+    if origin in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        inner = _check_for(next(arg for arg in args if arg is not type(None)))
+        return lambda value: None if value is None else inner(value)
+    if origin is list:
+        item = _check_for(args[0])
+        return lambda value: [item(v) for v in value] if type(value) is list else _refuse()
+    if origin is dict:
+        entry = _check_for(args[1])
+        return lambda value: ({k: entry(v) for k, v in value.items()} if type(value) is dict
+                              else _refuse())
+    raise TypeError(f"no check for a field of type {hint}")  # a new kind of field: add it here
+
+
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def _refuse() -> Any:
+    raise TypeError
 
 
 class JsonlWriter:
@@ -313,8 +389,7 @@ class JsonlWriter:
             self._append(b"\n")
 
     def __call__(self, event: Event) -> None:
-        payload = to_json(event)
-        line = payload[:-1] + f',"time":{time.time():.3f}}}\n'
+        line = to_line(event, time.time())
         with self._lock:
             if not self.failed:
                 self._append(line.encode("utf-8"))
@@ -339,19 +414,6 @@ class JsonlWriter:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
-
-
-def read_events(path: Path) -> Iterator[Event]:
-    """Events of a finished (or growing) file, skipping a last line still being written and
-    a torn line an interrupted writer left (the next writer starts after it on a new line)."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if line.endswith("\n") and line.strip():
-                try:
-                    event = from_json(line)
-                except (ValueError, TypeError, KeyError):
-                    continue
-                yield event
 
 
 def fan_out(*consumers: Emit) -> Emit:

@@ -39,12 +39,12 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from engine import atomic
 from engine.errors import EngineError
+from engine.history import HistoryFile, RunHistory, RunState
 
 LOCK, HEARTBEAT, CONTROL, LOG, EVENTS = "run.lock", "heartbeat", "control.json", "run.log", "events.jsonl"
 PREVIOUS = "previous"  # DIR/previous/<UTC time>/ holds runs moved aside by --fresh
@@ -58,17 +58,6 @@ COMMANDS = ("pause", "resume", "stop")
 # lives here. Tokenizer and encoded data are reused by design, so they do not count.
 RESULT_SUFFIX = ".pt"
 REUSABLE = ("tokenizer.json", "tokenizer.meta.json", "data")  # copied back after move_aside
-
-
-class RunState(str, Enum):
-    RUNNING = "running"
-    PAUSED = "paused"
-    FINISHED = "finished"
-    STOPPED = "stopped"
-    FAILED = "failed"
-    DEAD = "dead"
-    STALLED = "stalled"
-    NEW = "new"  # no run yet: nothing in events.jsonl
 
 
 LIVE_STATES = (RunState.RUNNING, RunState.PAUSED, RunState.STALLED)
@@ -245,102 +234,27 @@ def live_owner(run_dir: Path | str) -> dict[str, Any] | None:
     return holder if heartbeat_age(run_dir, holder) < DEAD_AFTER_SECONDS else None
 
 
-class _History:
-    """What events.jsonl says, read incrementally: only the lines added since the last call."""
-
-    def __init__(self) -> None:
-        self.offset = 0
-        self.inode: int | None = None
-        self.preset = ""
-        self.started_at: float | None = None  # time of the last RunStarted
-        self.end: str | None = None  # finished | stopped | failed, for the last RunStarted
-        self.ended_at: float | None = None
-        self.message = ""
-        self.paused = False
-        self.stage = ""
-        self.epoch = self.epochs = self.step = 0
-        self.val_loss: float | None = None
-        self.bleu: float | None = None
-        self.processes = 1
-        self.last_event_at: float | None = None
-        self.last_batch_at: float | None = None
-        self.epoch_end = False  # the last batch was the epoch's last: validating, saving
-        self.batch_seconds: list[float] = []  # recent seconds per batch
-        self.last_checkpoint: str | None = None
-        self.any = False
-
-    def read(self, path: Path) -> None:
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            return
-        if stat.st_ino != self.inode or stat.st_size < self.offset:  # replaced: start over
-            self.__init__()
-            self.inode = stat.st_ino
-        if stat.st_size == self.offset:
-            return
-        with open(path, "rb") as f:
-            f.seek(self.offset)
-            data = f.read()
-        end = data.rfind(b"\n") + 1  # a last line still being written waits for next time
-        self.offset += end
-        for line in data[:end].splitlines():
-            try:
-                self.apply(json.loads(line))
-            except (ValueError, TypeError, KeyError, AttributeError):
-                continue  # a torn or foreign line never hides the rest
-
-    def apply(self, e: dict[str, Any]) -> None:
-        kind, at = e.get("event"), e.get("time")
-        self.any = True
-        if at is not None:
-            self.last_event_at = float(at)
-        if kind == "RunStarted":
-            self.preset = e.get("preset", self.preset)
-            self.processes = int(e.get("processes", 1))
-            self.started_at, self.end, self.ended_at, self.message = at, None, None, ""
-            self.paused, self.last_batch_at, self.epoch_end = False, None, False
-        elif kind == "StageStarted":
-            self.stage = e["stage"]
-        elif kind == "RunPaused":
-            self.paused = True
-        elif kind == "RunResumed":
-            self.paused = False
-        elif kind == "BatchProgress":
-            self.epoch, self.epochs, self.step = e["epoch"], e["epochs"], e["step"]
-            self.last_batch_at = at
-            self.epoch_end = e["batch"] >= e["batches"]
-            if e.get("batches_per_second"):
-                self.batch_seconds = (self.batch_seconds + [1.0 / e["batches_per_second"]])[-50:]
-        elif kind == "EpochSummary":
-            self.epoch, self.epochs, self.step = e["epoch"], e["epochs"], e["step"]
-            self.val_loss, self.bleu = e.get("val_loss"), e.get("bleu")
-            self.epoch_end = False
-            self.last_batch_at = at  # the next epoch's first batch is measured from here
-        elif kind == "CheckpointSaved":
-            self.last_checkpoint = e["path"]
-            self.step = max(self.step, e.get("step", 0))
-        elif kind == "RunFinished":
-            self.end, self.ended_at, self.paused = e["status"], at, False
-        elif kind == "RunFailed":
-            self.end, self.ended_at, self.paused = "failed", at, False
-            self.message = e.get("message", "")
-
-    def stalled(self, now: float) -> bool:
-        if self.paused or self.last_batch_at is None or self.epoch_end or not self.batch_seconds:
-            return False
-        limit = max(STALL_FACTOR * statistics.median(self.batch_seconds), STALL_MIN_SECONDS)
-        return now - self.last_batch_at > limit
+_histories: dict[Path, HistoryFile] = {}  # run_dir -> its events.jsonl, folded so far
 
 
-_histories: dict[Path, _History] = {}  # run_dir -> what was read of its events.jsonl so far
-
-
-def _history(run_dir: Path) -> _History:
+def run_history(run_dir: Path | str) -> RunHistory:
+    """What ``run_dir``'s events.jsonl says (engine/history.py), read to its present end: only
+    what was appended since the last call is read. The object is shared (a cache): read it,
+    never change it."""
+    run_dir = Path(run_dir)
     key = run_dir.resolve()
-    history = _histories.setdefault(key, _History())
-    history.read(run_dir / EVENTS)
-    return history
+    if key not in _histories:
+        _histories[key] = HistoryFile(run_dir / EVENTS)
+    return _histories[key].update()
+
+
+def _stalled(history: RunHistory, now: float) -> bool:
+    """No batch for STALL_FACTOR median batch times (not while paused, validating or saving)."""
+    if history.paused or history.last_batch_at is None or history.epoch_end \
+            or not history.batch_seconds:
+        return False
+    limit = max(STALL_FACTOR * statistics.median(history.batch_seconds), STALL_MIN_SECONDS)
+    return now - history.last_batch_at > limit
 
 
 def _run_name(run_dir: Path) -> str:
@@ -355,13 +269,13 @@ def summarize(run_dir: Path | str, own_lock: bool = True) -> RunSummary:
     ``own_lock=False``: this process's own lock is not the run's (a new run asking what its
     directory held before it)."""
     run_dir = Path(run_dir)
-    history = _history(run_dir)
+    history = run_history(run_dir)
     holder = read_lock(run_dir)
     if not own_lock and holder and holder.get("pid") == os.getpid():
         holder = None
     owner = live_owner(run_dir) if holder else None
     now = time.time()
-    ended = history.end is not None
+    ended = history.ended
     if owner is not None and ended and history.ended_at is not None and \
             float(owner.get("started_at", 0)) > history.ended_at:
         ended = False  # a new run process started after that end; its RunStarted is coming
@@ -372,14 +286,13 @@ def summarize(run_dir: Path | str, own_lock: bool = True) -> RunSummary:
         beat_age = heartbeat_age(run_dir, owner)
         if history.paused or beat.get("paused"):
             state = RunState.PAUSED
-        elif history.stalled(now) or beat_age > DEAD_AFTER_SECONDS:
+        elif _stalled(history, now) or beat_age > DEAD_AFTER_SECONDS:
             state = RunState.STALLED  # alive, but no batch (or no heartbeat) for far too long
         else:
             state = RunState.RUNNING
     elif ended:
-        state = {"finished": RunState.FINISHED, "stopped": RunState.STOPPED}.get(
-            history.end, RunState.FAILED)
-    elif history.any or holder:
+        state = history.state  # finished, stopped or failed
+    elif history.events or holder:
         state = RunState.DEAD  # the process is gone without an end event
     else:
         state = RunState.NEW
@@ -447,9 +360,9 @@ def read_control(run_dir: Path | str) -> dict[str, Any] | None:
 
 def record_abort(run_dir: Path | str, message: str) -> None:
     """A RunFailed line for a run process that ends at once (no engine left to write it)."""
-    from engine.events import RunFailed, to_json
+    from engine.events import RunFailed, to_line
 
-    line = to_json(RunFailed(stage="", message=message))[:-1] + f',"time":{time.time():.3f}}}\n'
+    line = to_line(RunFailed(stage="", message=message), time.time())
     try:
         fd = os.open(Path(run_dir) / EVENTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:

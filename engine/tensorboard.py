@@ -17,13 +17,13 @@ Losses are cross entropy without label smoothing, as everywhere in the engine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from engine.errors import EngineError
+from engine.eventlog import EventLog, damaged_lines
 from engine.events import (
     BatchProgress,
     EpochSummary,
@@ -32,8 +32,8 @@ from engine.events import (
     RunFailed,
     RunFinished,
     TestBleu,
-    from_json,
 )
+from engine.history import RunHistory
 
 DIRECTORY = "tensorboard"
 MB = 2**20
@@ -55,21 +55,22 @@ class TensorBoardWriter:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(log_dir or Path(run_dir) / DIRECTORY), flush_secs=10)
-        self.step = 0  # updates so far; memory samples carry none of their own
+        self.history = RunHistory()  # its step (updates so far) is the x of every scalar
 
     def __call__(self, event: Event, wall_time: float | None = None) -> None:
+        self.history.apply(event, wall_time)
+        step = self.history.step  # (memory samples carry no step of their own)
+
         def scalar(tag: str, value: float | None) -> None:
             if value is not None:
-                self.writer.add_scalar(tag, value, self.step, walltime=wall_time)
+                self.writer.add_scalar(tag, value, step, walltime=wall_time)
 
         if isinstance(event, BatchProgress):
-            self.step = event.step
             scalar("train/loss", event.loss)
             scalar("train/avg_loss", event.avg_loss)
             scalar("train/lr", event.lr)
             scalar("train/tokens_per_second", event.tokens_per_second)
         elif isinstance(event, EpochSummary):
-            self.step = event.step
             scalar("train/epoch_loss", event.train_loss)
             scalar("valid/loss", event.val_loss)
             scalar("valid/ppl", event.val_ppl)
@@ -79,7 +80,7 @@ class TensorBoardWriter:
             scalar("test/paper_bleu", event.paper_bleu)
             self.writer.add_text("test/signatures", f"{event.checkpoint}: sacreBLEU "
                                  f"{event.sacrebleu_signature}; paper {event.paper_signature}",
-                                 self.step, walltime=wall_time)
+                                 step, walltime=wall_time)
         elif isinstance(event, MemorySample):
             scalar("memory/process_rss_mb", event.process_rss / MB)
             for name in ("torch_allocated", "torch_peak"):
@@ -95,9 +96,10 @@ class TensorBoardWriter:
         self.writer.close()  # flushes; writing again later reopens a file
 
 
-def convert_events(run_dir: Path) -> tuple[Path, int]:
+def convert_events(run_dir: Path) -> tuple[Path, int, int]:
     """Replay ``run_dir/events.jsonl`` into ``run_dir/tensorboard`` (replacing what is there,
-    which is derived from the same events); returns (directory, events read)."""
+    which is derived from the same events); returns (directory, events read, damaged lines
+    skipped)."""
     run_dir = Path(run_dir)
     events_path = run_dir / "events.jsonl"
     if not events_path.is_file():
@@ -111,17 +113,13 @@ def convert_events(run_dir: Path) -> tuple[Path, int]:
     count = 0
     try:
         consumer = TensorBoardWriter(run_dir, log_dir=tmp)
-        with open(events_path, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.endswith("\n"):
-                    break  # a line still being written
-                try:
-                    event = from_json(line)
-                    wall_time = json.loads(line).get("time")
-                except (ValueError, TypeError) as exc:
-                    raise EngineError(f"{events_path}:{number}: not an event ({exc})") from None
+        log = EventLog(events_path)
+        while True:
+            for wall_time, event in log.read_new():  # (a line still being written: not yet)
                 consumer(event, wall_time)
                 count += 1
+            if log.at_end:
+                break
         consumer.close()
         if target.exists():
             shutil.rmtree(target)
@@ -129,7 +127,7 @@ def convert_events(run_dir: Path) -> tuple[Path, int]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target, count
+    return target, count, log.skipped
 
 
 def tensorboard_main(argv: list[str]) -> int:
@@ -139,6 +137,7 @@ def tensorboard_main(argv: list[str]) -> int:
                     "RUN_DIR/tensorboard; then: tensorboard --logdir RUN_DIR")
     parser.add_argument("run_dir", type=Path, help="a run directory (holds events.jsonl)")
     args = parser.parse_args(argv)
-    target, count = convert_events(args.run_dir)
-    print(f"Wrote TensorBoard scalars of {count:,} events to {target}")
+    target, count, skipped = convert_events(args.run_dir)
+    print(f"Wrote TensorBoard scalars of {count:,} events to {target}"
+          + (f" ({damaged_lines(skipped)})" if skipped else ""))
     return 0

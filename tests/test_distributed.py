@@ -24,6 +24,7 @@ from engine import checkpoint as ckpt
 from engine.config import load_config
 from engine.control import RunControl
 from engine.distributed import shard_order
+from engine.eventlog import read_events
 from engine.events import (
     BatchProgress,
     CheckpointSaved,
@@ -33,7 +34,6 @@ from engine.events import (
     RunFinished,
     RunStarted,
     StageFinished,
-    read_events,
 )
 from engine.pipeline import run
 

@@ -26,6 +26,7 @@ from tiny_runs import tiny_config, train_run
 from engine import checkpoint as ckpt
 from engine import events as ev
 from engine.control import RunControl
+from engine.eventlog import read_events
 from engine.pipeline import run
 from engine.train import loop as train_loop
 
@@ -281,7 +282,7 @@ def test_the_events_file_never_keeps_a_torn_line(tmp_path, monkeypatch):
     writer.close()
     data = path.read_bytes()
     assert data.endswith(b"\n") and b"lost" not in data and b"dropped" not in data
-    read = list(ev.read_events(path))
+    read = list(read_events(path))
     assert [type(e).__name__ for e in read] == ["Notice", "RunStarted"]  # torn line skipped
 
 
@@ -291,7 +292,7 @@ def test_a_new_run_after_a_torn_line_starts_a_line_of_its_own(tmp_path):
     (run_dir / "events.jsonl").write_bytes(b'{"event": "BatchProgress", "epo')  # a killed run
     status = run(tiny_config(), run_dir, lambda e: None, RunControl(), until="data")
     assert status == "finished"
-    read = list(ev.read_events(run_dir / "events.jsonl"))
+    read = list(read_events(run_dir / "events.jsonl"))
     assert type(read[0]).__name__ == "RunStarted" and read[0].run_dir == str(run_dir)
 
 

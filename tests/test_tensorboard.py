@@ -15,7 +15,8 @@ from tiny_runs import tiny_config
 
 from engine.config import LogConfig
 from engine.control import RunControl
-from engine.events import BatchProgress, EpochSummary, MemorySample, TestBleu, read_events
+from engine.eventlog import read_events
+from engine.events import BatchProgress, EpochSummary, MemorySample, TestBleu
 from engine.pipeline import run
 
 pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed "

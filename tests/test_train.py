@@ -218,7 +218,8 @@ def test_a_dropped_ssh_session_stops_the_headless_command_cleanly_and_it_resumes
 def test_a_run_by_updates_averages_its_last_5_update_checkpoints_and_reports_test_bleu(tmp_path):
     import io
 
-    from engine.events import TestBleu, read_events
+    from engine.eventlog import read_events
+    from engine.events import TestBleu
     from engine.printer import HeadlessPrinter
 
     config = tiny_config(training__epochs=1, training__max_updates=34,

@@ -1,11 +1,18 @@
-"""RunState: everything the panels show, built by applying engine events one at a time.
+"""DashboardState: everything the dashboard shows, built by applying a run's events one at a time.
+
+What the events say is folded by the engine's one fold of a run's history
+(``engine.history.RunHistory``, in ``run``); this class adds what only the screen needs: where the
+app stands with the run (``Status``: starting, stopping... as the app asked), stage timers, the
+tokenizer's and the data stages' latest progress, per-step sparkline histories, memory
+readings, the log, and ``versions`` for the panels' redraw bookkeeping.
 
 Applying an event is cheap (a few assignments) so that every event can be applied as it arrives,
 however fast they come; drawing is what costs, and the panels do it at a bounded rate, each
 only when the part of the state it shows has changed (``versions``).
 
-The same state serves a run in this process and a run followed with ``--attach``: both are a
-stream of events, each with the wall-clock time it happened (``at``).
+A run started from the app and a run followed with ``--attach`` are the same to it: the run
+process writes its events to ``events.jsonl`` and the app reads them back, each with the
+wall-clock time it happened (``at``).
 """
 
 from __future__ import annotations
@@ -39,13 +46,14 @@ from engine.events import (
     StageStarted,
     WordCountProgress,
 )
+from engine.history import MAX_CURVE_POINTS, Curve, RunHistory
 from engine.memory import MemoryReading
 from engine.stages import STAGES
 from tui.format import duration
+from tui.tail import DamagedLines
 
 # The stages of a full run, in order; shown before a run says which stages it has.
 STAGE_ORDER = STAGES  # engine/stages.py: the one list of stage names
-
 
 
 class Status(str, Enum):
@@ -75,8 +83,6 @@ class Status(str, Enum):
                         Status.STALLED)
 
 
-LOSS_SMOOTHING = 0.9  # EMA weight of the history, debiased like TensorBoard's smoothing
-MAX_CURVE_POINTS = 4000  # the curve halves its resolution beyond this (a long run, many steps)
 MAX_RATE_POINTS = 240  # merges/s sparkline history, likewise
 LOG_LINES = 1000
 PEAK_HISTORY = 120  # memory samples (one every few seconds) in the peak-memory sparkline
@@ -92,52 +98,16 @@ class StageView:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class Curve:
-    """(x, y) points that keep a bounded size: when full, every other point is dropped and from
-    then on only every ``stride``-th point is kept. The latest point is always shown."""
-
-    xs: list[float] = field(default_factory=list)
-    ys: list[float] = field(default_factory=list)
-    stride: int = 1
-    since_kept: int = 0
-    last: tuple[float, float] | None = None
-
-    def add(self, x: float, y: float, limit: int) -> None:
-        self.last = (x, y)
-        self.since_kept += 1
-        if self.xs and self.since_kept < self.stride:
-            return
-        self.since_kept = 0
-        self.xs.append(x)
-        self.ys.append(y)
-        if len(self.xs) > limit:
-            self.xs, self.ys = self.xs[::2], self.ys[::2]
-            self.stride *= 2
-
-    def points(self) -> tuple[list[float], list[float]]:
-        if self.last is not None and (not self.xs or self.xs[-1] != self.last[0]):
-            return self.xs + [self.last[0]], self.ys + [self.last[1]]
-        return self.xs, self.ys
-
-    def drop_from(self, x: float) -> None:
-        """Forget points at or after x (a run restarted from an earlier step)."""
-        keep = next((i for i, value in enumerate(self.xs) if value >= x), len(self.xs))
-        del self.xs[keep:], self.ys[keep:]
-        self.last, self.since_kept = None, self.stride  # the next point is kept
-
-
-class RunState:
+class DashboardState:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.versions: Counter[str] = Counter()
+        self.run = RunHistory()  # what the followed run's events say (engine/history.py)
         self.status = Status.IDLE
         self.reason = ""  # why it failed
         self.preset = ""
         self.run_dir = ""
-        self.started_at: float | None = None
-        self.ended_seconds: float | None = None
-        self.preflight: Preflight | None = None
+        self.ended_seconds: float | None = None  # of an ended (or dead) run
         self.stages: dict[str, StageView] = {name: StageView(name) for name in STAGE_ORDER}
         self.current_stage = ""
         # tokenizer
@@ -146,25 +116,45 @@ class RunState:
         self.words: WordCountProgress | None = None
         self.merges: MergeProgress | None = None
         self.merge_rates = Curve()  # (elapsed, merges per second)
-        # training
-        self.batch: BatchProgress | None = None
-        self.summaries: list[EpochSummary] = []
-        self.skipped = 0
-        self.train_curve = Curve()  # (step, smoothed loss)
         # what people watch beside the loss, per step: learning rate, tokens/s, gradient norm,
         # fp16 loss scale (the last two only when the engine reports them)
         self.history = {name: Curve() for name in HISTORY}
-        self._ema = 0.0
-        self._ema_weight = 0.0
-        # checkpoints, by name: a later save of checkpoint_last.pt replaces the row
-        self.checkpoints: dict[str, CheckpointSaved] = {}
+        self._rewinds = 0  # the run's steps went back this many times (history forgot after)
         self.memory: MemorySample | None = None  # the engine's latest sample
         self.peak_history: deque[int] = deque(maxlen=PEAK_HISTORY)  # batch peaks, sample by sample
-        self.reading: MemoryReading | None = None  # this app's own probe (a run in this process)
+        self.reading: MemoryReading | None = None  # the memory panel's own probe of this machine
         self.max_tokens: int | None = None  # from the config, until a MemorySample says
         self.log: deque[str] = deque(maxlen=LOG_LINES)
         self.log_total = 0  # lines ever logged; the log panel writes the ones it has not
         self.last_event_at: float | None = None  # when the last event applied happened
+
+    # --- what the run's events say (engine.history.RunHistory), under the panels' names ---
+
+    @property
+    def started_at(self) -> float | None:
+        return self.run.started_at
+
+    @property
+    def batch(self) -> BatchProgress | None:
+        return self.run.batch
+
+    @property
+    def summaries(self) -> list[EpochSummary]:
+        return self.run.summaries
+
+    @property
+    def train_curve(self) -> Curve:
+        """(step, smoothed loss)."""
+        return self.run.train_curve
+
+    @property
+    def checkpoints(self) -> dict[str, CheckpointSaved]:
+        """By name: a later save of checkpoint_last.pt replaces the row."""
+        return self.run.checkpoints
+
+    @property
+    def skipped(self) -> int:
+        return self.run.skipped_batches
 
     # --- what the app itself knows (not from events) ---
 
@@ -204,22 +194,21 @@ class RunState:
         if self.started_at is not None or self.active:
             return  # a run of this session owns the table
         self.run_dir = run_dir
-        self.checkpoints = {e.name: e for e in saved}
+        self.run.checkpoints = {e.name: e for e in saved}
         self._touch("checkpoints")
         if saved:
             self.note(f"{len(self.checkpoints)} checkpoint(s) of an earlier run in {run_dir}: "
                       "select one to resume from it")
 
     def _forget_run(self) -> None:
-        self.words = self.merges = self.batch = self.memory = self.prep = None
+        self.run, self._rewinds = RunHistory(), 0
+        self.words = self.merges = self.memory = self.prep = None
         self.peak_history.clear()
         self.stages = {name: StageView(name) for name in STAGE_ORDER}
         self.current_stage = ""
-        self.started_at = self.ended_seconds = None
-        self.merge_rates, self.train_curve = Curve(), Curve()
+        self.ended_seconds = None
+        self.merge_rates = Curve()
         self.history = {name: Curve() for name in HISTORY}
-        self._ema = self._ema_weight = 0.0
-        self.summaries, self.checkpoints, self.skipped = [], {}, 0
         self._touch("stages", "tokenizer", "training", "loss", "checkpoints", "memory")
 
     def set_reading(self, reading: MemoryReading) -> None:
@@ -310,16 +299,20 @@ class RunState:
 
     # --- events ---
 
-    def apply(self, event: Event, at: float | None = None) -> None:
+    def apply(self, event: Event | DamagedLines, at: float | None = None) -> None:
         at = self.clock() if at is None else at
+        if isinstance(event, DamagedLines):  # what the reader skipped: a line in the log, no more
+            self.note(event.text, at)
+            return
         self.last_event_at = at
+        self.run.apply(event, at)
         handler = getattr(self, f"_on_{type(event).__name__}", None)
         if handler is not None:
             handler(event, at)
 
     def _on_RunStarted(self, e: RunStarted, at: float) -> None:
         self.preset, self.run_dir = e.preset, e.run_dir
-        self.started_at, self.ended_seconds = at, None
+        self.ended_seconds = None
         self.stages = {name: StageView(name) for name in e.stages}
         self.current_stage = ""
         self.set_status(Status.STOPPING if self.status == Status.STOPPING else Status.RUNNING)
@@ -327,7 +320,6 @@ class RunState:
         self.note(f"run started: preset {e.preset}, run dir {e.run_dir}", at)
 
     def _on_Preflight(self, e: Preflight, at: float) -> None:
-        self.preflight = e
         memory = ", ".join(f"{gb:g} GB" for gb in e.device_memory_gb)
         self.note(f"device {e.device}: {', '.join(e.device_names)}"
                   + (f" ({memory})" if memory else "") + f", {e.threads} threads, "
@@ -358,18 +350,18 @@ class RunState:
 
     def _on_RunPaused(self, e: RunPaused, at: float) -> None:
         if self.status != Status.STOPPING:
-            self.set_status(Status.PAUSED)
+            self.set_status(Status(self.run.state.value))
         self.note(f"paused ({e.stage or 'between stages'})", at)
 
     def _on_RunResumed(self, e: RunResumed, at: float) -> None:
         if self.status != Status.STOPPING:
-            self.set_status(Status.RUNNING)
+            self.set_status(Status(self.run.state.value))
         self._touch("stages")
         self.note(f"resumed after {duration(e.paused_seconds)} paused in all", at)
 
     def _on_RunFailed(self, e: RunFailed, at: float) -> None:
         self._end_stage("failed", at)
-        self.ended_seconds = max(0.0, at - (self.started_at or at))
+        self.ended_seconds = self.run.seconds
         self.set_status(Status.FAILED, e.message)
         self.note(f"failed in stage {e.stage or '-'}: {e.message}", at)
         for line in e.details:
@@ -377,11 +369,11 @@ class RunState:
 
     def _on_RunFinished(self, e: RunFinished, at: float) -> None:
         self._end_stage("stopped", at)
-        self.ended_seconds = e.seconds
-        self.set_status(Status(e.status))
+        self.ended_seconds = self.run.seconds
+        self.set_status(Status(self.run.state.value))  # (an unknown end status: failed)
         self.note(f"run {e.status} after {duration(e.seconds)}", at)
         saved = self.stop_checkpoint()
-        if e.status == Status.STOPPED and saved is not None:
+        if self.status == Status.STOPPED and saved is not None:
             self.note(f"its state is in {saved.name} (epoch {saved.epoch}, step {saved.step:,}): "
                       "select it on the checkpoints page and press r to resume", at)
 
@@ -417,25 +409,19 @@ class RunState:
         self._touch("tokenizer")
 
     def _on_BatchProgress(self, e: BatchProgress, at: float) -> None:
-        if self.batch is not None and e.step < self.batch.step:
-            # a new run (or a resume from an earlier checkpoint) in the same run dir
-            self.train_curve.drop_from(e.step)
+        if self.run.rewinds != self._rewinds:
+            # a new run (or a resume from an earlier checkpoint) in the same run dir: the loss
+            # curve forgot the steps it goes back over, and so do the histories beside it
+            self._rewinds = self.run.rewinds
             for curve in self.history.values():
                 curve.drop_from(e.step)
-            self._ema = self._ema_weight = 0.0
-        self.batch = e
         for name, value in (("lr", e.lr), ("tokens_per_second", e.tokens_per_second),
                             ("gnorm", e.gnorm), ("loss_scale", e.loss_scale)):
             if value is not None and math.isfinite(value):
                 self.history[name].add(e.step, value, MAX_CURVE_POINTS)
-        if math.isfinite(e.loss):
-            self._ema = LOSS_SMOOTHING * self._ema + (1 - LOSS_SMOOTHING) * e.loss
-            self._ema_weight = LOSS_SMOOTHING * self._ema_weight + (1 - LOSS_SMOOTHING)
-            self.train_curve.add(e.step, self._ema / self._ema_weight, MAX_CURVE_POINTS)
         self._touch("training", "loss")
 
     def _on_EpochSummary(self, e: EpochSummary, at: float) -> None:
-        self.summaries = [s for s in self.summaries if s.epoch < e.epoch] + [e]
         self._touch("training", "loss")
         bleu = f" | BLEU {e.bleu:.2f}" if e.bleu is not None else ""
         self.note(f"epoch {e.epoch}/{e.epochs}: train loss {e.train_loss:.4f} "
@@ -443,12 +429,10 @@ class RunState:
                   f"(ppl {e.val_ppl:.2f}){bleu} | {duration(e.epoch_seconds)}", at)
 
     def _on_CheckpointSaved(self, e: CheckpointSaved, at: float) -> None:
-        self.checkpoints[e.name] = e
         self._touch("checkpoints")
         self.note(f"saved {e.name} (epoch {e.epoch}, step {e.step:,})", at)
 
     def _on_BatchSkipped(self, e: BatchSkipped, at: float) -> None:
-        self.skipped += 1
         self._touch("training")
         self.note(f"warning: batch {e.batch} of epoch {e.epoch} skipped ({e.reason}, "
                   f"{e.tokens} tokens, {e.in_a_row} in a row)", at)
@@ -459,6 +443,9 @@ class RunState:
         if e.recent_peak is not None:
             self.peak_history.append(e.recent_peak)
         self._touch("memory")
+
+
+RunState = DashboardState  # the name other branches still import; TODO remove once merged
 
 
 def _short(value: Any) -> str:

@@ -1,71 +1,36 @@
-"""EventTail: follow a run's ``events.jsonl`` from the start of the file, then as it grows.
+"""EventTail: the app's follower of a run's ``events.jsonl``.
 
-A line still being written (no newline yet) is kept until it is complete. A line that is not an
-event this version knows is skipped and reported once, never fatal: the file may come from a
-newer engine.
+The reading is engine.eventlog.EventLog's (the one reader of the file: torn, damaged and older
+lines, a replaced file, pieces of READ_BYTES). What the app adds: when lines were skipped as
+damaged, one ``DamagedLines`` item after the events of the read that reached the end of the
+file, so the log says so once ("skipped 2 damaged lines of events.jsonl") rather than per line
+or per piece of a long file's replay.
 """
 
 from __future__ import annotations
 
-import threading
-from pathlib import Path
+from dataclasses import dataclass
 
-from engine.events import Event, from_json
-
-TIME_FIELD = ',"time":'  # JsonlWriter ends every line with the wall-clock time of the event
-READ_BYTES = 4 * 2**20  # per call: a long run's file is replayed in pieces, the UI drawing between
+from engine.eventlog import EventLog, TimedEvent, damaged_lines
 
 
-class EventTail:
-    def __init__(self, path: Path, from_end: bool = False) -> None:
-        self.path = Path(path)
-        self.offset = 0
-        if from_end:  # only what is written from now on
-            try:
-                self.offset = self.path.stat().st_size
-            except FileNotFoundError:
-                pass
-        self._partial = b""
-        self.skipped = 0  # lines that could not be read as events
-        self._lock = threading.Lock()  # a worker follows; the UI thread reads the rest at the end
+@dataclass(frozen=True)
+class DamagedLines:
+    """Not an event of the run: the reader's word that it skipped ``count`` more lines."""
 
-    def read_new(self) -> list[tuple[float | None, Event]]:
-        """Complete lines written since the last call (up to READ_BYTES of them), as
-        (time, event); [] if none or no file. Safe to call from several threads."""
+    count: int
+    text: str
+
+
+class EventTail(EventLog):
+    def __init__(self, path, from_end: bool = False) -> None:
+        super().__init__(path, from_end)
+        self.reported = 0  # damaged lines said so far
+
+    def read_new(self) -> list[TimedEvent | tuple[None, DamagedLines]]:
         with self._lock:
-            return self._read_new()
-
-    def _read_new(self) -> list[tuple[float | None, Event]]:
-        try:
-            with open(self.path, "rb") as f:
-                if f.seek(0, 2) < self.offset:  # truncated or replaced: start over
-                    self.offset, self._partial = 0, b""
-                f.seek(self.offset)
-                data = f.read(READ_BYTES)
-        except FileNotFoundError:
-            return []
-        self.offset += len(data)
-        data = self._partial + data
-        complete, _, self._partial = data.rpartition(b"\n")
-        if not complete and not _:
-            return []
-        events = []
-        for raw in complete.split(b"\n"):
-            line = raw.decode("utf-8", errors="replace").strip()
-            if not line:
-                continue
-            try:
-                events.append((_event_time(line), from_json(line)))
-            except (ValueError, TypeError, KeyError):
-                self.skipped += 1
-        return events
-
-
-def _event_time(line: str) -> float | None:
-    at = line.rfind(TIME_FIELD)
-    if at < 0:
-        return None
-    try:
-        return float(line[at + len(TIME_FIELD):].rstrip("}"))
-    except ValueError:
-        return None
+            events: list = super().read_new()
+            if self.at_end and self.skipped > self.reported:
+                count, self.reported = self.skipped - self.reported, self.skipped
+                events.append((None, DamagedLines(count, damaged_lines(count, self.path))))
+            return events
