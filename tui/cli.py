@@ -14,6 +14,8 @@ from pathlib import Path
 
 from engine.config import PRESET_NAMES, load_config
 from engine.errors import EngineError
+from engine.inputs import check_run_dir
+from engine.runs import EVENTS, LOCK, is_run_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,17 +53,35 @@ def check_args(args: argparse.Namespace) -> str | None:
     if args.attach is not None:
         if not Path(args.attach).is_dir():
             return f"--attach {args.attach}: no such run directory"
+        if not is_run_dir(Path(args.attach)):
+            return (f"--attach {args.attach}: not a run directory (no {EVENTS} or {LOCK} "
+                    "there); give the directory a run writes, or run transformer-tui to list "
+                    "the runs")
         return None
     try:
         load_config(args.preset, args.overrides)
+        if args.run_dir is not None:
+            check_run_dir(Path(args.run_dir))
     except EngineError as exc:
         return str(exc)
     return None
 
 
+def no_terminal() -> str | None:
+    """Why the app cannot run here, or None. Textual reads keys from stdin and draws on stderr:
+    without a terminal on both (a cron job, `ssh host cmd` without -t) it would wait forever."""
+    missing = [name for name, stream in (("stdin", sys.stdin), ("stderr", sys.stderr))
+               if stream is None or not stream.isatty()]
+    if not missing:
+        return None
+    return (f"needs a terminal ({' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+            "not one); for a run without a terminal use transformer-train (transformer-train "
+            "--help)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    problem = check_args(args)
+    problem = check_args(args) or no_terminal()
     if problem is not None:
         print(f"transformer-tui: {problem}", file=sys.stderr)
         return 2
