@@ -77,8 +77,11 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
 
     control.add_listener(on_control)
     started = time.monotonic()
+    from engine.versions import versions
+
     emit(RunStarted(run_dir=str(run_dir), preset=config.name, stages=names,
-                    processes=distributed.world_size()))
+                    processes=distributed.world_size(),
+                    versions=versions("cpu" if config.training.device == "cpu" else "cuda")))
     if batch_line:
         emit(Notice(text=batch_line))
     status = "finished"
