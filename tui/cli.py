@@ -4,6 +4,9 @@ a bad preset or run directory is one line on stderr and exit code 2, with or wit
     transformer-tui [--runs-dir DIR]          the runs under saved/ (or DIR): attach, or start one
     transformer-tui [--preset NAME|PATH] [--set section.key=value ...] [--start] [--run-dir DIR]
     transformer-tui --attach RUN_DIR          follow a run, with pause/resume/stop
+
+The app needs a terminal (stdin and stderr, where Textual reads keys and draws): without one it
+exits 2 at once and names transformer-train, the same runs without a screen.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="transformer-tui",
         description="Train a translation Transformer and watch it: pick a preset, start, pause, "
                     "resume, stop. Runs go on without the app: transformer-tui lists them again. "
+                    "Needs a terminal; without one, use transformer-train. "
                     "Keys: s start, p pause/resume, x stop, r resume from a checkpoint, l runs, "
                     "q quit, 1-4 pages, ctrl+s screenshot.")
     parser.add_argument("--preset", metavar="NAME|PATH",
