@@ -344,9 +344,16 @@ def compare_backends(device: torch.device, dtype_name: str, lengths: tuple[int, 
 
     def run(backend: str, q0, k0, v0, mask, grad):
         q, k, v = (x.detach().clone().requires_grad_() for x in (q0, k0, v0))
-        with sdpa_kernel([getattr(SDPBackend, backend)]):
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            out.backward(grad)
+        # a kernel that does not take these inputs warns why, then raises "no viable backend"
+        with warnings.catch_warnings(record=True) as caught, \
+                sdpa_kernel([getattr(SDPBackend, backend)]):
+            warnings.simplefilter("always")
+            try:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                out.backward(grad)
+            except RuntimeError as exc:
+                why = [str(w.message).splitlines()[0] for w in caught] or [str(exc)]
+                raise RuntimeError("; ".join(why)) from None
         return [out.detach().float()] + [x.grad.float() for x in (q, k, v)]
 
     rows_out = []
@@ -367,7 +374,7 @@ def compare_backends(device: torch.device, dtype_name: str, lengths: tuple[int, 
                 try:
                     got = reference if backend == "MATH" else run(backend, q, k, v, mask, grad)
                 except RuntimeError as exc:  # this kernel does not take these inputs here
-                    row.update(ran=False, reason=str(exc).splitlines()[0][:160])
+                    row.update(ran=False, reason=str(exc).splitlines()[0][:240])
                     rows_out.append(row)
                     continue
                 finite = all(bool(torch.isfinite(t).all()) for t in got)

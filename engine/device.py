@@ -128,7 +128,7 @@ def attention_proof_path(environ=os.environ) -> Path:
 
 def attention_proof_key(device: torch.device | int | None = None) -> dict[str, str]:
     """What a proof holds for: the GPU's name, torch and cuDNN (either may change the kernel)."""
-    return {"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__,
+    return {"gpu": torch.cuda.get_device_name(device), "torch": str(torch.__version__),
             "cudnn": str(torch.backends.cudnn.version())}
 
 
