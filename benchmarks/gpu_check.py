@@ -12,6 +12,12 @@ Runs, in order (each check on its own: one failing does not stop the others):
   resume         the GPU run's checkpoint resumed on the CPU, then back on the GPU
   attention      SDPA forward and backward at our shapes with the math kernel disabled (a
                  fallback raises), default and no-cudnn, the kernels chosen (profiler names)
+  attention_backends
+                 each SDPA kernel alone (math, flash, efficient, cuDNN) on padded batches at
+                 lengths up to 256 with a key padding mask, forward and backward: NaN/inf and
+                 the largest difference against the math kernel; when cuDNN passes every case
+                 the proof that lets training.attention = "auto" use it on sm90+ is written
+                 (engine/device.py attention_proof_path; CUDA only)
   syncs          torch.cuda.set_sync_debug_mode("warn") over an epoch: syncs per batch, where
   base_step      Transformer-base, max_tokens 25000, bf16 (fp16 before sm80), 20 steps through
                  the engine's own step: tokens/s, MFU, peak memory, GPU idle gaps
@@ -319,6 +325,108 @@ def check_attention(ctx: Context) -> dict:
     return {"cases": results}
 
 
+# each kernel alone, against the math kernel in the same dtype: the largest gradient difference
+# relative to the largest math gradient that still passes (bf16 keeps 8 bits of mantissa)
+BACKEND_TOLERANCE = {"fp32": 1e-3, "fp16": 0.01, "bf16": 0.05}
+
+
+def compare_backends(device: torch.device, dtype_name: str, lengths: tuple[int, ...],
+                     heads: int, head_dim: int, max_tokens: int, backends: list[str]) -> list[dict]:
+    """For each length, a padded batch of about ``max_tokens`` tokens through each of
+    ``backends`` (SDPBackend names) alone: self and cross attention with a key padding mask
+    (B, 1, 1, S), as the model passes it. One row per (backend, length, case): finite, the
+    largest output and gradient difference against MATH (relative to MATH's largest value), ok;
+    or ``ran: False`` with torch's reason where the kernel does not take these inputs."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
+
+    def run(backend: str, q0, k0, v0, mask, grad):
+        q, k, v = (x.detach().clone().requires_grad_() for x in (q0, k0, v0))
+        # a kernel that does not take these inputs warns why, then raises "no viable backend"
+        with warnings.catch_warnings(record=True) as caught, \
+                sdpa_kernel([getattr(SDPBackend, backend)]):
+            warnings.simplefilter("always")
+            try:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                out.backward(grad)
+            except RuntimeError as exc:
+                why = [str(w.message).splitlines()[0] for w in caught] or [str(exc)]
+                raise RuntimeError("; ".join(why)) from None
+        return [out.detach().float()] + [x.grad.float() for x in (q, k, v)]
+
+    rows_out = []
+    for length in lengths:
+        rows = max(1, max_tokens // length)
+        g = torch.Generator().manual_seed(length)
+        # each sentence keeps between half and all of the positions: padding in most rows
+        kept = torch.randint(max(1, length // 2), length + 1, (rows,), generator=g)
+        mask = (torch.arange(length)[None, :] < kept[:, None])[:, None, None, :].to(device)
+        for case, queries in (("self", length), ("cross", length + 1)):
+            q, k, v = (torch.randn(rows, heads, n, head_dim, generator=g).to(device, dtype)
+                       for n in (queries, length, length))
+            grad = torch.randn(rows, heads, queries, head_dim, generator=g).to(device, dtype)
+            reference = run("MATH", q, k, v, mask, grad)
+            for backend in backends:
+                row = {"backend": backend, "dtype": dtype_name, "length": length, "rows": rows,
+                       "case": f"{case}, key padding mask"}
+                try:
+                    got = reference if backend == "MATH" else run(backend, q, k, v, mask, grad)
+                except RuntimeError as exc:  # this kernel does not take these inputs here
+                    row.update(ran=False, reason=str(exc).splitlines()[0][:240])
+                    rows_out.append(row)
+                    continue
+                finite = all(bool(torch.isfinite(t).all()) for t in got)
+                scale = [max(float(r.abs().max()), 1e-6) for r in reference]
+                diffs = [float((a - r).abs().max()) / s if finite else float("inf")
+                         for a, r, s in zip(got, reference, scale)]
+                row.update(ran=True, finite=finite, max_out_diff=float(f"{diffs[0]:.3g}"),
+                           max_grad_diff=float(f"{max(diffs[1:]):.3g}"),
+                           ok=finite and max(diffs) <= BACKEND_TOLERANCE[dtype_name])
+                rows_out.append(row)
+    return rows_out
+
+
+def check_attention_backends(ctx: Context) -> dict:
+    ctx.need_cuda("the GPU's SDPA kernels, cuDNN's among them")
+    from engine.device import attention_proof_key, attention_proof_path, precision_for
+
+    capability = torch.cuda.get_device_capability()
+    dtypes = ["bf16", "fp16"] if precision_for("auto", "cuda", capability) == "bf16" else ["fp16"]
+    backends = ["MATH", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION"]
+    cases = [row for dtype in dtypes for row in compare_backends(
+        torch.device("cuda"), dtype, (16, 33, 64, 100, 128, 200, 256), heads=8, head_dim=64,
+        max_tokens=25000, backends=backends)]
+    cudnn = [row for row in cases if row["backend"] == "CUDNN_ATTENTION"]
+    failed = [row for row in cases if row["ran"] and not row["ok"]]
+    result = {"capability": f"{capability[0]}.{capability[1]}", "cases": cases,
+              "ran": {b: sum(r["ran"] for r in cases if r["backend"] == b) for b in backends},
+              "failed": [f"{r['backend']} {r['dtype']} L={r['length']} {r['case']}: "
+                         f"finite={r['finite']} grad diff {r['max_grad_diff']}" for r in failed],
+              "cudnn_max_grad_diff": max((r["max_grad_diff"] for r in cudnn if r["ran"]),
+                                         default=None)}
+    # the proof: cuDNN ran every case and passed each (a kernel that refused some inputs is
+    # no proof for them); written either way, so a failing check withdraws an earlier pass
+    passed = bool(cudnn) and all(r["ran"] and r["ok"] for r in cudnn)
+    proof = {"passed": passed, "key": attention_proof_key(), "cases": len(cudnn),
+             "max_grad_diff": result["cudnn_max_grad_diff"],
+             "checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             "by": "benchmarks/gpu_check.py attention_backends"}
+    path = attention_proof_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(proof, indent=1) + "\n")
+    result.update(cudnn_proven=passed, proof=str(path))
+    # a cuDNN failure is what "auto" guards against (it stays off here): reported, not failed;
+    # a failure of a kernel "auto" does use fails the check
+    used = [line for line, row in zip(result["failed"], failed)
+            if row["backend"] != "CUDNN_ATTENTION"]
+    if used:
+        raise AssertionError(f"{len(used)} kernel cases with NaN/inf or off the math kernel: "
+                             + "; ".join(used[:6]))
+    return result
+
+
 def check_syncs(ctx: Context) -> dict:
     """Host-device syncs between the first and the last progress report of an epoch."""
     ctx.need_cuda("torch.cuda.set_sync_debug_mode")
@@ -579,7 +687,8 @@ def check_torchrun(ctx: Context) -> dict:
 
 
 CHECKS = {"versions": check_versions, "nvml": check_nvml, "cli_runs": check_cli_runs,
-          "resume": check_resume, "attention": check_attention, "syncs": check_syncs,
+          "resume": check_resume, "attention": check_attention,
+          "attention_backends": check_attention_backends, "syncs": check_syncs,
           "base_step": check_base_step, "forced_oom": check_forced_oom, "fit": check_fit,
           "torchrun_nccl": check_torchrun}
 
@@ -604,6 +713,9 @@ def summary_line(name: str, result: dict) -> str:
         "resume": lambda d: ", ".join(f"{k}: {v['status']}" for k, v in d.items()),
         "attention": lambda d: f"{len(d['cases'])} cases without the math kernel, kernels "
                                f"{sorted({k for c in d['cases'] for k in c.get('kernels', [])})[:4]}",
+        "attention_backends": lambda d: (
+            f"sm {d['capability']}, cases run per kernel {d['ran']}, cuDNN largest grad diff "
+            f"{d['cudnn_max_grad_diff']}, cuDNN proven: {d['cudnn_proven']} ({d['proof']})"),
         "syncs": lambda d: f"{d['syncs_per_batch']} syncs/batch over {d['batches']} batches "
                            f"({d['updates']} updates, {d['reports']} reports)",
         "base_step": lambda d: (f"{d['target_tokens_per_second']:,} tgt tok/s, "

@@ -10,6 +10,7 @@ A checkpoint holds everything a run needs to continue at the next batch and ever
     step             optimizer updates so far
     rng              torch CPU/CUDA generator states (tensors), python and numpy states (lists)
     config, run_name the resolved RunConfig as a dict
+    versions         what trained it: {torch, cuda, cudnn, nccl, driver, device} (engine/device.py)
     vocab            {"src_size", "tgt_size", "shared"}
     tokenizers       {"src": tokenizer.json text, "tgt": ...}
     world_size       processes that trained it (torchrun); batch_in_epoch counts each one's
@@ -37,6 +38,7 @@ import torch
 
 from engine import atomic
 from engine.errors import EngineError
+from engine.versions import versions
 
 if TYPE_CHECKING:
     from engine.config import ModelConfig, RunConfig
@@ -116,6 +118,7 @@ def checkpoint_state(training_state: "TrainingState", config: "RunConfig",
         "rng": rng or rng_state(),
         "config": config.to_dict(), "run_name": config.name,
         "precision": training_state.precision,
+        "versions": versions(training_state.device.type),  # what trained it: torch, CUDA, ...
         "vocab": {"src_size": tokenizers.src.get_vocab_size(),
                   "tgt_size": tokenizers.tgt.get_vocab_size(),
                   "shared": bool(tokenizers.shared)},
@@ -393,7 +396,7 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
         else:  # integer buffers (none today) are taken from the newest checkpoint
             model[key] = last["model"][key]
     averaged = {k: last[k] for k in ("config", "vocab", "tokenizers", "epoch", "step", "run_name",
-                                     "run_id") if k in last}
+                                     "run_id", "versions") if k in last}
     averaged.update(model=model, averaged_from=[str(p) for p in paths],
                     val_loss=None, bleu=None, train_loss=None)
     return averaged

@@ -15,8 +15,9 @@ checkpoint; a second Ctrl-C aborts). The app starts the same process detached.
 Under torchrun (WORLD_SIZE > 1 in the environment) every process joins one distributed job:
     torchrun --nproc_per_node=N -m engine --preset NAME ...   (see engine/distributed.py)
 
-Exit status: 0 finished or stopped on request, 1 the run failed (status/pause/resume/stop: no
-live run there), 2 bad input or a run directory in use / holding an earlier run.
+Exit status of a training run: 0 finished or stopped on request, 1 the run failed, 2 bad input
+or a run directory in use / holding an earlier run. Of pause/resume/stop: 0 done, 1 no live run
+there. Of status DIR: the state of the run (STATUS_HELP below).
 """
 
 from __future__ import annotations
@@ -37,6 +38,21 @@ from engine.errors import EngineError
 from engine.events import fan_out
 from engine.paths import RUNS_ROOT, default_run_dir
 from engine.stages import STAGES, stage_names
+from engine.versions import versions_text
+
+TRAIN_EXIT_HELP = ("Exit status: 0 finished, or stopped on request (checkpoint_last.pt saved); 1 the "
+                   "run failed; 2 bad input, or the run directory is in use or holds an earlier "
+                   "run. `transformer-train status DIR` tells a run's state by its exit status.")
+# `transformer-train status DIR`: the exit status says the run's state, so scripts need not parse
+STATUS_EXIT = {runs.RunState.FINISHED: 0,
+               runs.RunState.RUNNING: 3, runs.RunState.PAUSED: 3, runs.RunState.STALLED: 3,
+               runs.RunState.STOPPED: 4,
+               runs.RunState.FAILED: 5, runs.RunState.DEAD: 5}
+NOT_A_RUN = 2
+STATUS_HELP = ("Exit status: 0 finished; 2 no run in DIR (bad input); 3 live: running, paused or "
+               "stalled; 4 stopped (continue it with --resume last); 5 failed, or dead (its "
+               "process gone without an end). With several DIRs: 2 if one holds no run, else "
+               "the highest of theirs. Without DIR: 0.")
 
 COMMANDS = {  # subcommand -> "module:function(argv) -> exit status"
     "translate": "engine.commands:translate_main",
@@ -56,7 +72,7 @@ def train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="transformer-train",
         description="Train a translation Transformer headless, printing progress lines.",
-        epilog="Config keys (--set section.key=value):\n" + describe_keys(),
+        epilog=TRAIN_EXIT_HELP + "\n\nConfig keys (--set section.key=value):\n" + describe_keys(),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="sample",
                         help=f"{', '.join(PRESET_NAMES)}, or the path of a .toml file (default: sample)")
@@ -294,23 +310,58 @@ def status_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="transformer-train status",
         description="One line per run: state (running, paused, stalled, finished, stopped, "
-                    "failed, dead, new), pid and host, processes, epoch/step, last losses.")
+                    "failed, dead), pid and host, processes, epoch/step, last losses, and the "
+                    "versions it ran with (torch, CUDA, cuDNN, NCCL, driver, device).",
+        epilog=STATUS_HELP)
     parser.add_argument("run_dirs", nargs="*", type=Path, metavar="DIR",
                         help="run directories (default: every run under saved/)")
     args = parser.parse_args(argv)
     if not args.run_dirs:
         summaries = runs.list_runs(RUNS_ROOT)
         for summary in summaries:
-            print(runs.describe(summary))
+            print(status_line(summary))
         if not summaries:
             print("no runs under saved/")
         return 0
-    missing = False
+    codes = []
     for run_dir in args.run_dirs:
-        summary = runs.summarize(run_dir)
-        print(runs.describe(summary))
-        missing |= not summary.live
-    return 1 if missing else 0
+        summary = runs.summarize(run_dir) if runs.is_run_dir(run_dir) else None
+        if summary is None or summary.state == runs.RunState.NEW:
+            why = "no such directory" if not run_dir.exists() else (
+                f"no run there (a run directory holds {runs.EVENTS} or {runs.LOCK})")
+            print(f"error: {run_dir}: {why}", file=sys.stderr)
+            codes.append(NOT_A_RUN)
+            continue
+        print(status_line(summary))
+        codes.append(STATUS_EXIT[summary.state])
+    return NOT_A_RUN if NOT_A_RUN in codes else max(codes)
+
+
+def status_line(summary: runs.RunSummary) -> str:
+    """runs.describe's line, and the versions the run's last start recorded."""
+    versions = started_versions(summary.run_dir)
+    return runs.describe(summary) + (f"  {versions_text(versions)}" if versions else "")
+
+
+def started_versions(run_dir: Path) -> dict:
+    """The versions of the last RunStarted in the run's events.jsonl ({} before they were
+    recorded). Only the lines naming RunStarted are parsed: the file may hold millions."""
+    from engine.events import RunStarted, from_json
+
+    versions: dict = {}
+    try:
+        with open(run_dir / runs.EVENTS, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if '"RunStarted"' in line and line.endswith("\n"):
+                    try:
+                        event = from_json(line)
+                    except (ValueError, TypeError, KeyError):
+                        continue
+                    if isinstance(event, RunStarted):
+                        versions = event.versions
+    except OSError:
+        pass
+    return versions
 
 
 def control_main(command: str, argv: list[str]) -> int:

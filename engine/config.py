@@ -97,8 +97,9 @@ class TrainingConfig:
     clip_norm: float = _key(0.0, doc="gradient clipping max norm, 0 = off", min=0.0)
     precision: str = _key("auto", doc="arithmetic", choices=("auto", "fp32", "bf16", "fp16"))
     device: str = _key("auto", doc="where to train", choices=("auto", "cpu", "cuda"))
-    attention: str = _key("auto", doc="attention kernels: auto = torch's choice, math = the "
-                          "plain one, no-cudnn = all but cuDNN's",
+    attention: str = _key("auto", doc="attention kernels: auto = torch's choice (without "
+                          "cuDNN's on sm90+ until gpu_check.py proves it), math = the plain "
+                          "one, no-cudnn = all but cuDNN's",
                           choices=("auto", "math", "no-cudnn"))
     checkpoint_every: int = _key(10, doc="epochs between model_epoch_N.pt checkpoints "
                                  "(when checkpoint_every_updates = 0)", min=1)

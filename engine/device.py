@@ -2,13 +2,15 @@
 preflight, training and commands.
 
 The decisions are pure functions of what the machine reports (``precision_for`` takes a compute
-capability, ``attention_backends`` a config value) so they are tested without a GPU; the few
-lines that ask CUDA itself stay next to them and run only when the device is CUDA.
+capability, ``attention_backends`` a config value, a capability and whether cuDNN attention was
+proven here) so they are tested without a GPU; the few lines that ask CUDA itself stay next to
+them and run only when the device is CUDA.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 
@@ -90,25 +92,70 @@ def enable_tf32(device: torch.device, precision: str) -> bool:
 
 # training.attention -> the SDPA kernels allowed (None: torch chooses among all of them)
 ATTENTION_CHOICES = ("auto", "math", "no-cudnn")
+# cuDNN attention, preferred on H100/H200 (sm90+) by torch >= 2.11, has given NaN gradients with
+# an explicit mask at some lengths (pytorch #196678), and nearly every training batch has padding
+# and so a mask: there "auto" leaves cuDNN out until benchmarks/gpu_check.py has proven it on
+# this GPU, torch and cuDNN, and recorded that in the proof file
+CUDNN_RISK_CAPABILITY = (9, 0)
+ATTENTION_PROOF_ENV = "TRANSFORMER_TUI_ATTENTION_PROOF"  # the proof file's path, if not the default
 
 
-def attention_backends(choice: str) -> list | None:
+def attention_backends(choice: str, capability: tuple[int, int] | None = None,
+                       cudnn_proven: bool = False) -> list | None:
+    """The kernels ``choice`` allows on a CUDA device of ``capability`` (None: not CUDA)."""
     from torch.nn.attention import SDPBackend
 
+    no_cudnn = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
     if choice == "auto":
+        if capability is not None and tuple(capability) >= CUDNN_RISK_CAPABILITY \
+                and not cudnn_proven:
+            return no_cudnn
         return None
     if choice == "math":
         return [SDPBackend.MATH]
     if choice == "no-cudnn":
-        # cuDNN attention, preferred on H100/H200 by torch >= 2.11, has given NaN gradients
-        # with an explicit mask at some lengths (pytorch #196678): the others stay allowed
-        return [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+        return no_cudnn
     raise ConfigError(f"[training] attention = {choice!r}: one of {', '.join(ATTENTION_CHOICES)}")
 
 
-def attention_context(choice: str):
+def attention_proof_path(environ=os.environ) -> Path:
+    """Where gpu_check.py records whether cuDNN attention passed on this machine."""
+    if environ.get(ATTENTION_PROOF_ENV):
+        return Path(environ[ATTENTION_PROOF_ENV]).expanduser()
+    cache = environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "transformer-tui" / "attention-proof.json"
+
+
+def attention_proof_key(device: torch.device | int | None = None) -> dict[str, str]:
+    """What a proof holds for: the GPU's name, torch and cuDNN (either may change the kernel)."""
+    return {"gpu": torch.cuda.get_device_name(device), "torch": str(torch.__version__),
+            "cudnn": str(torch.backends.cudnn.version())}
+
+
+def cudnn_attention_proven(key: dict[str, str], path: Path | None = None) -> bool:
+    """The proof file says cuDNN attention passed gpu_check.py for ``key`` (this machine)."""
+    try:
+        proof = json.loads((path or attention_proof_path()).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(proof, dict) and proof.get("passed") is True and proof.get("key") == key
+
+
+def allowed_attention(choice: str, device: torch.device | None = None) -> list | None:
+    """attention_backends on this machine: on CUDA (``device``, default the current one) with
+    its capability and, on sm90+, its proof (a small file, read at each call)."""
+    cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
+    if choice != "auto" or not cuda:
+        return attention_backends(choice)
+    capability = tuple(torch.cuda.get_device_capability(device))
+    proven = (capability >= CUDNN_RISK_CAPABILITY
+              and cudnn_attention_proven(attention_proof_key(device)))
+    return attention_backends(choice, capability, proven)
+
+
+def attention_context(choice: str, device: torch.device | None = None):
     """The context every forward (and so its backward) runs in for training.attention."""
-    backends = attention_backends(choice)
+    backends = allowed_attention(choice, device)
     if backends is None:
         return contextlib.nullcontext()
     from torch.nn.attention import sdpa_kernel

@@ -44,6 +44,9 @@ class RunStarted(Event):
     preset: str
     stages: list[str]
     processes: int = 1  # torchrun ranks in the job
+    # what ran: torch, cuda, cudnn, nccl, driver, device (engine/device.py versions); the keys
+    # a machine lacks are left out, and runs from before this field read back as {}
+    versions: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
     control.add_listener(on_control)
     started = time.monotonic()
     emit(RunStarted(run_dir=str(run_dir), preset=config.name, stages=names,
-                    processes=distributed.world_size()))
+                    processes=distributed.world_size(), versions=_versions(config)))
     if batch_line:
         emit(Notice(text=batch_line))
     status = "finished"
@@ -110,6 +110,20 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
     if writer is not None:
         writer.close()
     return status
+
+
+def _versions(config: RunConfig) -> dict[str, str]:
+    """What this run runs with, for RunStarted. The GPU's name starts CUDA, so the allocator
+    setting comes first (_run_stages says so in a Notice)."""
+    import torch
+
+    from engine.device import use_expandable_segments
+    from engine.versions import versions
+
+    if config.training.device == "cpu" or not torch.cuda.is_available():
+        return versions("cpu")
+    use_expandable_segments()
+    return versions("cuda")
 
 
 def _start_files(config: RunConfig, run_dir: Path) -> JsonlWriter | None:

@@ -15,6 +15,7 @@ import time
 from typing import TextIO
 
 from engine import events as ev
+from engine.versions import versions_text
 
 # A progress line is fields joined by " | "; on a narrow terminal the fields with the highest
 # number here are left out first.
@@ -42,7 +43,7 @@ class HeadlessPrinter:
         self.width = width  # columns of the terminal; None: ask it at each line (it may resize)
         self._last_progress: float | None = None  # monotonic time of the last progress line
         self._open_line = False  # a progress line is on screen without its newline
-        self._merge_header = False  # the "[Step 4/4]" line was printed for this merge phase
+        self._merge_header = False  # the merges' header line was printed for this merge phase
         self._count_header = False
 
     def __call__(self, event: ev.Event) -> None:
@@ -77,7 +78,8 @@ class HeadlessPrinter:
     # --- run lifecycle ---
 
     def _on_RunStarted(self, e: ev.RunStarted) -> None:
-        self._line(f"Run {e.preset!r} in {e.run_dir} | stages: {', '.join(e.stages)}")
+        ran = f" | {versions_text(e.versions)}" if e.versions else ""
+        self._line(f"Run {e.preset!r} in {e.run_dir} | stages: {', '.join(e.stages)}{ran}")
 
     def _on_Preflight(self, e: ev.Preflight) -> None:
         if e.device == "cuda":
@@ -151,11 +153,15 @@ class HeadlessPrinter:
                         (1, f"ETA: {_fmt_seconds(e.eta)}")], final)
 
     # --- tokenizer ---
+    # Two phases, unnumbered. The trainer has four (read the files and count words, tokenize
+    # words, count pairs, compute merges), but in its JSON progress the middle two are one line
+    # at their start and one at their end, seconds apart, and reach no event: a "[Step 1/4]"
+    # followed by "[Step 4/4]" read as two steps lost.
 
     def _on_WordCountProgress(self, e: ev.WordCountProgress) -> None:
         if not self._count_header:
             self._count_header = True
-            self._line("[Step 1/4] Computing word frequencies...")
+            self._line("Computing word frequencies...")
         final = e.done >= e.total
         pct = 100.0 * e.done / e.total if e.total else 100.0
         tail = "Done!" if final else f"{e.per_second:,.0f} sentences/s"
@@ -166,7 +172,7 @@ class HeadlessPrinter:
         if not self._merge_header:
             self._merge_header = True
             lang = f" ({e.language})" if e.language else ""
-            self._line(f"[Step 4/4] Performing BPE merges{lang}...")
+            self._line(f"Performing BPE merges{lang}...")
         final = e.merges >= e.target_merges
         pct = 100.0 * e.merges / e.target_merges if e.target_merges else 100.0
         per_second = e.per_second if e.per_second > 0 or e.elapsed <= 0 else e.merges / e.elapsed

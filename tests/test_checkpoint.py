@@ -64,6 +64,11 @@ def test_a_checkpoint_is_plain_data_and_rebuilds_the_model_for_translation(tmp_p
     assert raw["vocab"] == {"src_size": tokenizers.src.get_vocab_size(),
                             "tgt_size": tokenizers.tgt.get_vocab_size(), "shared": True}
     assert raw["config"]["model"]["d_model"] == 16 and raw["epoch"] == 0 and raw["step"] == 0
+    # what trained it, as plain strings: this torch and this machine's device
+    assert raw["versions"]["torch"] == torch.__version__ and raw["versions"]["device"]
+    assert all(type(v) is str for v in raw["versions"].values())
+    averaged = ckpt.average_checkpoints([path, path])
+    assert averaged["versions"] == raw["versions"]
 
     model, src_tok, tgt_tok, config = ckpt.build_for_inference(path)
     assert config.model == model_config().model

@@ -75,3 +75,50 @@ def test_local_multi30k_files_load_29000_1014_1000(tmp_path):
     finished = [e for e in events_of(tmp_path / "m30k") if e["event"] == "StageFinished"][0]
     assert (finished["info"]["train"], finished["info"]["valid"], finished["info"]["test"]) == \
         (29000, 1014, 1000)
+
+
+# --- status: the exit status says the state (running, paused, stopped, dead: tests/test_runs.py)
+
+
+def test_status_exit_codes_for_finished_failed_and_no_run_are_the_documented_ones(tmp_path):
+    import torch
+
+    from engine.cli import STATUS_HELP
+
+    finished, failed = tmp_path / "finished", tmp_path / "failed"
+    done = train("--preset", "sample", "--until", "data", "--run-dir", str(finished), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert train("--preset", "quick", "--until", "data", "--run-dir", str(failed),
+                 cwd=tmp_path, timeout=60).returncode == 1  # offline: WMT14 unreachable
+    empty, missing, a_file = tmp_path / "empty", tmp_path / "missing", tmp_path / "notes.txt"
+    empty.mkdir()
+    a_file.write_text("x")
+
+    # what ran is in the run's first event and on its status line
+    versions = events_of(finished)[0]["versions"]
+    assert versions["torch"] == torch.__version__ and versions["device"]
+    status = train("status", str(finished), cwd=tmp_path)
+    assert status.returncode == 0 and status.stderr == ""
+    assert status.stdout.startswith(f"{finished}  finished  ") and status.stdout.count("\n") == 1
+    assert status.stdout.rstrip().endswith(f"torch {torch.__version__}, {versions['device']}")
+
+    assert train("status", str(failed), cwd=tmp_path).returncode == 5
+    for path, why in ((empty, "no run there (a run directory holds events.jsonl or run.lock)"),
+                      (missing, "no such directory"),
+                      (a_file, "no run there (a run directory holds events.jsonl or run.lock)")):
+        refused = train("status", str(path), cwd=tmp_path)
+        assert refused.returncode == 2 and refused.stdout == ""
+        assert refused.stderr == f"error: {path}: {why}\n"
+    # several: 2 if one holds no run, else the highest
+    assert train("status", str(finished), str(failed), cwd=tmp_path).returncode == 5
+    assert train("status", str(failed), str(empty), cwd=tmp_path).returncode == 2
+    assert train("status", cwd=tmp_path).returncode == 0  # the list of saved/ (none here)
+    assert not missing.exists() and list(empty.iterdir()) == [] and a_file.read_text() == "x"
+
+    # the codes are in --help, the subcommand's and the training command's
+    helped = train("status", "--help", cwd=tmp_path).stdout
+    assert " ".join(STATUS_HELP.split()) in " ".join(helped.split())
+    for words in ("0 finished", "3 live", "4 stopped", "5 failed"):
+        assert words in STATUS_HELP
+    assert "transformer-train status DIR" in " ".join(
+        train("--help", cwd=tmp_path).stdout.split())

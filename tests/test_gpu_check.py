@@ -14,7 +14,7 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"
-CUDA_ONLY = {"syncs", "forced_oom"}
+CUDA_ONLY = {"syncs", "forced_oom", "attention_backends"}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine, run the real check")
@@ -27,7 +27,8 @@ def test_the_gpu_check_runs_dry_on_the_cpu_and_says_what_it_skipped(tmp_path):
     assert report["mode"] == "dry-run (no CUDA)"
     checks = report["checks"]
     assert set(checks) == {"versions", "nvml", "cli_runs", "resume", "attention", "syncs",
-                           "base_step", "forced_oom", "fit", "torchrun_nccl"}
+                           "base_step", "forced_oom", "fit", "torchrun_nccl",
+                           "attention_backends"}
     for name in CUDA_ONLY:
         assert checks[name]["status"] == "skipped" and "needs CUDA" in checks[name]["reason"]
     ran = {name for name, check in checks.items() if check["status"] == "ok"}
@@ -41,3 +42,25 @@ def test_the_gpu_check_runs_dry_on_the_cpu_and_says_what_it_skipped(tmp_path):
     assert checks["torchrun_nccl"]["data"]["model"]["backend"] == "gloo"
     summary = (tmp_path / "report" / "gpu_check.md").read_text()
     assert summary.count("\n- **") == len(checks) and "SKIPPED" in summary
+
+
+def test_each_attention_kernel_is_compared_with_the_math_kernel_on_padded_batches():
+    """The comparison the attention_backends check runs on a GPU, here with the CPU's kernels:
+    every kernel alone, a key padding mask, forward and backward, its distance to MATH."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    from gpu_check import BACKEND_TOLERANCE, compare_backends
+
+    rows = compare_backends(torch.device("cpu"), "fp32", (7, 33), heads=2, head_dim=16,
+                            max_tokens=200, backends=["MATH", "FLASH_ATTENTION",
+                                                      "CUDNN_ATTENTION"])
+    assert {(r["backend"], r["length"], r["case"]) for r in rows} == {
+        (b, n, f"{c}, key padding mask") for b in ("MATH", "FLASH_ATTENTION", "CUDNN_ATTENTION")
+        for n in (7, 33) for c in ("self", "cross")}
+    for row in rows:
+        if row["backend"] == "CUDNN_ATTENTION":  # a GPU kernel: refused here, with the reason
+            assert not row["ran"] and row["reason"]
+        else:  # the CPU's flash kernel takes the mask, and agrees with MATH in fp32
+            assert row["ran"] and row["finite"] and row["ok"], row
+            assert row["max_grad_diff"] <= BACKEND_TOLERANCE["fp32"]
+    assert all(r["max_grad_diff"] == 0 for r in rows if r["backend"] == "MATH")
+    assert any(r["max_grad_diff"] > 0 for r in rows if r["backend"] == "FLASH_ATTENTION")

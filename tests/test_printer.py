@@ -23,12 +23,29 @@ def test_tokenizer_lines():
         ev.StageFinished(stage="tokenizer", seconds=800.0,
                          info={"vocab_size": 37000, "merges": 36687, "alphabet": 309}),
     ])
-    assert "[Step 1/4] Computing word frequencies..." in text
+    # two phases, unnumbered: the trainer's middle steps (tokenize words, count pairs) have no
+    # progress of their own, and "[Step 1/4]" then "[Step 4/4]" read as two steps lost
+    assert "\nComputing word frequencies...\n" in "\n" + text
     assert "Progress: 4,508,785/4,508,785 (100.0%) | Elapsed: 123.5s | Done!" in text
-    assert "[Step 4/4] Performing BPE merges..." in text
+    assert "\nPerforming BPE merges...\n" in text
+    assert "[Step" not in text and "/4]" not in text
     assert ("Merges: 15,234/36,687 (41.5%) | Vocab: 15,547/37,000 | Speed: 45 merges/s | "
             "ETA: 476.3s") in text
     assert "Training Complete!" in text and "Final vocab size: 37,000" in text
+
+
+def test_the_start_line_says_what_runs_in_one_line():
+    versions = {"torch": "2.13.0", "cuda": "12.8", "cudnn": "9.10.2", "nccl": "2.27.3",
+                "driver": "570.86", "device": "NVIDIA H100 80GB HBM3"}
+    text = printed([ev.RunStarted(run_dir="saved/x", preset="small", stages=["data", "train"],
+                                  versions=versions)])
+    assert text == ("Run 'small' in saved/x | stages: data, train | torch 2.13.0, CUDA 12.8, "
+                    "cuDNN 9.10.2, NCCL 2.27.3, driver 570.86, NVIDIA H100 80GB HBM3\n")
+    # a run from before versions were recorded: the line as it was
+    old = ev.from_json('{"event":"RunStarted","run_dir":"saved/x","preset":"small",'
+                       '"stages":["data"],"processes":1,"time":1.0}')
+    assert old.versions == {}
+    assert printed([old]) == "Run 'small' in saved/x | stages: data\n"
 
 
 def test_training_lines():

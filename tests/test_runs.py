@@ -134,7 +134,7 @@ def test_pause_resume_and_stop_a_headless_run_from_another_terminal(tmp_path, re
     training(run_dir, process)
 
     status = cli("status", str(run_dir))
-    assert status.returncode == 0, status.stderr
+    assert status.returncode == 3, status.stderr  # live
     assert status.stdout.count("\n") == 1
     assert f"running  pid {process.pid}" in status.stdout and "preset sample" in status.stdout
 
@@ -146,7 +146,8 @@ def test_pause_resume_and_stop_a_headless_run_from_another_terminal(tmp_path, re
     time.sleep(5.0)
     assert len(batches(run_dir)) == seen, "batches went on while paused"
     assert runs.summarize(run_dir).state == RunState.PAUSED
-    assert "paused" in cli("status", str(run_dir)).stdout
+    paused_status = cli("status", str(run_dir))
+    assert "paused" in paused_status.stdout and paused_status.returncode == 3
 
     resumed = cli("resume", str(run_dir))
     assert resumed.returncode == 0 and "resumed" in resumed.stdout
@@ -160,7 +161,7 @@ def test_pause_resume_and_stop_a_headless_run_from_another_terminal(tmp_path, re
 
     # afterwards: one line each, non-zero, saying why
     status = cli("status", str(run_dir))
-    assert status.returncode == 1 and "  stopped  " in status.stdout
+    assert status.returncode == 4 and "  stopped  " in status.stdout
     again = cli("pause", str(run_dir))
     assert again.returncode != 0
     assert again.stderr.strip() == f"error: no live run in {run_dir} (the run there is stopped)"
@@ -204,7 +205,7 @@ def test_a_run_killed_with_sigkill_is_dead_and_the_next_run_takes_its_lock_over(
     assert summary.last_checkpoint is not None and summary.pid == process.pid
     assert (run_dir / runs.LOCK).exists()  # left behind by the killed process
     line = cli("status", str(run_dir))
-    assert line.returncode == 1 and "  dead  " in line.stdout and "--resume last" in line.stdout
+    assert line.returncode == 5 and "  dead  " in line.stdout and "--resume last" in line.stdout
     refused = cli("stop", str(run_dir))
     assert refused.returncode != 0 and "dead" in refused.stderr
 
@@ -394,7 +395,7 @@ def test_pause_resume_and_stop_reach_both_ranks_of_a_torchrun_job(tmp_path, reap
                   if p.environ().get("RANK") == "1")
 
     status = cli("status", str(run_dir))
-    assert status.returncode == 0 and "running" in status.stdout
+    assert status.returncode == 3 and "running" in status.stdout
     assert "2 processes" in status.stdout
     lock = json.loads((run_dir / runs.LOCK).read_text())
     assert lock["processes"] == 2 and lock["pid"] != rank_1.pid  # rank 0 holds it
