@@ -70,7 +70,6 @@ class DashboardScreen(StartActions, Screen):
                  runs_dir: Path = Path("saved"), clock: Callable[[], float] = time.time,
                  probe: Any = None, probe_seconds: float = 2.0, refresh_hz: float = 4.0) -> None:
         super().__init__()
-        self.preset = preset  # the preset chosen when the screen opens
         self.overrides = overrides  # the app's --set items, for every start from here
         self.start_at_once = start
         self.attach = attach  # followed from the start
@@ -81,6 +80,8 @@ class DashboardScreen(StartActions, Screen):
         self.probe_seconds = probe_seconds
         self.refresh_hz = refresh_hz
         self.state = RunState(clock=clock)
+        # made here, not in compose: the footer asks check_action (which reads it) early
+        self.controls = ControlBar(preset=preset, id="controls")
         self.inbox = EventInbox(lambda: self.post_message(EventsWaiting()), clock=clock)
         self.follower: RunFollower | None = None  # the run directory this screen is a client of
         self._quit_when_done = False
@@ -96,7 +97,7 @@ class DashboardScreen(StartActions, Screen):
     def compose(self) -> ComposeResult:
         with Vertical(id="dashboard"):
             yield StatusBar(id="status")
-            yield ControlBar(preset=self.preset, id="controls")
+            yield self.controls
             yield Tabs(*(Tab(f"{i} {page.capitalize()}", id=page)
                          for i, page in enumerate(PAGES, start=1)), id="pages")
             with Container(id="main", classes="-page-run"):
@@ -113,7 +114,6 @@ class DashboardScreen(StartActions, Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.controls = self.query_one(ControlBar)
         self.query_one("#pages", Tabs).can_focus = False  # the keys 1-4 choose pages
         self.panels: list[StateView] = [w for w in self.query("*") if isinstance(w, StateView)]
         self.fit_to(self.app.size.width, self.app.size.height)
