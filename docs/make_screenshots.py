@@ -56,7 +56,7 @@ async def take(out: Path, epoch: int) -> list[Path]:
             await pilot.resize_terminal(*size)
             await pilot.press(page)
             await pilot.pause(0.3)
-            app.refresh_panels(force=True)
+            app.dashboard.refresh_panels(force=True)
             await pilot.pause(0.3)
             saved.append(Path(app.save_screenshot(name, path=str(out))))
         await pilot.press("x", "y")

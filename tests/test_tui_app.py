@@ -28,10 +28,10 @@ from engine.events import (
 from engine.memory import MemoryReading
 from tui.app import TransformerApp
 from tui.messages import EventsWaiting
-from tui.widgets.dialogs import ConfirmScreen
+from tui.screens.dialogs import ConfirmScreen
+from tui.screens.runs import RunsScreen
 from tui.widgets.log import LogPanel
 from tui.widgets.memory import MemoryPanel
-from tui.widgets.runs import RunsScreen
 from tui.widgets.status import StatusBar
 from tui.widgets.tokenizer import TokenizerPanel
 
@@ -84,7 +84,7 @@ async def test_attach_to_a_finished_run_shows_its_loss_curve_and_checkpoints(tmp
     app = TransformerApp(attach=run_dir)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: app.state.status == "finished")
-        app.refresh_panels(force=True)
+        app.dashboard.refresh_panels(force=True)
         await pilot.pause()
         assert "FINISHED" in text_of(app, StatusBar)
         assert str(run_dir) in text_of(app, "#attach-label")
@@ -108,7 +108,7 @@ async def test_attach_to_a_finished_run_shows_its_loss_curve_and_checkpoints(tmp
         # a finished run: nothing to start here (l lists the runs), pause or stop
         assert not app.query_one("#start").display
         await pilot.press("s")
-        assert app.state.status == "finished" and app.followed == run_dir
+        assert app.state.status == "finished" and app.dashboard.followed == run_dir
 
 
 @scenario
@@ -146,7 +146,7 @@ async def test_a_bad_preset_path_shows_the_error_instead_of_crashing(tmp_path):
         assert app.state.status == "failed"
         status = text_of(app, StatusBar)
         assert "FAILED" in status and "no-such-preset.toml: preset file not found" in status
-        assert app.followed is None and app.is_running
+        assert app.dashboard.followed is None and app.is_running
         # the user fixes it: the TOML file choice holds the path, Start is enabled again
         assert not app.query_one("#start").disabled
 
@@ -196,7 +196,7 @@ async def test_without_nvidia_the_memory_panel_says_so_and_shows_process_and_sys
     app = TransformerApp(probe=FixedProbe(), probe_seconds=0.05)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: app.state.reading is not None)
-        app.refresh_panels(force=True)
+        app.dashboard.refresh_panels(force=True)
         text = text_of(app, MemoryPanel)
         assert "GPU    n/a: no NVIDIA driver found" in text
         assert "RSS    500.0 MiB" in text and "4.0/16.0 GiB" in text
@@ -212,7 +212,7 @@ async def test_every_nvml_value_may_be_missing_and_shows_as_n_a():
             {"name": "NVIDIA H100 80GB HBM3", "used": 12 * 2**30, "total": 80 * 2**30, "util": 87},
             {"name": None, "used": None, "total": None, "util": None}]))
         app.state.max_tokens = 4096
-        app.refresh_panels(force=True)
+        app.dashboard.refresh_panels(force=True)
         text = text_of(app, MemoryPanel)
         assert "12.0/80.0 GiB util 87%" in text
         assert "n/a/n/a util n/a" in text
@@ -234,7 +234,7 @@ async def test_the_memory_panel_shows_what_tuning_max_tokens_needs():
                 max_tokens=6144, budget=int(1.5 * gib), recent_peak=int(peak * gib),
                 largest_batch_peak=int(peak * gib), largest_batch=[652, 13, 13],
                 headroom=int((1.5 - peak) * gib), oom_skipped=2, fit_max_tokens=5888), None)
-        app.refresh_panels(force=True)
+        app.dashboard.refresh_panels(force=True)
         text = text_of(app, MemoryPanel)
         assert "max_tokens 6,144" in text and "fit: 5,888" in text
         assert "Largest batch (652x13/13) peak 1.4 GiB" in text
@@ -253,7 +253,7 @@ async def test_with_no_color_the_state_still_reads_in_words(tmp_path, monkeypatc
     app = TransformerApp(attach=run_dir)
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: app.state.status == "finished")
-        app.refresh_panels(force=True)
+        app.dashboard.refresh_panels(force=True)
         await pilot.pause()
         assert app.no_color
         screen = app.export_screenshot()
@@ -277,7 +277,7 @@ async def test_an_earlier_runs_checkpoints_are_offered_for_resume(tmp_path):
         await pilot.press("n")  # these files are not real checkpoints: do not start
         await pilot.pause()
         assert not isinstance(app.screen, ConfirmScreen)
-        assert app.state.status == "idle" and app.followed is None
+        assert app.state.status == "idle" and app.dashboard.followed is None
 
 
 @scenario
@@ -306,9 +306,9 @@ async def test_a_flood_of_events_from_a_thread_is_applied_whole_but_redrawn_at_a
         started = time.monotonic()
 
         def engine():  # the engine's thread: emit as fast as Python can
-            app.inbox.put(RunStarted(run_dir="saved/flood", preset="flood", stages=["tokenizer"]))
+            app.dashboard.inbox.put(RunStarted(run_dir="saved/flood", preset="flood", stages=["tokenizer"]))
             for merges in range(1, n + 1):
-                app.inbox.put(MergeProgress(merges=merges, target_merges=n, vocab_size=merges,
+                app.dashboard.inbox.put(MergeProgress(merges=merges, target_merges=n, vocab_size=merges,
                                             target_vocab=n + 100, per_second=1e4, eta=0.0,
                                             elapsed=merges / 1e4))
 
@@ -358,7 +358,7 @@ async def test_r_resumes_from_the_selected_checkpoint_after_asking(tmp_path):
         assert f"Resume from {table.get_row_at(1)[0]}?" in question and "step 120" in question
         await pilot.press("n")  # these files are not real checkpoints: do not start
         await pilot.pause()
-        assert app.state.status == "idle" and app.followed is None
+        assert app.state.status == "idle" and app.dashboard.followed is None
 
 
 @scenario
@@ -369,7 +369,7 @@ async def test_at_80x24_the_status_is_one_row_and_the_log_written_while_hidden_i
     app = TransformerApp(attach=run_dir)
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: app.state.status == "finished")
-        app.refresh_panels(force=True)
+        app.dashboard.refresh_panels(force=True)
         await pilot.pause()
         status = app.query_one(StatusBar)
         assert status.size.height == 1 and "1m13s" in text_of(app, StatusBar)  # elapsed first
@@ -392,22 +392,22 @@ def progress(step: int, **changes) -> BatchProgress:
 async def test_paused_shows_in_speed_and_eta_and_a_stop_names_the_checkpoint_holding_its_state():
     app = TransformerApp(probe=FixedProbe())
     async with app.run_test(size=(120, 40)) as pilot:
-        app.inbox.put(RunStarted(run_dir="saved/x", preset="x", stages=["train"]))
-        app.inbox.put(progress(10))
+        app.dashboard.inbox.put(RunStarted(run_dir="saved/x", preset="x", stages=["train"]))
+        app.dashboard.inbox.put(progress(10))
         await until(pilot, lambda: "tok/s" in text_of(app, "#training"))
-        app.inbox.put(RunPaused(stage="train"))  # no batch follows: the pause alone redraws
+        app.dashboard.inbox.put(RunPaused(stage="train"))  # no batch follows: the pause alone redraws
         await until(pilot, lambda: "paused" in text_of(app, "#training"), 5)
         training = text_of(app, "#training")
         assert "Speed  paused" in training and "ETA    paused" in training
         assert "2,500 tok/s" not in training  # the last numbers would read as the present
-        app.inbox.put(RunResumed(stage="train", paused_seconds=3.0))
-        app.inbox.put(progress(11))
-        app.inbox.put(CheckpointSaved(path="saved/x/checkpoint_last.pt", name="checkpoint_last.pt",
+        app.dashboard.inbox.put(RunResumed(stage="train", paused_seconds=3.0))
+        app.dashboard.inbox.put(progress(11))
+        app.dashboard.inbox.put(CheckpointSaved(path="saved/x/checkpoint_last.pt", name="checkpoint_last.pt",
                                       epoch=1, step=11, val_loss=None, bleu=None,
                                       size_bytes=1000, saved_at=1.0))
-        app.inbox.put(RunFinished(status="stopped", seconds=20.0))
+        app.dashboard.inbox.put(RunFinished(status="stopped", seconds=20.0))
         await until(pilot, lambda: app.state.status == "stopped")
-        app.refresh_panels(force=True)
+        app.dashboard.refresh_panels(force=True)
         await pilot.pause()
         assert "state saved in checkpoint_last.pt (step 11)" in text_of(app, StatusBar)
         assert "Saved  checkpoint_last.pt step 11" in text_of(app, "#training")
@@ -432,7 +432,7 @@ async def test_attached_mid_run_the_loss_page_shows_the_whole_run_and_the_number
         xs, _ = app.state.train_curve.points()
         assert xs[0] == 1 and xs[-1] == 120  # from the first step, not from attaching
         await pilot.press("2")
-        app.refresh_panels(force=True)
+        app.dashboard.refresh_panels(force=True)
         await pilot.pause()
         assert "LR" in text_of(app, "#history-lr .history-label")
         assert "3,100" in text_of(app, "#history-tokens_per_second .history-label")
@@ -456,11 +456,11 @@ async def test_ctrl_s_saves_a_screenshot_into_the_run_directory(tmp_path):
 async def test_merges_per_second_is_never_0_for_a_phase_that_did_merges():
     app = TransformerApp(probe=FixedProbe())
     async with app.run_test(size=(120, 40)) as pilot:
-        app.inbox.put(RunStarted(run_dir="saved/x", preset="x", stages=["tokenizer"]))
-        app.inbox.put(MergeProgress(merges=900, target_merges=900, vocab_size=1000,
+        app.dashboard.inbox.put(RunStarted(run_dir="saved/x", preset="x", stages=["tokenizer"]))
+        app.dashboard.inbox.put(MergeProgress(merges=900, target_merges=900, vocab_size=1000,
                                     target_vocab=1000, per_second=0.0, eta=0.0, elapsed=2.0))
         await until(pilot, lambda: app.state.merges is not None)
-        app.refresh_panels(force=True)
+        app.dashboard.refresh_panels(force=True)
         await pilot.pause()
         assert "450 merges/s" in text_of(app, "#tokenizer-text")
 
@@ -485,7 +485,7 @@ async def test_with_no_arguments_the_app_lists_the_runs_and_enter_attaches(tmp_p
         table.move_cursor(row=list(rows).index("killed"))
         await pilot.press("enter")
         await until(pilot, lambda: app.state.status == "dead")
-        assert app.followed == dead
+        assert app.dashboard.followed == dead
         status = text_of(app, StatusBar)
         assert "DEAD" in status and "last checkpoint checkpoint_last.pt" in status
 
@@ -494,7 +494,7 @@ async def test_with_no_arguments_the_app_lists_the_runs_and_enter_attaches(tmp_p
         await pilot.press("n")
         await until(pilot, lambda: not isinstance(app.screen, RunsScreen))
         assert app.query_one("#start").display and app.focused is app.query_one("#preset")
-        assert app.followed is None and app.state.status == "idle"
+        assert app.dashboard.followed is None and app.state.status == "idle"
 
 
 @scenario
@@ -504,31 +504,60 @@ async def test_the_prep_stages_progress_shows_while_they_run_then_gives_way_to_t
     app = TransformerApp(probe=FixedProbe())
     stages = ["data", "tokenizer", "encode"]
     async with app.run_test(size=(120, 40)) as pilot:
-        app.inbox.put(RunStarted(run_dir="saved/x", preset="full", stages=stages))
-        app.inbox.put(StageStarted(stage="data", index=1, total=3))
-        app.inbox.put(DownloadProgress(what="Downloading data", done=300 * 2**20,
+        app.dashboard.inbox.put(RunStarted(run_dir="saved/x", preset="full", stages=stages))
+        app.dashboard.inbox.put(StageStarted(stage="data", index=1, total=3))
+        app.dashboard.inbox.put(DownloadProgress(what="Downloading data", done=300 * 2**20,
                                        total=600 * 2**20, unit="B", per_second=10 * 2**20,
                                        eta=30.0, elapsed=30.0))
         await until(pilot, lambda: app.state.prep is not None)
-        app.refresh_panels(force=True)
+        app.dashboard.refresh_panels(force=True)
         await pilot.pause()
         shown = text_of(app, "#tokenizer-text")
         assert "Fetch" in shown and "50.0%" in shown and "300.0 MiB/600.0 MiB" in shown
         assert "10.0 MiB/s" in shown and "ETA 30s" in shown
 
-        app.inbox.put(StageStarted(stage="tokenizer", index=2, total=3))
-        app.inbox.put(WordCountProgress(done=10, total=20, per_second=5.0, elapsed=2.0))
+        app.dashboard.inbox.put(StageStarted(stage="tokenizer", index=2, total=3))
+        app.dashboard.inbox.put(WordCountProgress(done=10, total=20, per_second=5.0, elapsed=2.0))
         await until(pilot, lambda: app.state.words is not None)
-        app.refresh_panels(force=True)
+        app.dashboard.refresh_panels(force=True)
         await pilot.pause()
         assert "Fetch" not in text_of(app, "#tokenizer-text")  # the stage it belonged to ended
 
-        app.inbox.put(StageStarted(stage="encode", index=3, total=3))
-        app.inbox.put(EncodeProgress(split="train", done=1_500_000, total=4_500_000,
+        app.dashboard.inbox.put(StageStarted(stage="encode", index=3, total=3))
+        app.dashboard.inbox.put(EncodeProgress(split="train", done=1_500_000, total=4_500_000,
                                      per_second=40_000.0, eta=75.0, elapsed=37.5))
         await until(pilot, lambda: isinstance(app.state.prep, EncodeProgress))
-        app.refresh_panels(force=True)
+        app.dashboard.refresh_panels(force=True)
         await pilot.pause()
         shown = text_of(app, "#tokenizer-text")
         assert "Encode" in shown and "33.3%" in shown and "1.50M/4.50M" in shown
         assert "train  40,000 pairs/s  ETA 1m15s" in shown
+
+
+@scenario
+async def test_the_dashboard_owns_the_workers_that_follow_its_run_and_ends_them_when_it_leaves_it(
+        tmp_path):
+    """Following a run is two thread workers of the dashboard screen (events and process);
+    another run, or none, ends them: no worker goes on reading a run that is not shown."""
+    from textual.worker import WorkerState
+
+    saved = tmp_path / "saved"
+    for name in ("a", "b"):
+        write_finished_run(saved / name, recorded_dir=f"saved/{name}")
+    app = TransformerApp(attach=saved / "a", runs_dir=saved)
+
+    def following() -> list[str]:
+        return sorted(w.name for w in app.workers if w.node is app.dashboard
+                      and w.group in ("events", "process") and w.state == WorkerState.RUNNING)
+
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.state.status == "finished")
+        assert following() == [f"events of {saved / 'a'}", f"process of {saved / 'a'}"]
+        app.dashboard.attach_to(saved / "b")
+        await until(pilot, lambda: following() == [f"events of {saved / 'b'}",
+                                                   f"process of {saved / 'b'}"], 5)
+        await until(pilot, lambda: app.state.status == "finished")
+        assert app.state.run_dir == "saved/b"  # b's history is shown
+        app.dashboard.choose_new_run()
+        await until(pilot, lambda: following() == [], 5)
+        assert app.state.status == "idle" and app.dashboard.followed is None

@@ -27,8 +27,8 @@ from tui_runs import write_finished_run
 
 from engine import runs
 from tui.app import TransformerApp
-from tui.widgets.dialogs import ChoiceScreen, ConfirmScreen
-from tui.widgets.runs import RunsScreen
+from tui.screens.dialogs import ChoiceScreen, ConfirmScreen
+from tui.screens.runs import RunsScreen
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -146,7 +146,7 @@ async def test_the_terminal_goes_the_run_goes_on_and_a_new_app_finds_and_steers_
             await pilot.press("enter")
             await until(pilot, lambda: app.state.status == "running"
                         and app.state.batch is not None, 60, "the attached run")
-            assert app.followed == long
+            assert app.dashboard.followed == long
 
             # pause: no batch over 5 s; resume: batches again; stop: a checkpoint at that batch
             await pilot.press("p")

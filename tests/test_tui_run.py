@@ -17,7 +17,7 @@ from textual import events
 from textual.widgets import Button, DataTable
 
 from tui.app import TransformerApp
-from tui.widgets.dialogs import ConfirmScreen
+from tui.screens.dialogs import ConfirmScreen
 from tui.widgets.status import StatusBar
 
 # Small enough to run in seconds, big enough that each stage emits progress.
@@ -85,7 +85,7 @@ async def test_start_the_sample_preset_and_let_it_finish(tmp_path):
         # a quiet machine may finish this small run before the first look
         await until(pilot, lambda: app.state.status != "idle", 30, "the start of the run")
         await until(pilot, lambda: not app.state.active, 300, "the end of the run")
-        app.refresh_panels(force=True)
+        app.dashboard.refresh_panels(force=True)
         await pilot.pause()
 
         assert app.state.status == "finished", app.state.reason

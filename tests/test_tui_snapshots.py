@@ -32,7 +32,7 @@ async def loaded(pilot) -> None:
         if app.state.status == "finished":
             break
         await pilot.pause(0.05)
-    app.refresh_panels(force=True)
+    app.dashboard.refresh_panels(force=True)
     await pilot.pause()
 
 
@@ -44,7 +44,7 @@ def loaded_on_page(key: str):
         await loaded(pilot)
         await pilot.press(key)
         await pilot.pause(0.2)
-        pilot.app.refresh_panels(force=True)
+        pilot.app.dashboard.refresh_panels(force=True)
         await pilot.pause(0.2)
 
     return run_before

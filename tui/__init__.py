@@ -1,6 +1,7 @@
-"""transformer-tui's app: a Textual dashboard that runs, shows and steers the engine.
+"""transformer-tui's app: a Textual client of run directories that starts, shows and steers runs.
 
-It imports engine/ and never the other way round. The engine runs in a thread worker and reports
-through events (engine.events); the app turns them into a ``RunState`` (tui.state) and its panels
-(tui.widgets) redraw from that state at a bounded rate.
+It imports engine/ and never the other way round. A run is a process of its own (engine/runs.py);
+the app follows its events.jsonl in thread workers (tui/follow.py), folds the events into a
+``RunState`` (tui.state), and its panels (tui.widgets) redraw from that state at a bounded rate.
+The App (tui/app.py) routes between the screens in tui/screens/.
 """

@@ -1,9 +1,11 @@
-"""EventInbox: the hand-off from the engine's thread to the UI thread.
+"""EventInbox: the hand-off from a worker thread (a RunFollower reading events.jsonl,
+tui/follow.py) to the UI thread.
 
-The engine can emit thousands of events a second (a merge loop). Posting a Textual message per
-event would flood the app's queue, so events wait here and the inbox posts one wake-up message
-per burst: the next message is posted only once the UI has taken what was there. The UI applies
-every event (cheap) and the panels redraw on a timer (bounded).
+Events come by the thousand: a replayed history, a merge loop that reports thousands of times a
+second. Posting a Textual message per event would flood the screen's queue, so events wait here
+and the inbox posts one wake-up message per burst: the next message is posted only once the UI
+has taken what was there. The UI applies every event (cheap) and the panels redraw on a timer
+(bounded).
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ TimedEvent = tuple[float, Event]
 
 class EventInbox:
     def __init__(self, wake: Callable[[], None], clock: Callable[[], float] = time.time) -> None:
-        self._wake = wake  # posts a message to the app; called from any thread
+        self._wake = wake  # posts a message to the screen; called from any thread
         self._clock = clock
         self._lock = threading.Lock()
         self._events: list[TimedEvent] = []
         self._wake_pending = False
 
     def put(self, event: Event, at: float | None = None) -> None:
-        """From any thread: the engine's ``emit``."""
+        """From any thread (an ``emit``: one event, stamped now)."""
         self.put_many([(self._clock() if at is None else at, event)])
 
     def put_many(self, events: list[TimedEvent]) -> None:

@@ -1,4 +1,5 @@
-"""Messages the worker threads post to the app (``post_message`` is thread-safe)."""
+"""Messages the thread workers post to the screen or widget that owns them (``post_message`` is
+thread-safe)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ from engine.memory import MemoryReading
 
 @dataclass
 class EventsWaiting(Message):
-    """Events are waiting in the app's EventInbox: one message stands for a whole burst."""
+    """Events are waiting in the dashboard's EventInbox: one message stands for a whole burst."""
 
 
 @dataclass
 class ProcessSeen(Message):
     """What the run directory says of the run process (engine.runs.summarize), read off the UI
-    thread: its state ("running", "dead", ...), who holds it, and for a process this app
-    started, whether it still runs and its exit status once it ended."""
+    thread (tui/follow.py): its state ("running", "dead", ...), who holds it, and for a process
+    this app started, whether it still runs and its exit status once it ended."""
 
     run_dir: str
     state: str

@@ -1,5 +1,6 @@
-"""What the app's thread workers share: wait without outliving a cancel (the app cancels its
-workers when it closes; a thread cannot be interrupted, so it looks often)."""
+"""What the app's thread workers share: wait without outliving a cancel (Textual cancels a
+screen's workers when the screen or the app closes; a thread cannot be interrupted, so it looks
+often)."""
 
 from __future__ import annotations
 

@@ -36,14 +36,14 @@ class CheckpointsPanel(StateView, Vertical):
 
     @dataclass
     class ResumeRequested(Message):
-        """Enter on a row: resume from this checkpoint (the app asks first)."""
+        """Enter on a row: resume from this checkpoint (the dashboard asks first)."""
 
         saved: CheckpointSaved
         path: Path
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.run_dir = ""  # the followed run's dir (set by the app): its checkpoints are there
+        self.run_dir = ""  # the followed run's dir (the dashboard sets it): checkpoints are there
         self._saved: dict[str, CheckpointSaved] = {}
 
     def compose(self) -> ComposeResult:

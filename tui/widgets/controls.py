@@ -31,9 +31,9 @@ class ControlBar(Horizontal):
                      allow_blank=False, type_to_search=False, compact=True, id="preset")
         yield Input("" if is_name else self.initial_preset, placeholder="path/to/preset.toml",
                     compact=True, id="preset-path")
-        yield Button("Start", id="start", action="app.start", compact=True, variant="primary")
-        yield Button("Pause", id="pause", action="app.toggle_pause", compact=True, disabled=True)
-        yield Button("Stop", id="stop", action="app.stop", compact=True, variant="error",
+        yield Button("Start", id="start", action="screen.start", compact=True, variant="primary")
+        yield Button("Pause", id="pause", action="screen.toggle_pause", compact=True, disabled=True)
+        yield Button("Stop", id="stop", action="screen.stop", compact=True, variant="error",
                      disabled=True)
         yield Button("Quit", id="quit", action="app.quit", compact=True)
 

@@ -1,6 +1,8 @@
-"""GPU memory panel: NVML used/total and utilisation per device, this process's torch
-allocated / reserved / peak, and max_tokens beside them, so that a user tuning max_tokens sees
-the peak move. Without an NVIDIA driver it says so and shows process RSS and system memory."""
+"""GPU memory panel: NVML used/total and utilisation per device, the run's torch allocated /
+reserved / peak, and max_tokens beside them, so that a user tuning max_tokens sees the peak move.
+The run's numbers come with its MemorySample events; unless the app was opened with --attach, it
+also reads NVML and system memory itself (a probe in a thread worker of this panel). Without an
+NVIDIA driver it says so and shows process RSS and system memory."""
 
 from __future__ import annotations
 

@@ -14,10 +14,10 @@ from tui.state import RunState
 class StateView:
     """Mixin for a widget that shows ``parts`` of a RunState.
 
-    ``update_from`` is called by the app's refresh timer (a few times a second, however many events
-    arrived); it draws only if one of the parts changed (at most every ``min_seconds``), or once a
-    second while a run is active for panels with a live clock (``ticks``). Each draw costs the UI
-    thread, and so the training thread that shares the GIL, a few milliseconds.
+    ``update_from`` is called by the dashboard's refresh timer (a few times a second, however many
+    events arrived); it draws only if one of the parts changed (at most every ``min_seconds``), or
+    once a second while a run is active for panels with a live clock (``ticks``). Each draw costs
+    the UI thread a few milliseconds, during which keys wait.
     """
 
     parts: tuple[str, ...] = ()

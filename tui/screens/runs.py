@@ -40,8 +40,7 @@ class RunsScreen(Screen[Path | str | None]):
         Binding("enter", "attach", "Attach", priority=True),
         Binding("n", "new", "New run"),
         Binding("escape", "back", "Back"),
-        Binding("q", "app.quit", "Quit"),
-    ]
+    ]  # q (quit) is the app's
 
     def __init__(self, root: Path, followed: Path | None = None) -> None:
         super().__init__()
