@@ -85,19 +85,20 @@ class LossPanel(StateView, Vertical):
         summaries = state.summaries
         bleus = [s for s in summaries if s.bleu is not None]
         legend = Text(no_wrap=True, overflow="ellipsis")
+        # a glyph and its space in one segment, text after it in the next: an SVG export then
+        # keeps the space (a segment that starts with one lost it in the README's screenshots)
         if train[1]:
-            # each glyph its own segment: an SVG export then puts the next text at its own cell
-            legend.append("⣿", style=f"bold {TRAIN_COLOR[1]}")
-            legend.append(" train", style="bold")
-            legend.append(f" {number(train[1][-1])} smoothed")
+            legend.append("⣿ ", style=f"bold {TRAIN_COLOR[1]}")
+            legend.append("train", style="bold")
+            legend.append(f" {number(train[1][-1])} smoothed  ")
         if summaries:
             last = summaries[-1]
-            legend.append("  o", style=f"bold {VAL_COLOR[1]}")
-            legend.append(" val", style="bold")
-            legend.append(f" {number(last.val_loss)} (epoch {last.epoch})")
+            legend.append("o ", style=f"bold {VAL_COLOR[1]}")
+            legend.append("val", style="bold")
+            legend.append(f" {number(last.val_loss)} (epoch {last.epoch})  ")
         if bleus:
-            legend.append("  +", style=f"bold {BLEU_COLOR[1]}")
-            legend.append(" BLEU", style="bold")
+            legend.append("+ ", style=f"bold {BLEU_COLOR[1]}")
+            legend.append("BLEU", style="bold")
             legend.append(f" {bleus[-1].bleu:.2f} (right)")
         if not train[1] and not summaries:
             legend.append("no training yet: the curve appears with the first batches", style="dim")
