@@ -164,7 +164,9 @@ class RunConfig:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
 
     def to_toml(self) -> str:
-        lines = [f"# resolved configuration of run {self.name!r} (from {self.source})"]
+        lines = [f"# resolved configuration of run {self.name!r} (from {self.source})",
+                 # a run resumed from this file keeps the preset's name (not "config")
+                 f"preset = {_toml_value(self.name)}"]
         for section, values in self.to_dict().items():
             lines.append(f"\n[{section}]")
             lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
@@ -208,7 +210,10 @@ def load_config(preset: str = "sample", overrides: list[str] | tuple[str, ...] =
         raise ConfigError(f"{path}: cannot read preset: {exc}") from None
     for item in overrides:
         _apply_override(raw, item)
-    config = config_from_dict(raw, name=path.stem, source=str(path))
+    name = raw.pop("preset", path.stem)  # a run's config.toml names the preset it came from
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{path}: preset = {name!r}: the preset's name, a non-empty string")
+    config = config_from_dict(raw, name=name, source=str(path))
     _check_files(config)
     return config
 

@@ -185,3 +185,16 @@ def test_config_is_frozen():
     config = config_from_dict({})
     with pytest.raises(Exception):
         config.training.epochs = 3  # type: ignore[misc]
+
+
+def test_a_runs_config_toml_keeps_the_presets_name(tmp_path):
+    """A resume loads the run's config.toml: the run is still "sample" (the app's header said
+    "config -> saved/sample" after a resume)."""
+    written = tmp_path / "config.toml"
+    written.write_text(load_config("sample").to_toml())
+    again = load_config(str(written))
+    assert again.name == "sample" and again.source == str(written)
+    assert again.to_dict() == load_config("sample").to_dict()
+    written.write_text('preset = 3\n')
+    with pytest.raises(ConfigError, match="preset = 3"):
+        load_config(str(written))

@@ -30,6 +30,7 @@ from tui.app import TransformerApp
 from tui.messages import EventsWaiting
 from tui.screens.dialogs import ConfirmScreen
 from tui.screens.runs import RunsScreen
+from tui.widgets.checkpoints import CheckpointsPanel
 from tui.widgets.log import LogPanel
 from tui.widgets.memory import MemoryPanel
 from tui.widgets.status import StatusBar
@@ -92,18 +93,20 @@ async def test_attach_to_a_finished_run_shows_its_loss_curve_and_checkpoints(tmp
         plot = app.query_one("#loss-plot", PlotextPlot)
         assert plot.display
         legend = text_of(app, "#loss-legend")  # above the chart, not over the curve
-        assert "train loss" in legend and "val loss" in legend and "BLEU" in legend
+        assert "train" in legend and "val" in legend and "BLEU" in legend
         chart = str(plot.render())
-        assert "train loss" not in chart
-        x_ticks = chart.rstrip().splitlines()[-2]  # the row above the "step" label
+        assert "train" not in chart
+        x_ticks = chart.rstrip().splitlines()[-1]  # under the plot's frame
         assert x_ticks.split() == ["50", "100"]  # whole steps, at a round spacing
-        assert "val 2.4779 (epoch 4)" in text_of(app, "#loss-summary")
+        assert "val 2.4779 (epoch 4)" in legend
         # the checkpoints: every name saved, the periodic one keep_last removed marked so
         table = app.query_one("#checkpoint-table", DataTable)
         names = [table.get_row_at(i)[0] for i in range(table.row_count)]
-        assert sorted(names) == ["checkpoint_best.pt", "checkpoint_last.pt", "model_epoch_2.pt",
-                                 "model_epoch_4.pt"]
-        assert table.get_row("model_epoch_2.pt")[5] == "removed"
+        # (model_epoch_2.pt, deleted by keep_last, is no row: the hint counts it)
+        assert sorted(names) == ["checkpoint_best.pt", "checkpoint_last.pt", "model_epoch_4.pt"]
+        assert "1 removed by keep_last" in text_of(app, "#checkpoint-hint")
+        # the cursor rests on checkpoint_last.pt: what r resumes from unless the user moves it
+        assert app.dashboard.query_one(CheckpointsPanel).selected().name == "checkpoint_last.pt"
         assert table.get_row("checkpoint_last.pt")[1] == str(EPOCHS)
         # a finished run: nothing to start here (l lists the runs), pause or stop
         assert not app.query_one("#start").display
@@ -237,11 +240,14 @@ async def test_the_memory_panel_shows_what_tuning_max_tokens_needs():
         app.dashboard.refresh_panels(force=True)
         text = text_of(app, MemoryPanel)
         assert "max_tokens 6,144" in text and "fit: 5,888" in text
-        assert "Largest batch (652x13/13) peak 1.4 GiB" in text
+        assert "Max batch (652x13/13) 1.4 GiB" in text
         assert "Headroom 102.4 MiB of 1.5 GiB" in text
         assert "OOM batches skipped 2" in text
         peaks = next(line for line in text.splitlines() if line.startswith("Peaks"))
-        assert len(peaks.split()[1]) == 3  # one mark per sample, rising to the budget
+        # one mark per sample, scaled to the peaks' own range (lowest to highest block), which
+        # the line names: against the whole budget a CPU's peaks looked flat
+        assert peaks.split()[1] == "▁▄█" and peaks.endswith("1.0 GiB-1.4 GiB")
+        assert app.dashboard.query_one(MemoryPanel).border_title == "Memory (CPU: process, system)"
         assert list(app.state.peak_history) == [int(p * gib) for p in (1.0, 1.2, 1.4)]
 
 
@@ -266,7 +272,7 @@ async def test_an_earlier_runs_checkpoints_are_offered_for_resume(tmp_path):
     app = TransformerApp(preset="sample", probe=FixedProbe())
     async with app.run_test(size=(120, 40)) as pilot:
         table = app.query_one("#checkpoint-table", DataTable)
-        await until(pilot, lambda: table.row_count == 4)
+        await until(pilot, lambda: table.row_count == 3)  # model_epoch_2.pt was removed
         assert app.state.status == "idle"
         table.focus()
         table.move_cursor(row=1)
@@ -330,7 +336,7 @@ async def test_each_page_key_focuses_the_pages_main_widget_and_never_a_button(tm
     write_finished_run(tmp_path / "saved" / "sample", recorded_dir="saved/sample")
     app = TransformerApp(preset="sample", probe=FixedProbe())
     async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: app.query_one("#checkpoint-table", DataTable).row_count == 4)
+        await until(pilot, lambda: app.query_one("#checkpoint-table", DataTable).row_count == 3)
         assert app.focused is app.query_one("#preset")  # idle: choose a preset
         for key, focused in (("3", "checkpoint-table"), ("4", "log"), ("2", None),
                              ("1", "preset")):
@@ -348,16 +354,27 @@ async def test_r_resumes_from_the_selected_checkpoint_after_asking(tmp_path):
     app = TransformerApp(preset="sample", probe=FixedProbe())
     async with app.run_test(size=(80, 24)) as pilot:
         table = app.query_one("#checkpoint-table", DataTable)
-        await until(pilot, lambda: table.row_count == 4)
-        # ordered by step: the epoch-2 checkpoint first, then the three of epoch 4
-        assert [table.get_row_at(i)[2] for i in range(4)] == ["60", "120", "120", "120"]
-        await pilot.press("3", "down", "r")
+        await until(pilot, lambda: table.row_count == 3)
+        # ordered by step (the epoch-2 checkpoint, deleted by keep_last, is no row); r without
+        # moving the cursor: checkpoint_last.pt, what a resume nearly always wants
+        assert [table.get_row_at(i)[2] for i in range(3)] == ["120", "120", "120"]
+        await pilot.press("3", "r")
         await pilot.pause()
         assert isinstance(app.screen, ConfirmScreen)
         question = str(app.screen.query_one("#question").render())
-        assert f"Resume from {table.get_row_at(1)[0]}?" in question and "step 120" in question
+        assert "Resume from checkpoint_last.pt?" in question and "step 120" in question
         await pilot.press("n")  # these files are not real checkpoints: do not start
         await pilot.pause()
+        # a row the user moves to is the one r takes, and stays chosen across redraws
+        await pilot.press("up", "r")
+        await pilot.pause()
+        chosen = table.get_row_at(table.cursor_row)[0]
+        assert chosen != "checkpoint_last.pt"
+        assert f"Resume from {chosen}?" in str(app.screen.query_one("#question").render())
+        await pilot.press("n")
+        app.dashboard.refresh_panels(force=True)
+        await pilot.pause()
+        assert table.get_row_at(table.cursor_row)[0] == chosen
         assert app.state.status == "idle" and app.dashboard.followed is None
 
 

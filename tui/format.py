@@ -98,12 +98,18 @@ def number(value: float | None, digits: int = 4) -> str:
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
 
 
-def spark(values: list[float], width: int, top: float | None = None) -> str:
-    """A one-line sparkline of the last ``width`` values, scaled to ``top`` (default: their
-    maximum), for a panel that has no room for a Sparkline widget beside its text."""
+def spark(values: list[float], width: int, top: float | None = None,
+          bottom: float = 0.0) -> str:
+    """A one-line sparkline of the last ``width`` values, scaled from ``bottom`` to ``top``
+    (default: their maximum), for a panel that has no room for a Sparkline widget beside its
+    text. Values all equal to ``bottom`` draw as the lowest block."""
     values = list(values)[-width:] if width > 0 else []
     top = top or max(values, default=0)
     if not values or top <= 0:
         return ""
     last = len(SPARK_BLOCKS) - 1
-    return "".join(SPARK_BLOCKS[min(max(round(v / top * last), 0), last)] for v in values)
+    span = top - bottom
+    if span <= 0:
+        return SPARK_BLOCKS[0] * len(values)
+    return "".join(SPARK_BLOCKS[min(max(round((v - bottom) / span * last), 0), last)]
+                   for v in values)

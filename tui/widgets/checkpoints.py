@@ -1,4 +1,7 @@
-"""Checkpoints table: the run's checkpoints as they are saved; Enter on one offers to resume."""
+"""Checkpoints table: the run's checkpoints as they are saved; Enter on one offers to resume.
+
+The cursor rests on checkpoint_last.pt (what a resume nearly always wants) until the user moves
+it. Checkpoints that training.keep_last has since deleted are not rows: the hint counts them."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from tui.tail import EventTail
 from tui.widgets.panel import StateView, show_text
 
 COLUMNS = ("name", "epoch", "step", "val loss", "BLEU", "size", "saved at")
+DEFAULT_ROW = "checkpoint_last.pt"  # engine.checkpoint.LAST (not imported: that pulls in torch)
 
 
 def checkpoint_file(saved: CheckpointSaved, run_dir: str) -> Path:
@@ -45,6 +49,8 @@ class CheckpointsPanel(StateView, Vertical):
         super().__init__(**kwargs)
         self.run_dir = ""  # the followed run's dir (the dashboard sets it): checkpoints are there
         self._saved: dict[str, CheckpointSaved] = {}
+        self.removed: list[str] = []  # saved by the run, deleted since (training.keep_last)
+        self._cursor_chosen = False  # the user moved the cursor: leave it where they put it
 
     def compose(self) -> ComposeResult:
         table = DataTable(id="checkpoint-table", cursor_type="row", zebra_stripes=True)
@@ -62,24 +68,36 @@ class CheckpointsPanel(StateView, Vertical):
         for name in [name for name in self._saved if name not in state.checkpoints]:
             table.remove_row(name)  # another run dir was chosen
             del self._saved[name]
+            self._cursor_chosen = False
         moved = False
+        removed = []
         for name, saved in sorted(state.checkpoints.items(), key=lambda item: item[1].step):
+            if not checkpoint_file(saved, run_dir).is_file():
+                removed.append(name)
+                if name in self._saved:
+                    table.remove_row(name)
+                    del self._saved[name]
+                continue
             moved = moved or name not in self._saved or self._saved[name].step != saved.step
-            present = checkpoint_file(saved, run_dir).is_file()
             row = (name, str(saved.epoch), f"{saved.step:,}", number(saved.val_loss),
                    "—" if saved.bleu is None else f"{saved.bleu:.2f}",
-                   size(saved.size_bytes) if present else "removed", clock_time(saved.saved_at))
+                   size(saved.size_bytes), clock_time(saved.saved_at))
             if name in self._saved:
                 for column, value in zip(COLUMNS, row):
                     table.update_cell(name, column, value)
             else:
                 table.add_row(*row, key=name)
             self._saved[name] = saved
+        self.removed = removed
         if moved:
             self._order_by_step(table)
-        hint = self.query_one("#checkpoint-hint", Static)
-        show_text(hint, Text("r or Enter on a row: resume from it" if self._saved else
-                             "none yet: saved at the end of epochs and on stop"))
+        if not self._cursor_chosen and DEFAULT_ROW in self._saved:
+            table.move_cursor(row=table.get_row_index(DEFAULT_ROW), animate=False)
+        hint = "r or Enter on a row: resume from it" if self._saved else (
+            "none yet: saved at the end of epochs and on stop")
+        if removed:
+            hint += f"  ({len(removed)} removed by keep_last)"
+        show_text(self.query_one("#checkpoint-hint", Static), Text(hint))
 
     def _order_by_step(self, table: DataTable) -> None:
         """Rows by step, then name; the selected row stays selected."""
@@ -113,6 +131,10 @@ class CheckpointsPanel(StateView, Vertical):
                 return
             saved.extend(event for _, event in events if isinstance(event, CheckpointSaved))
         self.post_message(EarlierCheckpoints(str(run_dir), saved))
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.has_focus:  # a key or click of the user's, not a redraw's
+            self._cursor_chosen = True
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()

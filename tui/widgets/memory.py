@@ -1,8 +1,9 @@
-"""GPU memory panel: NVML used/total and utilisation per device, the run's torch allocated /
+"""Memory panel: NVML used/total and utilisation per device, the run's torch allocated /
 reserved / peak, and max_tokens beside them, so that a user tuning max_tokens sees the peak move.
 The run's numbers come with its MemorySample events; unless the app was opened with --attach, it
 also reads NVML and system memory itself (a probe in a thread worker of this panel). Without an
-NVIDIA driver it says so and shows process RSS and system memory."""
+NVIDIA GPU it is titled for what it shows: the run's RSS and the system's memory, and the
+per-batch peaks scaled to their own range."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ class MemoryPanel(StateView, Static):
         self.probe_seconds = probe_seconds
 
     def on_mount(self) -> None:
-        self.border_title = "GPU memory"
+        self.border_title = "Memory"  # "GPU memory" once a GPU is seen (draw)
         if not self.attached:  # attached, the run's own MemorySample events say it
             self.read_memory()
 
@@ -58,6 +59,9 @@ class MemoryPanel(StateView, Static):
         # NVML devices: this app's probe when it has them, else what the engine sampled
         devices = (reading.devices if reading and reading.devices else None) or \
                   (sample.devices if sample else [])
+        # titled for what it measures: the GPUs, or on a machine without one the process and
+        # the system's memory
+        self.border_title = "GPU memory" if devices else "Memory (CPU: process, system)"
         if devices:
             names = {device.get("name") or "n/a" for device in devices}
             if len(names) == 1:
@@ -79,7 +83,8 @@ class MemoryPanel(StateView, Static):
         reserved = _first(sample, reading, "torch_reserved")
         peak = _first(sample, reading, "torch_peak")
         if devices or allocated is not None:
-            text.append(f"torch  alloc {size(allocated)}  peak {size(peak)}\n"
+            # short enough for half of 80 columns (the compact run page): nothing cut
+            text.append(f"torch  {size(allocated)}, peak {size(peak)}\n"
                         f"       reserved {size(reserved)}\n")
         # the run is its own process: its RSS comes with its samples; this app's is a stand-in
         rss = _first(sample, reading, "process_rss")
@@ -91,7 +96,6 @@ class MemoryPanel(StateView, Static):
             text.append(bar_line("System ", used / total, size_pair(used, total), width) + "\n")
         if state.max_tokens is not None:
             text.append(f"max_tokens {count(state.max_tokens)}", style="bold")
-            text.append("  tokens/batch")
             if sample is not None and sample.fit_max_tokens:
                 text.append(f"  fit: {count(sample.fit_max_tokens)}")
             text.append("\n")
@@ -107,16 +111,18 @@ def _tuning_lines(text: Text, sample: Any, peaks: list[int], width: int) -> None
     if sample.largest_batch_peak is not None:
         shape = sample.largest_batch
         where = f" ({shape[0]}x{shape[1]}/{shape[2]})" if len(shape) == 3 else ""
-        text.append(f"Largest batch{where} peak {size(sample.largest_batch_peak)}\n")
+        text.append(f"Max batch{where} {size(sample.largest_batch_peak)}\n")
     if sample.headroom is not None and sample.budget:
         text.append(f"Headroom {size(sample.headroom)} of {size(sample.budget)}",
                     style="bold red" if sample.headroom < 0 else "")
         text.append("\n")
     if sample.oom_skipped:
         text.append(f"OOM batches skipped {sample.oom_skipped}\n", style="bold red")
-    line = spark(peaks, max(width - 7, 0), top=max(peaks + [sample.budget or 0]))
-    if line:
-        text.append(f"Peaks  {line}\n")
+    if peaks:  # scaled to their own range: against the whole budget a CPU's peaks look flat
+        low, high = min(peaks), max(peaks)
+        span = f" {size(low)}-{size(high)}" if high > low else f" {size(high)}"
+        line = spark(peaks, max(width - 7 - len(span), 0), top=high, bottom=low)
+        text.append(f"Peaks  {line}{span}\n")
 
 
 def _device_line(text: Text, index: int, device: dict[str, Any], with_name: bool,
