@@ -274,15 +274,18 @@ STOP_GRACE_SECONDS = 10.0  # after a stop signal, a GPU wait this long means a d
 _GO, _PAUSE, _STOP = 0, 1, 2
 
 
-def agree_control(control, patient: bool = False) -> bool:
+def agree_control(control, patient: bool = False, on_pause=None) -> bool:
     """At a safe point (an update or stage boundary): block while paused, True when the run must
     stop. In a torchrun job every rank calls it at the same point and they act together: rank 0
     holds the control channel (engine/runs.py), a stop on any rank (its own SIGTERM or Ctrl-C)
     stops all, and a pause holds every rank here, agreeing again every CONTROL_POLL_SECONDS so
     that no collective waits for the length of the pause. ``patient``: at a stage boundary,
-    where a rank may arrive long after rank 0 (the long timeout's group).
+    where a rank may arrive long after rank 0 (the long timeout's group). ``on_pause``: called
+    once, on every rank together, when a pause is agreed and before it blocks.
     """
     if _job is None:
+        if control.paused and on_pause is not None:
+            on_pause()
         return control.checkpoint()
     import time
 
@@ -304,6 +307,9 @@ def agree_control(control, patient: bool = False) -> bool:
         if not control.paused:
             control.pause()
             mirrored = True
+        if on_pause is not None:
+            on_pause()
+            on_pause = None
         time.sleep(CONTROL_POLL_SECONDS)
 
 

@@ -96,6 +96,8 @@ class StageView:
     started_at: float | None = None
     seconds: float | None = None  # when ended
     info: dict[str, Any] = field(default_factory=dict)
+    paused_at: float | None = None  # while the run is paused in this stage: its clock stands
+    paused_seconds: float = 0.0  # paused in this stage before
 
 
 class DashboardState:
@@ -267,11 +269,13 @@ class DashboardState:
         return max(0.0, self.clock() - self.started_at)
 
     def stage_seconds(self, stage: StageView) -> float | None:
+        """The stage's time, its pauses left out (while paused its clock stands)."""
         if stage.seconds is not None:
             return stage.seconds
         if stage.started_at is None:
             return None
-        return max(0.0, self.clock() - stage.started_at)
+        now = stage.paused_at if stage.paused_at is not None else self.clock()
+        return max(0.0, now - stage.started_at - stage.paused_seconds)
 
     def merge_rate(self) -> float | None:
         """Merges per second now; for a phase that ended between two progress reports (the
@@ -351,11 +355,19 @@ class DashboardState:
     def _on_RunPaused(self, e: RunPaused, at: float) -> None:
         if self.status != Status.STOPPING:
             self.set_status(Status(self.run.state.value))
+        stage = self.stages.get(self.current_stage or "")
+        if stage is not None and stage.seconds is None and stage.paused_at is None:
+            stage.paused_at = at
+        self._touch("stages")
         self.note(f"paused ({e.stage or 'between stages'})", at)
 
     def _on_RunResumed(self, e: RunResumed, at: float) -> None:
         if self.status != Status.STOPPING:
             self.set_status(Status(self.run.state.value))
+        for stage in self.stages.values():
+            if stage.paused_at is not None:
+                stage.paused_seconds += max(0.0, at - stage.paused_at)
+                stage.paused_at = None
         self._touch("stages")
         self.note(f"resumed after {duration(e.paused_seconds)} paused in all", at)
 
@@ -381,7 +393,10 @@ class DashboardState:
         stage = self.stages.get(self.current_stage)
         if stage is not None and stage.status == "running":
             stage.status = status
-            stage.seconds = max(0.0, at - (stage.started_at or at))
+            if stage.paused_at is not None:  # stopped while paused: the pause ends here
+                stage.paused_seconds += max(0.0, at - stage.paused_at)
+                stage.paused_at = None
+            stage.seconds = max(0.0, at - (stage.started_at or at) - stage.paused_seconds)
             self._touch("stages")
 
     def _on_DataProgress(self, e: DataProgress | EncodeProgress, at: float) -> None:

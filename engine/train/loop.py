@@ -64,6 +64,7 @@ class TrainLoop:
         self.guard = DivergenceGuard(config, state, self.run_dir, emit)
         self.corpus, self.tokenizers = corpus, tokenizers
         self.ended = ""  # why training ended early: "patience"
+        self.unreported: tuple | None = None  # report()'s arguments for the last update, if due
 
     def total_seconds(self) -> float:
         return self.seconds_before + self.session.seconds()
@@ -137,6 +138,7 @@ class TrainLoop:
         self.epoch_loss.start()
         clock = ActiveClock(self.control)
         done_here, last_progress = 0, 0.0
+        self.unreported = None
         group = UpdateGroup()
         pending = None  # a timed save's snapshot, written once its update group vouches for it
         positions = range(p.batch_in_epoch, n)
@@ -144,8 +146,12 @@ class TrainLoop:
             for position, batch in zip(positions, batches):
                 # blocks while paused; in a torchrun job every rank pauses, resumes and stops
                 # here together (host numbers over the gloo control group: no wait for the GPU)
+                # before a pause or stop takes effect, the last update is reported: the screen
+                # then shows the step the run is at (it showed 12 where the run had reached 14)
                 boundary = position % training.update_freq == 0
-                if boundary and distributed.agree_control(self.control):
+                if boundary and distributed.agree_control(self.control,
+                                                          on_pause=self.report_unreported):
+                    self.report_unreported()
                     self.stop()
                 # mid-epoch checkpoint_last.pt, so that a kill loses at most save_every_minutes
                 if boundary and self.checkpoints.save_due():
@@ -183,9 +189,10 @@ class TrainLoop:
                 if math.isfinite(nll):
                     group.loss = nll
                     self.epoch_loss.add(nll, group.tokens)
+                self.unreported = (epoch, position, n, group, clock, done_here)
                 if report:
                     last_progress = now
-                    self.report(epoch, position, n, group, clock, done_here)
+                    self.report_unreported()
                 group = UpdateGroup()
                 self.memory.maybe_sample()
                 if self.checkpoints.update_checkpoint_due(self.updates_done()):
@@ -195,6 +202,12 @@ class TrainLoop:
                     return position == n - 1
         self.epoch_loss.sums()
         return True
+
+    def report_unreported(self) -> None:
+        """Report the last update unless it was (every rank calls it together)."""
+        if self.unreported is not None:
+            self.report(*self.unreported)
+            self.unreported = None
 
     def report(self, epoch: int, position: int, n: int, group: UpdateGroup,
                clock: ActiveClock, done_here: int) -> None:

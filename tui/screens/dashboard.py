@@ -60,6 +60,8 @@ class DashboardScreen(StartActions, Screen):
         Binding("x", "stop", "Stop"),
         Binding("r", "resume_checkpoint", "Resume from checkpoint", show=False),
         Binding("l", "app.runs", "Runs"),
+        Binding("w", "loss_window", "Window"),  # the loss chart: whole run / recent steps
+        Binding("y", "loss_log", "Log y"),
         Binding("ctrl+s", "screenshot", "Screenshot", show=False),
         *(Binding(str(i), f"page('{page}')", page.capitalize(), show=False)
           for i, page in enumerate(PAGES, start=1)),
@@ -139,6 +141,7 @@ class DashboardScreen(StartActions, Screen):
         dashboard = self.query_one("#dashboard")
         dashboard.set_class(too_small, "-too-small")
         dashboard.set_class(compact and not too_small, "-compact")
+        self.refresh_bindings()  # the loss chart's keys show where the chart does
         self.query_one("#too-small", Static).update(
             f"Terminal too small: {width}x{height}.\n"
             f"transformer-tui needs at least {MIN_SIZE[0]}x{MIN_SIZE[1]}; "
@@ -159,6 +162,7 @@ class DashboardScreen(StartActions, Screen):
         for name in PAGES:
             main.set_class(name == page, f"-page-{name}")
         self.focus_page(page)
+        self.refresh_bindings()  # the loss chart's keys show on its page
 
     def focus_page(self, page: str | None = None) -> None:
         """Focus the page's main widget: the checkpoint table, the log, or (on the run page,
@@ -275,6 +279,10 @@ class DashboardScreen(StartActions, Screen):
             return True if status in PAUSABLE else None
         if action == "stop":
             return True if status in STOPPABLE else None
+        if action in ("loss_window", "loss_log"):  # shown where the loss chart is
+            return self.query_one(LossPanel).display and (
+                not self.query_one("#dashboard").has_class("-compact")
+                or self.query_one("#main").has_class("-page-loss"))
         return True
 
     def _control(self, command: str) -> bool:
@@ -336,6 +344,16 @@ class DashboardScreen(StartActions, Screen):
             f"The run in {self.followed} is live.\nIt goes on without this app (transformer-tui "
             "lists it again), or stops now and saves checkpoint_last.pt.",
             [("leave", "Leave it running", "l"), ("stop", "Stop it", "s")]), answered)
+
+    def action_loss_window(self) -> None:
+        panel = self.query_one(LossPanel)
+        panel.toggle_window()
+        panel.update_from(self.state, force=True)  # a key's effect shows at once
+
+    def action_loss_log(self) -> None:
+        panel = self.query_one(LossPanel)
+        panel.toggle_log()
+        panel.update_from(self.state, force=True)
 
     def action_screenshot(self) -> None:
         """ctrl+s: the screen as an SVG file in the run directory (else here)."""

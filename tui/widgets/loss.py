@@ -50,7 +50,9 @@ class HistoryRow(Horizontal):
         label, fmt = HISTORY_ROWS[self.history_name]
         show_text(self.query_one(".history-label", Static),
                   Text(f"{label} {fmt(ys[-1])} ", no_wrap=True, overflow="ellipsis"))
-        self.query_one(Sparkline).data = ys
+        # a copy: the curve appends to its own list, and a reactive given the same list object
+        # sees no change (the sparklines froze, after a resume among other times)
+        self.query_one(Sparkline).data = list(ys)
 
 
 class LossPanel(StateView, Vertical):
@@ -74,32 +76,29 @@ class LossPanel(StateView, Vertical):
 
     def toggle_window(self) -> None:
         self.window = "recent" if self.window == "whole" else "whole"
-        self._seen = None  # drawn at the next refresh, not after min_seconds
 
     def toggle_log(self) -> None:
         self.log_scale = not self.log_scale
-        self._seen = None
 
     def draw(self, state: RunState) -> None:
         train = state.train_curve.points()
         summaries = state.summaries
         bleus = [s for s in summaries if s.bleu is not None]
         legend = Text(no_wrap=True, overflow="ellipsis")
-        # a glyph and its space in one segment, text after it in the next: an SVG export then
-        # keeps the space (a segment that starts with one lost it in the README's screenshots)
+        # no segment starts with a space: an SVG export (the README's screenshots) lost it
         if train[1]:
             legend.append("⣿ ", style=f"bold {TRAIN_COLOR[1]}")
-            legend.append("train", style="bold")
-            legend.append(f" {number(train[1][-1])} smoothed  ")
+            legend.append("train ", style="bold")
+            legend.append(f"{number(train[1][-1])} smoothed  ")
         if summaries:
             last = summaries[-1]
             legend.append("o ", style=f"bold {VAL_COLOR[1]}")
-            legend.append("val", style="bold")
-            legend.append(f" {number(last.val_loss)} (epoch {last.epoch})  ")
+            legend.append("val ", style="bold")
+            legend.append(f"{number(last.val_loss)} (epoch {last.epoch})  ")
         if bleus:
             legend.append("+ ", style=f"bold {BLEU_COLOR[1]}")
-            legend.append("BLEU", style="bold")
-            legend.append(f" {bleus[-1].bleu:.2f} (right)")
+            legend.append("BLEU ", style="bold")
+            legend.append(f"{bleus[-1].bleu:.2f} (right)")
         if not train[1] and not summaries:
             legend.append("no training yet: the curve appears with the first batches", style="dim")
         show_text(self.query_one("#loss-legend", Static), legend)

@@ -12,6 +12,7 @@ from tui.widgets.panel import StateView, show_text
 MARKS = {
     "pending": ("·", "dim"),
     "running": ("▶", "bold"),
+    "paused": ("‖", "bold yellow"),
     "done": ("✓", "green"),
     "reused": ("↺", "cyan"),
     "failed": ("✗", "bold red"),
@@ -29,12 +30,15 @@ class StagesPanel(StateView, Static):
     def draw(self, state: RunState) -> None:
         text = Text(no_wrap=True, overflow="ellipsis")
         for stage in state.stages.values():
-            mark, style = MARKS.get(stage.status, ("?", ""))
+            status = stage.status
+            if status == "running" and stage.paused_at is not None:
+                status = "paused"  # paused everywhere on screen: the row and its clock
+            mark, style = MARKS.get(status, ("?", ""))
             seconds = state.stage_seconds(stage)
             took = duration(seconds) if seconds is not None else ""
-            line = Text(f"{mark} {stage.name:<10}{stage.status:<8}{took:>7}")
-            line.stylize(style, 0, 1)
-            if stage.name == state.current_stage and stage.status == "running":
+            line = Text(f"{mark} {stage.name:<10}{status:<8}{took:>7}")
+            line.stylize(style, 0, 2)  # the mark and its space: an SVG export keeps the space
+            if stage.name == state.current_stage and status == "running":
                 line.stylize("reverse bold")  # the current stage stands out without colour
             text.append_text(line)
             text.append("\n")
