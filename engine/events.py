@@ -235,6 +235,9 @@ class TestBleu(Event):
     length_penalty: float
     seconds: float  # decoding and scoring
     averaged_from: list[str] = field(default_factory=list)  # names of the checkpoints averaged
+    # which weights: "averaged" (the final stretch of a finished run), "last" (the weights at
+    # the end), "best" (checkpoint_best.pt: a stopped run reports it beside its last); "" before
+    role: str = ""
 
 
 @dataclass(frozen=True)

@@ -249,6 +249,7 @@ def test_a_run_by_updates_averages_its_last_5_update_checkpoints_and_reports_tes
 
     test = of(events, TestBleu)
     assert len(test) == 1 and test[0].checkpoint.endswith("averaged.pt")
+    assert test[0].role == "averaged"
     assert test[0].averaged_from == last_five and test[0].sentences == 20
     assert "tok:13a|" in test[0].sacrebleu_signature
     assert "tok:13a+compound-split" in test[0].paper_signature
@@ -261,20 +262,31 @@ def test_a_run_by_updates_averages_its_last_5_update_checkpoints_and_reports_tes
     assert "Update 34/34 | Epoch 2/2" in printed
 
 
-def test_a_stopped_run_is_tested_with_its_last_weights(tmp_path):
+def test_a_stopped_run_averages_nothing_and_tests_its_best_and_its_last_weights(tmp_path):
+    """Issue 23: a stop at epoch 4 averaged epoch 2's checkpoint (BLEU 0.43) with epoch 4's and
+    reported the test BLEU of that average. An average is a finished run's final stretch; a
+    stopped run reports its best-validated checkpoint and its last weights, each named."""
     from engine.events import TestBleu
 
     control = RunControl()
 
-    def stop_in_epoch_2(event):
-        if isinstance(event, BatchProgress) and event.epoch == 2:
+    def stop_in_epoch_3(event):
+        if isinstance(event, BatchProgress) and event.epoch == 3:
             control.stop()
 
-    status, events = train_run(tmp_path, tiny_config(training__epochs=5, training__keep_last=1),
-                               control, on_event=stop_in_epoch_2)
+    config = tiny_config(training__epochs=6, training__keep_last=3, training__average_last=3)
+    status, events = train_run(tmp_path, config, control, on_event=stop_in_epoch_3)
     assert status == "stopped"
+    assert {p.name for p in tmp_path.glob("model_epoch_*.pt")} == {"model_epoch_1.pt",
+                                                                   "model_epoch_2.pt"}
+    assert not (tmp_path / ckpt.AVERAGED).exists()  # two periodic checkpoints: not averaged
     test = of(events, TestBleu)
-    assert len(test) == 1 and test[0].checkpoint.endswith(ckpt.LAST)  # one epoch: no average
+    assert [t.role for t in test] == ["best", "last"]
+    assert test[0].checkpoint.endswith(ckpt.BEST) and test[1].checkpoint.endswith(ckpt.LAST)
+    assert all(t.averaged_from == [] for t in test)
+    assert any("no averaged.pt" in n.text for n in of(events, Notice))
+    info = {f.stage: f.info for f in of(events, StageFinished)}.get("train")
+    assert info is None or info["test_bleu"] == test[1].sacrebleu
     assert isinstance(events[-1], RunFinished) and events[-1].status == "stopped"
 
 

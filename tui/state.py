@@ -42,8 +42,10 @@ from engine.events import (
     RunPaused,
     RunResumed,
     RunStarted,
+    SampleTranslations,
     StageFinished,
     StageStarted,
+    TestBleu,
     WordCountProgress,
 )
 from engine.history import MAX_CURVE_POINTS, Curve, RunHistory
@@ -442,6 +444,22 @@ class DashboardState:
         self.note(f"epoch {e.epoch}/{e.epochs}: train loss {e.train_loss:.4f} "
                   f"(ppl {e.train_ppl:.2f}) | val loss {e.val_loss:.4f} "
                   f"(ppl {e.val_ppl:.2f}){bleu} | {duration(e.epoch_seconds)}", at)
+
+    def _on_SampleTranslations(self, e: SampleTranslations, at: float) -> None:
+        """The validation's sample translations, as the headless printer shows them."""
+        self.note(f"samples after epoch {e.epoch} (step {e.step:,}):", at)
+        for number, sample in enumerate(e.samples, 1):
+            self.note(f"  {number} src: {sample.get('source', '')}", at)
+            self.note(f"    ref: {sample.get('reference', '')}", at)
+            self.note(f"    hyp: {sample.get('hypothesis', '')}", at)
+
+    def _on_TestBleu(self, e: TestBleu, at: float) -> None:
+        self._touch("training", "loss")
+        which = {"averaged": "the averaged model", "best": "the best-validated checkpoint",
+                 "last": "the last weights"}.get(e.role, e.checkpoint.rsplit("/", 1)[-1])
+        made_of = f" (the mean of {', '.join(e.averaged_from)})" if e.averaged_from else ""
+        self.note(f"test BLEU of {which}{made_of}: {e.sacrebleu:.2f} sacreBLEU, "
+                  f"{e.paper_bleu:.2f} the paper's way, {e.sentences:,} sentences", at)
 
     def _on_CheckpointSaved(self, e: CheckpointSaved, at: float) -> None:
         self._touch("checkpoints")

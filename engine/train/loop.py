@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine import checkpoint as ckpt
 from engine import distributed
 from engine.batching import Batches, collate
 from engine.control import RunControl, RunStopped
@@ -113,7 +114,7 @@ class TrainLoop:
                     ended = self.ended
                     break
         except RunStopped:
-            self.end_of_training()  # a stopped run is tested too: what it has learned so far
+            self.end_of_training(stopped=True)  # a stopped run is tested too: what it has learned
             raise
         self.memory.maybe_sample(force=True)
         p.seconds = self.total_seconds()
@@ -284,15 +285,31 @@ class TrainLoop:
                     and epoch % training.checkpoint_every == 0)
         self.checkpoints.after_validation(epoch, periodic, improved)
 
-    def end_of_training(self) -> dict[str, Any]:
-        """Rank 0 averages and tests (the other ranks wait); nothing when nothing was trained."""
+    def end_of_training(self, stopped: bool = False) -> dict[str, Any]:
+        """Rank 0 averages and tests (the other ranks wait); nothing when nothing was trained.
+
+        A finished run tests averaged.pt, the mean of its final stretch of checkpoints (the
+        paper's last N), else its last weights. A stopped run is no finished one: an average
+        would mix its early checkpoints with its late ones (a stop at epoch 4 averaged epoch 2's,
+        BLEU 0.43, with epoch 4's), so it tests the checkpoint that validated best and its last
+        weights, each named as such."""
         if self.state.step == 0:
             return {}
         scores: dict[str, Any] = {}
 
         def work() -> None:
-            averaged_from = self.checkpoints.average_at_end()
-            scores.update(self.validation.test_bleu(self.run_dir, averaged_from))
+            if not stopped:
+                averaged_from = self.checkpoints.average_at_end()
+                role = "averaged" if averaged_from else "last"
+                scores.update(self.validation.test_bleu(self.run_dir, role, averaged_from))
+                return
+            self.emit(Notice(text="stopped before the end: no averaged.pt (an average takes a "
+                                  "finished run's final checkpoints); testing the checkpoint "
+                                  "that validated best and the last weights"))
+            best = self.run_dir / ckpt.BEST
+            if best.is_file():
+                scores.update(self.validation.test_bleu(self.run_dir, "best"))
+            scores.update(self.validation.test_bleu(self.run_dir, "last"))
 
         distributed.from_main(work)
         return scores

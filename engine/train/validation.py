@@ -133,9 +133,12 @@ class Validation:
             self.emit(self.samples)
             self.samples = None
 
-    def test_bleu(self, run_dir: Path, averaged_from: list[Path]) -> dict[str, Any]:
-        """Decode the test split with averaged.pt (else the current weights, which
-        checkpoint_last.pt holds) and emit TestBleu; its two scores for the stage's info."""
+    def test_bleu(self, run_dir: Path, role: str, averaged_from: list[Path] = ()
+                  ) -> dict[str, Any]:
+        """Decode the test split with one set of weights and emit TestBleu; its two scores for
+        the stage's info. ``role``: "averaged" (averaged.pt, the mean of ``averaged_from``),
+        "best" (checkpoint_best.pt) or "last" (the current weights, which checkpoint_last.pt
+        holds)."""
         from engine.checkpoint import build_for_inference
         from engine.decode import corpus_bleu, paper_bleu
 
@@ -144,12 +147,12 @@ class Validation:
             self.emit(Notice(text="no test split: no test BLEU (give data.test_src and "
                                   "data.test_tgt, or a test_size)"))
             return {}
-        name = ckpt.AVERAGED if averaged_from else ckpt.LAST
+        name = {"averaged": ckpt.AVERAGED, "best": ckpt.BEST}.get(role, ckpt.LAST)
         self.emit(Notice(text=f"testing {name} on {len(test):,} test sentences (beam "
                               f"{ev.beam}, alpha {ev.length_penalty})"))
         started = time.monotonic()
-        model = (build_for_inference(run_dir / ckpt.AVERAGED, s.device)[0]
-                 if averaged_from else s.model)
+        model = (build_for_inference(run_dir / name, s.device)[0] if role != "last"
+                 else s.model)
         out_of_memory = False
         try:
             hypotheses = self.translate(model, [src for src, _ in test])
@@ -171,5 +174,7 @@ class Validation:
             sacrebleu_signature=sacre_signature, paper_bleu=round(paper, 2),
             paper_signature=paper_signature, beam=ev.beam, length_penalty=ev.length_penalty,
             seconds=round(time.monotonic() - started, 3),
-            averaged_from=[p.name for p in averaged_from]))
+            averaged_from=[p.name for p in averaged_from], role=role))
+        if role == "best":
+            return {"test_bleu_best": round(sacre, 2), "test_paper_bleu_best": round(paper, 2)}
         return {"test_bleu": round(sacre, 2), "test_paper_bleu": round(paper, 2)}
