@@ -215,3 +215,44 @@ def test_while_paused_the_last_step_reported_is_the_step_the_run_is_at(tmp_path,
     saved = [e for e in events if isinstance(e, CheckpointSaved)
              and e.name == "checkpoint_last.pt"][-1]
     assert reported and reported[-1].step == saved.step == 5
+
+
+@scenario
+async def test_start_where_a_run_is_live_refuses_on_screen_names_its_owner_and_offers_attach(
+        tmp_path):
+    """`transformer-tui --start` on the directory of a run live elsewhere (here: a process that
+    holds its lock, before any checkpoint) said "starting" and silently followed the other run;
+    the refusal was only in the new run's run.log."""
+    import os
+    import subprocess
+    import sys
+
+    from tui.screens.dialogs import ChoiceScreen
+
+    run_dir = tmp_path / "saved" / "sample"
+    run_dir.mkdir(parents=True)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from engine.runs import RunLock; "
+         "RunLock.acquire(sys.argv[1]); print('held', flush=True); time.sleep(120)",
+         str(run_dir)], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert owner.stdout.readline().strip() == "held"
+        app = TransformerApp(preset="sample", start=True)
+        async with app.run_test(size=(120, 40)) as pilot:
+            for _ in range(100):
+                if isinstance(app.screen, ChoiceScreen):
+                    break
+                await pilot.pause(0.05)
+            assert isinstance(app.screen, ChoiceScreen)
+            question = str(app.screen.query_one("#question").render())
+            assert f"pid {owner.pid}" in question and "nothing was started" in question
+            assert app.state.status == "idle" and app.dashboard.followed is None
+            assert not (run_dir / "run.log").exists()  # no run process was started
+            await pilot.press("a")
+            await pilot.pause()
+            # attached to the live run instead (the relative run dir of a start from here)
+            assert app.dashboard.followed.resolve() == run_dir.resolve()
+    finally:
+        owner.kill()
+        owner.wait()

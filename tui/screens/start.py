@@ -10,12 +10,12 @@ checkpoints an earlier run of the chosen preset left are offered in the checkpoi
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from engine import runs
 from engine.config import PRESET_NAMES, RunConfig, load_config
 from engine.errors import EngineError
-from tui.rundir import who_holds
 from tui.screens.dialogs import ChoiceScreen, ConfirmScreen
 from tui.widgets.checkpoints import CheckpointsPanel
 
@@ -38,18 +38,11 @@ class StartActions:
             self._config_failed(str(exc))
             return
         run_dir = self.run_dir or self.runs_dir / config.name
+        if self._refused_as_live(run_dir):
+            return
         earlier = runs.earlier_run(run_dir)
         if earlier is None:
             self._launch(config, run_dir, preset, self.overrides)
-        elif earlier.state.value in ("running", "paused", "stalled"):
-            def attach(choice: str | None) -> None:
-                if choice == "attach":
-                    self.attach_to(run_dir)
-
-            self.app.push_screen(ChoiceScreen(
-                f"A run is live in {run_dir} ({who_holds(earlier)}).\nOne run per directory: "
-                "attach to it, or choose another --run-dir.",
-                [("attach", "Attach to it", "a")]), attach)
         else:
             def answered(choice: str | None) -> None:
                 if choice == "resume":
@@ -68,6 +61,33 @@ class StartActions:
                 f"{earlier.epoch}/{earlier.epochs}, step {earlier.step:,}.\nResume it, or start "
                 f"fresh (the earlier run is moved to {run_dir / 'previous'}/, nothing is lost)?",
                 [("resume", "Resume it", "r"), ("fresh", "Start fresh", "f")]), answered)
+
+    def _refused_as_live(self, run_dir: Path) -> bool:
+        """A live run process owns ``run_dir`` (here or on another host, even before it wrote a
+        checkpoint): refuse on screen, before starting anything, saying who owns it, and offer
+        to attach. (The refusal was once only in the new process's run.log, while the screen
+        said "starting" and then followed the other run.)"""
+        holder = runs.live_owner(run_dir)
+        if holder is None:
+            return False
+
+        def attach(choice: str | None) -> None:
+            if choice == "attach":
+                self.attach_to(run_dir)
+
+        started = holder.get("started_at")
+        since = (f", since {time.strftime('%Y-%m-%d %H:%M', time.localtime(started))}"
+                 if isinstance(started, (int, float)) else "")
+        processes = holder.get("processes") or 1
+        ranks = f", {processes} processes" if processes > 1 else ""
+        self.state.note(f"not started: {run_dir} is owned by a live run (pid "
+                        f"{holder.get('pid', '?')} on {holder.get('host', '?')}{since})")
+        self.app.push_screen(ChoiceScreen(
+            f"A run is live in {run_dir}: pid {holder.get('pid', '?')} on "
+            f"{holder.get('host', '?')}{ranks}{since}.\nOne run per directory: nothing was "
+            "started. Attach to it, or choose another --run-dir.",
+            [("attach", "Attach to it", "a")]), attach)
+        return True
 
     def _config_failed(self, message: str) -> None:
         self.state.config_error(message)
@@ -138,7 +158,7 @@ class StartActions:
             return
 
         def answered(yes: bool | None) -> None:
-            if yes:
+            if yes and not self._refused_as_live(run_dir):
                 self._launch(config, run_dir, preset, overrides, resume=str(path))
 
         self.app.push_screen(ConfirmScreen(
