@@ -256,3 +256,40 @@ async def test_start_where_a_run_is_live_refuses_on_screen_names_its_owner_and_o
     finally:
         owner.kill()
         owner.wait()
+
+
+@scenario
+async def test_dialogs_keep_the_footer_with_their_keys():
+    from tui.screens.dialogs import ChoiceScreen, ConfirmScreen
+
+    app = TransformerApp(attach=None)
+    async with app.run_test(size=(80, 24)) as pilot:
+        answers = []
+        app.push_screen(ConfirmScreen("Stop the run?", yes="Stop"), answers.append)
+        await pilot.pause()
+        screen = app.export_screenshot()
+        assert "Yes" in screen and "Cancel" in screen  # the footer, under the dialog
+        await pilot.press("y")
+        app.push_screen(ChoiceScreen("A run is live.", [("leave", "Leave it running", "l"),
+                                                        ("stop", "Stop it", "s")]),
+                        answers.append)
+        await pilot.pause()
+        screen = app.export_screenshot()
+        assert "Leave&#160;it&#160;running" in screen and "Stop&#160;it" in screen
+        await pilot.press("s")
+        await pilot.pause()
+        assert answers == [True, "stop"]
+
+
+def test_scrollbars_draw_whole_cells_not_eighth_blocks():
+    """The log's scrollbar showed stray characters (eighth-block glyphs at the thumb's ends) in
+    terminals and fonts without them."""
+    from textual.scrollbar import ScrollBar
+
+    import tui.app  # noqa: F401  (sets the app's scrollbar renderer)
+
+    for position in (0, 3.3, 17.5, 40):
+        bar = ScrollBar.renderer.render_bar(size=20, virtual_size=80, window_size=20,
+                                            position=position)
+        glyphs = "".join(segment.text for segment in bar.segments)
+        assert not set(glyphs) & set("▁▂▃▄▅▆▇▉▊▋▌▍▎▏"), glyphs

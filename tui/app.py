@@ -16,10 +16,22 @@ from typing import Any, Callable
 from textual.app import App
 from textual.binding import Binding
 from textual.screen import Screen
+from textual.scrollbar import ScrollBar, ScrollBarRender
 
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.runs import RunsScreen
 from tui.state import RunState
+
+
+class WholeCellScrollBar(ScrollBarRender):
+    """Thumbs in whole cells: the eighth-block glyphs at a thumb's ends showed as stray
+    characters in the log's scrollbar (tmux, SSH clients, fonts without them)."""
+
+    VERTICAL_BARS = [" "] * 8
+    HORIZONTAL_BARS = [" "] * 8
+
+
+ScrollBar.renderer = WholeCellScrollBar  # every scrollbar of this app
 
 
 class TransformerApp(App):

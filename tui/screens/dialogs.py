@@ -1,4 +1,5 @@
-"""A yes/no confirmation (stop, quit while running, resume from a checkpoint); keys y / n / Esc."""
+"""A yes/no confirmation (stop, quit while running, resume from a checkpoint; keys y / n / Esc)
+and a question with a few answers, each with its key. Both keep the footer, with their keys."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Static
+from textual.widgets import Button, Footer, Static
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -26,6 +27,7 @@ class ConfirmScreen(ModalScreen[bool]):
             with Horizontal(id="answers"):
                 yield Button(f"{self.yes} (y)", id="yes", variant="error", compact=True)
                 yield Button(f"{self.no} (n)", id="no", compact=True)
+        yield Footer()  # the footer vanished under dialogs: their keys show here
 
     def on_mount(self) -> None:
         self.query_one("#no", Button).focus()  # Enter alone never confirms something drastic
@@ -47,6 +49,8 @@ class ChoiceScreen(ModalScreen[str | None]):
         """``choices``: (value, label, key), e.g. ("leave", "Leave it running", "l")."""
         super().__init__()
         self.question, self.choices = question, choices
+        for value, label, key in choices:  # real bindings, so the footer shows them
+            self._bindings.bind(key, f"choose({value!r})", label)
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
@@ -55,16 +59,10 @@ class ChoiceScreen(ModalScreen[str | None]):
                 for value, label, key in self.choices:
                     yield Button(f"{label} ({key})", id=f"choice-{value}", compact=True)
                 yield Button("Cancel (Esc)", id="choice-cancel", compact=True)
+        yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#choice-cancel", Button).focus()
-
-    def on_key(self, event) -> None:
-        for value, _, key in self.choices:
-            if event.key == key:
-                event.stop()
-                self.dismiss(value)
-                return
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         value = (event.button.id or "").removeprefix("choice-")
