@@ -123,12 +123,17 @@ async def test_attach_follows_events_appended_while_it_watches(tmp_path):
         await pilot.pause(0.3)
         assert app.state.status == "idle"  # nothing written yet: waiting, not failing
         from engine.events import JsonlWriter
+        from engine.runs import RunLock
+        # the run's lock, held by this process: the app's look at the run process finds it
+        # alive (without one, a look under load could come first and rightly say dead)
+        lock = RunLock.acquire(run_dir)
         writer = JsonlWriter(run_dir / "events.jsonl")
         writer(RunStarted(run_dir=str(run_dir), preset="live", stages=["data", "tokenizer"]))
         writer(StageStarted(stage="tokenizer", index=2, total=2))
         await until(pilot, lambda: app.state.current_stage == "tokenizer")
         assert app.state.status == "running"
         writer.close()
+        lock.release()
 
 
 @scenario
