@@ -21,6 +21,12 @@ few times a second, and the time until its effect is measured. Target: under 100
 (The README's screenshots are made by docs/make_screenshots.py.)
 
     python benchmarks/bench_tui.py [--rounds 10] [--pairs 3000]
+    python benchmarks/bench_tui.py --loss-history 100000   # key to redraw on the loss page
+
+The loss page: a finished run of 100K updates (a progress event each, a validation every 1,000)
+is attached at 80x24; the page key 2 (from the run page), w and y are pressed in turn and the
+time until the chart has been drawn again is measured. Run it on an older checkout too (the
+script works on both shapes of the app) for the ratio to it.
 
 Needs the Multi30k files in ../shared/data/multi30k (see its README).
 """
@@ -172,6 +178,81 @@ def _summary(values: list[float]) -> str:
             f"p95 {1000 * p95:.0f} ms, max {1000 * ordered[-1]:.0f} ms")
 
 
+# --- the loss page with a long run's history ------------------------------------------------
+
+
+def write_long_run(run_dir: Path, steps: int) -> None:
+    """A finished run of ``steps`` updates, a BatchProgress each (what a run that reports every
+    update writes), a validation with BLEU every steps/100 updates."""
+    from engine.events import EpochSummary, RunFinished, RunStarted, StageStarted, to_json
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    every = max(steps // 100, 1)
+    with open(run_dir / "events.jsonl", "w", encoding="utf-8") as f:
+        def write(event, at: float) -> None:
+            f.write(to_json(event)[:-1] + f',"time":{at:.3f}}}\n')
+
+        write(RunStarted(run_dir=str(run_dir), preset="demo", stages=["train"]), 1000.0)
+        write(StageStarted(stage="train", index=1, total=1), 1000.0)
+        for step in range(1, steps + 1):
+            loss = 9.7 * 0.9999 ** step + 1.2
+            write(BatchProgress(epoch=step // every + 1, epochs=100, batch=step % every + 1,
+                                batches=every, step=step, loss=loss, avg_loss=loss,
+                                lr=1e-3 / (1 + step) ** 0.5, batches_per_second=5.0,
+                                tokens_per_second=20000.0, eta=1.0, elapsed=step / 5,
+                                gnorm=1.0), 1000.0 + step / 5)
+            if step % every == 0:
+                write(EpochSummary(epoch=step // every, epochs=100, step=step, train_loss=loss,
+                                   train_ppl=1.0, val_loss=loss + 0.1, val_ppl=1.0,
+                                   bleu=step / steps * 30, epoch_seconds=1.0,
+                                   total_seconds=step / 5), 1000.0 + step / 5)
+        write(RunFinished(status="finished", seconds=steps / 5), 1000.0 + steps / 5)
+
+
+def measure_loss_page(run_dir: Path, presses: int) -> dict[str, list[float]]:
+    """Key to redraw on the loss page at 80x24: the page key (2, from the run page) until the
+    chart has been drawn again, and, where the app has them, w and y (window, log scale)."""
+    times: dict[str, list[float]] = {"2": [], "w": [], "y": []}
+
+    async def scenario() -> None:
+        app = TransformerApp(attach=run_dir)
+        async with app.run_test(size=(80, 24)):
+            await _wait(lambda: app.state.status == "finished", 600)
+            screen = getattr(app, "dashboard", app)  # the App itself before the screens
+            panel = screen.query_one("#loss")
+            keys = [key for key in ("w", "y") if key in {b.key for b in screen.BINDINGS}]
+            for _ in range(presses):
+                for key, page in (("1", "run"), ("2", "loss"), *((k, None) for k in keys)):
+                    draws = getattr(panel, "draws", 0)
+                    started = time.perf_counter()
+                    app._driver.send_message(events.Key(key, key))
+                    if page == "run":
+                        await _wait(lambda: screen.query_one("#main").has_class("-page-run"), 10)
+                        await asyncio.sleep(0.05)
+                        continue
+                    await _wait(lambda: getattr(panel, "draws", 0) > draws, 10)
+                    await asyncio.sleep(0)  # the frame with the new chart
+                    times[key].append(time.perf_counter() - started)
+
+    asyncio.run(scenario())
+    return times
+
+
+def loss_page_main(steps: int, presses: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench_tui_loss_"))
+    try:
+        write_long_run(work / "run", steps)
+        cpu = time.process_time()
+        times = measure_loss_page(work / "run", presses)
+        print(f"loss page, {steps:,}-step history, 80x24 (CPU time of the whole measurement "
+              f"{time.process_time() - cpu:.1f} s):")
+        for key, label in (("2", "page key 2 -> chart drawn"), ("w", "w (window) -> drawn"),
+                           ("y", "y (log scale) -> drawn")):
+            print(f"  {label:<28} {_summary(times[key])}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10)
@@ -181,8 +262,14 @@ def main() -> None:
     parser.add_argument("--latency-vocab", type=int, default=8000)
     parser.add_argument("--main-thread", action="store_true",
                         help="also time the headless engine in the main thread (as the CLI runs)")
+    parser.add_argument("--loss-history", type=int, default=0, metavar="STEPS",
+                        help="only: key to redraw on the loss page with a run of STEPS updates")
+    parser.add_argument("--presses", type=int, default=15)
     args = parser.parse_args()
     print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    if args.loss_history:
+        loss_page_main(args.loss_history, args.presses)
+        return
     if not (DATA / "train.en.gz").is_file():
         raise SystemExit(f"Multi30k not found at {DATA}")
     work = Path(tempfile.mkdtemp(prefix="bench_tui_"))

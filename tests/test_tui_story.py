@@ -33,9 +33,10 @@ class Terminal:
 
     def __init__(self, name: str, cwd: Path, size: tuple[int, int], command: str) -> None:
         self.name = name
+        # the command waits a moment: a detached session may start at tmux's default size
+        # and take its own from resize-window just after
         subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", str(size[0]), "-y",
-                        str(size[1]), f"cd {cwd} && {ENV} {command}"], check=True)
-        # a server that lived on from another session may have kept its own size
+                        str(size[1]), f"sleep 0.5; cd {cwd} && {ENV} {command}"], check=True)
         subprocess.run(["tmux", "resize-window", "-t", name, "-x", str(size[0]), "-y",
                         str(size[1])], check=False)
 
