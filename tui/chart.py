@@ -99,6 +99,25 @@ class ChartView:
     log: bool
 
 
+def thin(series: Series, buckets: int) -> Series:
+    """At most about ``buckets`` points: the mean of each bucket of x, the first and last
+    points as they are. A chart ``buckets`` dots wide shows no more, and plotext's cost grows
+    with the points (75 ms for 4,000, 12 ms for 160)."""
+    if buckets < 2 or len(series.xs) <= 2 * buckets:
+        return series
+    low, high = series.xs[0], series.xs[-1]
+    width = (high - low) / buckets or 1.0
+    sums: dict[int, list[float]] = {}
+    for x, y in zip(series.xs[1:-1], series.ys[1:-1]):
+        bucket = sums.setdefault(min(int((x - low) / width), buckets - 1), [0.0, 0.0, 0])
+        bucket[0] += x
+        bucket[1] += y
+        bucket[2] += 1
+    middle = [(sx / n, sy / n) for sx, sy, n in (sums[k] for k in sorted(sums))]
+    return Series([series.xs[0], *(x for x, _ in middle), series.xs[-1]],
+                  [series.ys[0], *(y for _, y in middle), series.ys[-1]])
+
+
 def recent_start(last_step: float, first_step: float) -> float:
     span = max((last_step - first_step) * RECENT_SHARE, RECENT_MIN_STEPS)
     return max(first_step, last_step - span)
@@ -111,16 +130,18 @@ def _cut(xs: list[float], ys: list[float], start: float) -> Series:
 
 def chart_view(train: tuple[list[float], list[float]], val: tuple[list[float], list[float]],
                bleu: tuple[list[float], list[float]], window: str = "whole", log: bool = False,
-               rows: int = 12) -> ChartView:
+               rows: int = 12, columns: int = 0) -> ChartView:
     """The chart for these (step, value) series. ``window="recent"``: the last 10% of the steps
     (at least RECENT_MIN_STEPS), every series cut to it and y fitted to what is left; ``log``:
     losses on a log scale (BLEU keeps its own linear right axis); ``rows``: the plot's height,
-    which bounds how many y ticks read well."""
+    which bounds how many y ticks read well; ``columns``: its width, which bounds the train
+    curve's points (two braille dots a column; 0: all of them)."""
     steps = [*train[0], *val[0], *bleu[0]]
     start = -math.inf
     if window == "recent" and steps:
         start = recent_start(max(steps), min(steps))
     t, v, b = _cut(*train, start), _cut(*val, start), _cut(*bleu, start)
+    t = thin(t, 2 * columns)
     if log:  # losses are positive (cross entropy); a zero would be a bug upstream, not drawn
         t = Series([x for x, y in zip(t.xs, t.ys) if y > 0], [math.log10(y) for y in t.ys if y > 0])
         v = Series([x for x, y in zip(v.xs, v.ys) if y > 0], [math.log10(y) for y in v.ys if y > 0])

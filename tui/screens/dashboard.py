@@ -163,6 +163,7 @@ class DashboardScreen(StartActions, Screen):
             main.set_class(name == page, f"-page-{name}")
         self.focus_page(page)
         self.refresh_bindings()  # the loss chart's keys show on its page
+        self.call_after_refresh(self.refresh_panels)  # its panels drawn at their size, at once
 
     def focus_page(self, page: str | None = None) -> None:
         """Focus the page's main widget: the checkpoint table, the log, or (on the run page,

@@ -112,7 +112,8 @@ class LossPanel(StateView, Vertical):
         rows = plot.size.height - 3 if plot.size.height > 5 else 12
         view = chart_view(train, ([s.step for s in summaries], [s.val_loss for s in summaries]),
                           ([s.step for s in bleus], [s.bleu for s in bleus]),
-                          window=self.window, log=self.log_scale, rows=rows)
+                          window=self.window, log=self.log_scale, rows=rows,
+                          columns=plot.size.width)
         plt = plot.plt
         plt.clear_data()
         plt.xlabel("")

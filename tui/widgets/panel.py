@@ -29,8 +29,11 @@ class StateView:
         now = time.monotonic()
         since = now - getattr(self, "_drawn_at", 0.0)
         tick_due = self.ticks and state.active and since >= 1.0
-        if not force and not tick_due and (seen == getattr(self, "_seen", None)
-                                           or since < self.min_seconds):
+        # after a resize (a page shown at 80x24) the panel draws at its new size at once,
+        # whatever min_seconds says: the chart appeared ~2 s after its page key
+        resized = getattr(self, "_seen", 0) is None
+        if not force and not tick_due and not resized and (
+                seen == getattr(self, "_seen", None) or since < self.min_seconds):
             return False
         self._seen = seen
         self._drawn_at = now
