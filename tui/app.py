@@ -18,6 +18,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.scrollbar import ScrollBar, ScrollBarRender
 
+from engine.paths import RUNS_ROOT
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.runs import RunsScreen
 from tui.state import RunState
@@ -42,7 +43,7 @@ class TransformerApp(App):
 
     def __init__(self, preset: str = "sample", overrides: tuple[str, ...] | list[str] = (),
                  start: bool = False, attach: str | Path | None = None,
-                 run_dir: str | Path | None = None, runs_dir: str | Path = "saved",
+                 run_dir: str | Path | None = None, runs_dir: str | Path = RUNS_ROOT,
                  show_runs: bool = False, clock: Callable[[], float] = time.time,
                  probe: Any = None, probe_seconds: float = 2.0, refresh_hz: float = 4.0) -> None:
         """``attach``: the run directory to follow from the start; ``run_dir``: where a start

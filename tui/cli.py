@@ -18,6 +18,7 @@ from pathlib import Path
 from engine.config import PRESET_NAMES, load_config
 from engine.errors import EngineError
 from engine.inputs import check_run_dir
+from engine.paths import RUNS_ROOT
 from engine.runs import EVENTS, LOCK, is_run_dir
 
 
@@ -39,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="where the run writes (default saved/<preset name>)")
     parser.add_argument("--attach", metavar="RUN_DIR",
                         help="follow a run (started here or elsewhere), with pause/resume/stop")
-    parser.add_argument("--runs-dir", default="saved", metavar="DIR",
+    parser.add_argument("--runs-dir", default=str(RUNS_ROOT), metavar="DIR",
                         help="where runs are listed and new runs go (default saved)")
     args = parser.parse_args(argv)
     if args.attach and (args.start or args.overrides or args.run_dir or args.preset):

@@ -27,6 +27,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Select, Static, Tab, Tabs
 
 from engine.errors import EngineError
+from engine.paths import RUNS_ROOT
 from tui.follow import RunFollower
 from tui.inbox import EventInbox
 from tui.messages import EarlierCheckpoints, EventsWaiting, MemoryRead, ProcessSeen
@@ -69,7 +70,7 @@ class DashboardScreen(StartActions, Screen):
 
     def __init__(self, preset: str = "sample", overrides: tuple[str, ...] = (),
                  start: bool = False, attach: Path | None = None, run_dir: Path | None = None,
-                 runs_dir: Path = Path("saved"), clock: Callable[[], float] = time.time,
+                 runs_dir: Path = RUNS_ROOT, clock: Callable[[], float] = time.time,
                  probe: Any = None, probe_seconds: float = 2.0, refresh_hz: float = 4.0) -> None:
         super().__init__()
         self.overrides = overrides  # the app's --set items, for every start from here
