@@ -30,7 +30,8 @@ from pathlib import Path
 import psutil
 
 from engine.config import load_config
-from engine.fit import GIB, fit, measure_in_child
+from engine.fit import GIB, fit
+from engine.fit_probe import measure_in_child
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,12 +12,11 @@ from engine.fit import (
     FitResult,
     NothingFits,
     load_fit,
-    measure_in_child,
     resolve_auto,
     search_max_tokens,
     update_freqs,
-    worst_shapes,
 )
+from engine.fit_probe import measure_in_child, worst_shapes
 from tests.tiny_runs import TINY, tiny_config
 
 MiB = 2 ** 20
