@@ -16,6 +16,7 @@ from engine.events import (
     MergeProgress,
     Preflight,
     RunFinished,
+    RunPaused,
     RunStarted,
     StageFinished,
     StageStarted,
@@ -111,3 +112,23 @@ def write_finished_run(run_dir: Path, recorded_dir: str = "saved/demo") -> Path:
     for name in ("checkpoint_last.pt", "checkpoint_best.pt", "model_epoch_4.pt"):
         (run_dir / name).write_bytes(b"\0" * 1024)  # model_epoch_2.pt: removed, as keep_last does
     return run_dir / "events.jsonl"
+
+
+def write_paused_run(run_dir: Path, steps: int = 75, recorded_dir: str = "saved/demo") -> float:
+    """The finished run's events up to update ``steps`` (mid epoch 3), then paused: a run in the
+    middle of training. Returns the time of its last event (a fixed clock for the app goes a
+    few seconds past it). The caller holds the run's lock, so the run reads as live."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    events = []
+    for at, event in finished_run_events(recorded_dir):
+        if isinstance(event, BatchProgress) and event.step > steps:
+            break
+        events.append((at, event))
+    last = events[-1][0]
+    events.append((last + 0.2, RunPaused(stage="train")))
+    with open(run_dir / "events.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(jsonl_line(event, at) for at, event in events)
+    (run_dir / "config.toml").write_text("[training]\nmax_tokens = 2048\n", encoding="utf-8")
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
+        (run_dir / name).write_bytes(b"\0" * 1024)
+    return last + 0.2
