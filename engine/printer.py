@@ -212,8 +212,12 @@ class HeadlessPrinter:
             self._line(f"             | hyp: {sample['hypothesis']}")
 
     def _on_TestBleu(self, e: ev.TestBleu) -> None:
-        self._line(f"  Test BLEU ({e.sentences:,} sentences, {e.checkpoint}, beam {e.beam}, "
+        which = {"averaged": " of the averaged model", "best": " of the best-validated checkpoint",
+                 "last": " of the last weights"}.get(e.role, "")
+        self._line(f"  Test BLEU{which} ({e.sentences:,} sentences, {e.checkpoint}, beam {e.beam}, "
                    f"alpha {e.length_penalty}):")
+        if e.averaged_from:
+            self._line(f"    averaged from: {', '.join(e.averaged_from)}")
         self._line(f"    sacreBLEU:  {e.sacrebleu:.2f}  ({e.sacrebleu_signature})")
         self._line(f"    paper BLEU: {e.paper_bleu:.2f}  ({e.paper_signature}; tokenized, "
                    "compound-split, as the paper's 27.3)")
