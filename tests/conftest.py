@@ -26,6 +26,12 @@ def multi30k_dir() -> Path:
 
 
 @pytest.fixture
+def in_a_fresh_directory(tmp_path, monkeypatch):
+    """The app looks for earlier runs in saved/ under the current directory: use an empty one."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
 def write_text(tmp_path):
     """write_text(name, lines) -> Path: one line per item, gzip-compressed for a .gz name.
 

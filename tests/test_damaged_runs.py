@@ -8,8 +8,6 @@ train_loss as a string it crashed with a traceback.)"""
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import json
 import os
 import shutil
@@ -19,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pilot import scenario
 from tiny_runs import tiny_config, train_run
 from tui_runs import EPOCHS, write_finished_run
 
@@ -31,19 +30,9 @@ from tui.widgets.status import StatusBar
 
 SKIPPED_ONE = "skipped 1 damaged line of events.jsonl (not an event this version reads)"
 
-
-@pytest.fixture(autouse=True)
-def in_a_fresh_directory(tmp_path, monkeypatch):
-    """The app looks for earlier runs in saved/ under the current directory: use an empty one."""
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("in_a_fresh_directory")
 
 
-def scenario(test):
-    @functools.wraps(test)
-    def run(*args, **kwargs):
-        return asyncio.run(test(*args, **kwargs))
-
-    return run
 
 
 async def until(pilot, condition, seconds: float = 10.0) -> None:
@@ -101,7 +90,7 @@ async def test_a_null_line_in_the_middle_changes_nothing_the_attached_app_shows(
         app = TransformerApp(attach=run_dir)
         async with app.run_test(size=(120, 40)) as pilot:
             await until(pilot, lambda: app.state.status == "finished")
-            app.refresh_panels(force=True)
+            app.dashboard.refresh_panels(force=True)
             await pilot.pause()
             assert "FINISHED" in str(app.query_one(StatusBar).render())
             state = app.state
@@ -124,12 +113,12 @@ async def test_a_loss_written_as_a_string_is_skipped_and_the_app_does_not_crash(
     app = TransformerApp(attach=run_dir)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: app.state.status == "finished")
-        app.refresh_panels(force=True)
+        app.dashboard.refresh_panels(force=True)
         await pilot.pause()
         assert app.is_running and app.return_code is None
         assert "FINISHED" in str(app.query_one(StatusBar).render())
         assert [s.epoch for s in app.state.summaries] == [1, 3, 4]  # epoch 2's line skipped
-        assert f"(epoch {EPOCHS})" in str(app.query_one("#loss-summary").render())
+        assert f"(epoch {EPOCHS})" in str(app.query_one("#loss-legend").render())
         assert log_lines(app).count(SKIPPED_ONE) == 1
         await pilot.press("2", "3", "4", "1")  # every page draws
         await pilot.pause()
@@ -197,7 +186,7 @@ async def test_the_app_attached_to_a_damaged_real_run_says_finished(real_run, tm
     app = TransformerApp(attach=copy)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: app.state.status == "finished", 20)
-        app.refresh_panels(force=True)
+        app.dashboard.refresh_panels(force=True)
         await pilot.pause()
         assert "FINISHED" in str(app.query_one(StatusBar).render())
         assert [s.epoch for s in app.state.summaries] == [2]  # epoch 1's summary skipped

@@ -5,11 +5,11 @@ sizes, pages, keys, NO_COLOR, and events arriving faster than the screen redraws
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
 import time
 
 import pytest
+from pilot import scenario
 from textual.widgets import Button, DataTable, Static
 from textual_plotext import PlotextPlot
 from tui_runs import EPOCHS, finished_run_events, jsonl_line, write_finished_run
@@ -39,6 +39,8 @@ from tui.widgets.tokenizer import TokenizerPanel
 FIXED_READING = MemoryReading(nvml_error="no NVIDIA driver found", process_rss=500 * 2**20,
                               system_used=4 * 2**30, system_total=16 * 2**30)
 
+pytestmark = pytest.mark.usefixtures("in_a_fresh_directory")
+
 
 class FixedProbe:
     """A probe that reads the same numbers every time: the screen must not depend on this
@@ -48,20 +50,6 @@ class FixedProbe:
         return FIXED_READING
 
 
-@pytest.fixture(autouse=True)
-def in_a_fresh_directory(tmp_path, monkeypatch):
-    """The app looks for earlier runs in saved/ under the current directory: use an empty one."""
-    monkeypatch.chdir(tmp_path)
-
-
-def scenario(test):
-    """Run an async Pilot story as a plain test (no asyncio plugin needed)."""
-
-    @functools.wraps(test)
-    def run(*args, **kwargs):
-        return asyncio.run(test(*args, **kwargs))
-
-    return run
 
 
 def text_of(app, selector: str) -> str:

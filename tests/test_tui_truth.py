@@ -10,12 +10,11 @@ app driven by its Pilot on a run's events, and real tiny runs for what the engin
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import re
 import threading
 
 import pytest
+from pilot import scenario
 from textual.widgets import Sparkline
 from textual_plotext import PlotextPlot
 from tiny_runs import tiny_config, train_run
@@ -34,18 +33,7 @@ from tui.app import TransformerApp
 from tui.widgets.loss import HistoryRow
 from tui.widgets.stages import StagesPanel
 
-
-@pytest.fixture(autouse=True)
-def in_a_fresh_directory(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-
-
-def scenario(test):
-    @functools.wraps(test)
-    def run(*args, **kwargs):
-        return asyncio.run(test(*args, **kwargs))
-
-    return run
+pytestmark = pytest.mark.usefixtures("in_a_fresh_directory")
 
 
 class Clock:
