@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import threading
+from pathlib import Path
 
 import pytest
 from pilot import scenario
@@ -281,3 +282,51 @@ def test_scrollbars_draw_whole_cells_not_eighth_blocks():
                                             position=position)
         glyphs = "".join(segment.text for segment in bar.segments)
         assert not set(glyphs) & set("▁▂▃▄▅▆▇▉▊▋▌▍▎▏"), glyphs
+
+
+@scenario
+async def test_the_validation_samples_and_test_bleu_are_in_the_log():
+    """The sample translations were printed headless but not in the app's Log."""
+    from engine.events import SampleTranslations, TestBleu
+
+    clock = Clock()
+    app = TransformerApp(attach=None, clock=clock)
+    async with app.run_test(size=(120, 40)) as pilot:
+        training_started(app, clock)
+        app.state.apply(SampleTranslations(epoch=3, step=120, samples=[
+            {"source": "A dog runs.", "reference": "Ein Hund rennt.", "hypothesis": "Ein Hund läuft."}]),
+            clock.now)
+        app.state.apply(TestBleu(checkpoint="saved/demo/averaged.pt", sentences=1000,
+                                 sacrebleu=38.61, sacrebleu_signature="nrefs:1|tok:13a",
+                                 paper_bleu=39.2, paper_signature="tok:13a+compound-split",
+                                 beam=4, length_penalty=0.6, seconds=30.0, role="averaged",
+                                 averaged_from=["checkpoint_update_3500.pt",
+                                                "checkpoint_update_3600.pt"]), clock.now)
+        await pilot.pause()
+        log = "\n".join(app.state.log)
+        assert "samples after epoch 3 (step 120):" in log
+        assert "src: A dog runs." in log and "ref: Ein Hund rennt." in log
+        assert "hyp: Ein Hund läuft." in log
+        assert ("test BLEU of the averaged model (the mean of checkpoint_update_3500.pt, "
+                "checkpoint_update_3600.pt): 38.61 sacreBLEU") in log
+
+
+@scenario
+async def test_an_svg_screenshot_keeps_the_space_after_a_glyph():
+    """The README's SVG showed '✓data' and '2,048tokens/batch': a text segment that starts with
+    a space lost it in the SVG. A glyph and its space now stand in one segment."""
+    from tui_runs import write_finished_run
+
+    write_finished_run(Path("saved/demo"))
+    app = TransformerApp(attach="saved/demo")
+    async with app.run_test(size=(120, 40)) as pilot:
+        for _ in range(200):
+            if app.state.status == "finished":
+                break
+            await pilot.pause(0.05)
+        app.dashboard.refresh_panels(force=True)
+        await pilot.pause()
+        svg = app.export_screenshot()
+        assert "✓&#160;</text>" in svg  # the Stages marks: "✓ " then "data"
+        assert "⣿&#160;</text>" in svg  # the loss legend's glyph
+        assert "tokens/batch" not in svg
