@@ -113,7 +113,8 @@ class TrainingConfig:
     patience: int = _key(0, doc="validations without improving eval.best_by before training "
                          "ends early, 0 = off", min=0)
     seed: int = _key(1, doc="random seed for initialisation and batch order", min=0)
-    max_bad_batches: int = _key(5, doc="NaN/OOM batches in a row before the run stops", min=1)
+    max_bad_batches: int = _key(5, doc="NaN/OOM batches in a row, or NaN ones among the last 100 "
+                                "updates, before the run stops", min=1)
     divergence_factor: float = _key(5.0, doc="a validation loss above this times the best stops "
                                     "the run without saving (diverged)", min=1.0)
     memory_budget: float = _key(0.0, doc="GiB training may use (fit, preflight); 0 = the whole "

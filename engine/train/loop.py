@@ -57,11 +57,12 @@ class TrainLoop:
         self.epoch_loss = EpochLoss(self.progress)
         self.step = UpdateStep(state, config.training)
         self.memory = MemoryWatch(config, self.step, self.run_dir, emit)
+        self.guard = DivergenceGuard(config, state, self.run_dir, emit)
         self.checkpoints = RunCheckpoints(config, state, tokenizers, self.run_dir, emit,
-                                          self.epoch_loss, self.session, self.total_seconds)
+                                          self.epoch_loss, self.session, self.total_seconds,
+                                          self.guard)
         self.validation = Validation(config, self.step, corpus, tokenizers, data, batches,
                                      control, emit)
-        self.guard = DivergenceGuard(config, state, self.run_dir, emit)
         self.corpus, self.tokenizers = corpus, tokenizers
         self.ended = ""  # why training ended early: "patience"
         self.unreported: tuple | None = None  # report()'s arguments for the last update, if due
@@ -81,8 +82,12 @@ class TrainLoop:
         return max(math.ceil(self.training.max_updates / per_epoch), self.progress.epoch + 1)
 
     def stop(self) -> None:
-        if self.guard.bad_in_a_row == 0:  # never the weights of a NaN streak
+        if self.guard.last_update_good():  # never the weights of a NaN or diverged update
             self.checkpoints.save_last()
+        else:
+            self.emit(Notice(level="warning", text=(
+                f"not saved: the last update's loss was NaN/inf or diverged; "
+                f"{self.guard.kept()}")))
         raise RunStopped()
 
     # -- the run --
@@ -185,7 +190,7 @@ class TrainLoop:
                     if not applied and (s.scaler is None or not math.isfinite(nll)):
                         self.guard.bad_batch("nan", epoch, position + 1, group.padded_tokens)
                     else:  # an fp16 overflow is the scaler's normal business
-                        self.guard.good_update()
+                        self.guard.good_update(nll / max(group.tokens, 1))
                 if math.isfinite(nll):
                     group.loss = nll
                     self.epoch_loss.add(nll, group.tokens)
@@ -195,7 +200,8 @@ class TrainLoop:
                     self.report_unreported()
                 group = UpdateGroup()
                 self.memory.maybe_sample()
-                if self.checkpoints.update_checkpoint_due(self.updates_done()):
+                if (self.checkpoints.update_checkpoint_due(self.updates_done())
+                        and self.guard.last_update_good()):  # not after a NaN/diverged update
                     self.checkpoints.save_update_checkpoint()  # the last update's too
                 if self.updates_done():
                     self.epoch_loss.sums()
