@@ -66,6 +66,7 @@ class TrainLoop:
         self.corpus, self.tokenizers = corpus, tokenizers
         self.ended = ""  # why training ended early: "patience"
         self.unreported: tuple | None = None  # report()'s arguments for the last update, if due
+        self.compile_said = False  # the compile's Notice was emitted
 
     def total_seconds(self) -> float:
         return self.seconds_before + self.session.seconds()
@@ -125,12 +126,28 @@ class TrainLoop:
         info = {"epochs": p.epoch, "steps": self.state.step, "ended": ended,
                 "train_loss": p.train_loss, "val_loss": p.val_loss, "val_ppl": ppl(p.val_loss),
                 "bleu": p.bleu, "best": p.best, "seconds": round(p.seconds, 1)}
+        compiled = self.step.compiled
+        if compiled is not None and compiled.seconds is not None:  # for the app's train stage
+            info.update(compile_seconds=round(compiled.seconds, 1),
+                        compiled_graphs=compiled.graphs())
         info.update(self.end_of_training())
         return info
 
+    def say_compile_time(self) -> None:
+        """training.compile: the first update compiled the step; never silent (minutes on a big
+        model)."""
+        compiled = self.step.compiled
+        if compiled is None or compiled.seconds is None or self.compile_said:
+            return
+        self.compile_said = True
+        graphs = compiled.graphs()
+        self.emit(Notice(text=f"compiled the training step in {compiled.seconds:.1f} s "
+                              f"({graphs} graph{'s' if graphs != 1 else ''})"))
+
     def make_batch(self, order, position: int):
         """Runs in the prefetch thread: the batch at ``position`` of the epoch, pinned on CUDA."""
-        batch = collate(self.data.train, self.batches.train[order[position]])
+        batch = collate(self.data.train, self.batches.train[order[position]],
+                        self.step.length_multiple)
         return pinned(batch) if self.state.device.type == "cuda" else batch
 
     def train_epoch(self, epoch: int) -> bool:
@@ -194,6 +211,7 @@ class TrainLoop:
                 if math.isfinite(nll):
                     group.loss = nll
                     self.epoch_loss.add(nll, group.tokens)
+                self.say_compile_time()
                 self.unreported = (epoch, position, n, group, clock, done_here)
                 if report:
                     last_progress = now
