@@ -36,6 +36,18 @@ How the job divides the work:
   (``wait_for_device``), so a rank blocked behind an NCCL all-reduce whose peer died gives up
   STOP_GRACE_SECONDS after that SIGTERM, and rank 0 records a ``RunFailed`` in events.jsonl.
   Checkpoints are written atomically, so the last one stays loadable whatever is killed.
+- Why by hand, not DistributedDataParallel: DDP overlaps its all-reduce with the backward,
+  but a rank whose batch runs out of memory would leave the others waiting in it; the hand
+  averaging runs after the OOM agreement, in persistent flat buffers (``FlatGradients``: no
+  allocation per update). Measured with benchmarks/bench_ddp.py, 2 gloo processes of 1 thread
+  on the 2-core AMD EPYC development machine (shared, load average 4-7), update_freq 2 (DDP
+  with no_sync on the first batch), interleaved rounds, hand / DDP time per update: 0.96
+  (1.4 M parameters, 0.38 vs 0.39 s) and 0.82 (7.6 M parameters, 3.72 vs 4.48 s): the hand
+  averaging is as fast or faster here (DDP's overlap only competes for the same two cores), so
+  it stays the default. On GPUs with NCCL the overlap can win (published: up to ~40% of an
+  iteration); benchmarks/gpu_check.py's ddp_vs_hand measures it where 2 GPUs exist, and a DDP
+  path (with the all-reduced OOM flag and a zero-gradient backward on the rank that hit it)
+  should replace this only where that ratio is above 1.05.
 """
 
 from __future__ import annotations
