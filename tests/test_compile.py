@@ -68,3 +68,15 @@ def test_compiled_and_eager_training_agree_and_resume_each_other(tmp_path, monke
     status, compiled_after = train_run(tmp_path / "eager", config(True, 6), resume="last")
     assert status == "finished"
     assert losses(compiled_after) == pytest.approx(part(eager, 4, 6), rel=1e-4)
+
+
+def test_the_compile_key_takes_true_false_or_auto():
+    from engine.config import load_config
+    from engine.errors import ConfigError
+
+    assert load_config("sample").training.compile == "auto"
+    assert load_config("sample", ["training.compile=true"]).training.compile is True
+    with pytest.raises(ConfigError) as refused:
+        load_config("sample", ["training.compile=\"yes\""])
+    assert str(refused.value) == ('--set training.compile="yes": [training] compile = \'yes\': '
+                                  'must be true or false or "auto"')
