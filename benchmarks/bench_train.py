@@ -26,8 +26,11 @@ Measured on the 2-core AMD EPYC (no AVX512-BF16/AMX; shared, load average 7.7), 
 --d-model 128 --ffn 512 --heads 4 --layers 2 --vocab 2000 --batch 32 --len 32 --threads 1,
 fp32: eager engine 929 tgt tok/s (0.139 CPU s/step), compiled 574 (0.226), nn.Transformer
 586 (0.203): engine / reference 1.45x, compiled / engine 0.70x (0.65x CPU time); the compile
-158 s wall, 1 graph. bf16 on this CPU is emulated: 96% of the eager bf16 step's self CPU time
-is aten::mm/addmm (--profile), so "auto" precision picks fp32 here.
+158 s wall, 1 graph; an epoch of 9 bucketed batches (--epoch-sentences 400 --max-tokens 1024):
+1 recompilation. bf16 (--batch 16, load 8.4): eager 71 tok/s (0.905 CPU s/step), compiled 56
+(0.924), nn.Transformer 53 (0.973): compiled / engine 0.93x (0.98x CPU time); its compile 415 s
+wall. bf16 on this CPU is emulated: 96% of the eager bf16 step's self CPU time is
+aten::mm/addmm (--profile), so "auto" precision picks fp32 here.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ compile is timed and said (a Notice and the train stage's info): it is minutes o
 "auto": on CUDA, on; on the CPU, off. benchmarks/bench_train.py on the 2-core AMD EPYC this
 project is developed on (shared, load average ~7.7; d_model 128, 2+2 layers, batches 32 x 32,
 fp32, 1 thread): the compiled step ran at 0.70x the eager step's tokens/s (0.65x its CPU time
-ratio), no faster than torch.nn.Transformer (1.01x), after a compile of 158 s wall. Likely
+ratio), no faster than torch.nn.Transformer (1.01x), after a compile of 158 s wall; bf16
+0.93x (0.98x CPU time) after 415 s. Likely
 causes: the compiled dropout is torch's Bernoulli mask (the eager CPU Dropout's cheaper one
 breaks the graph) and dynamic-shape kernels. gpu_check.py's base_compile measures it on CUDA.
 """
