@@ -1,4 +1,5 @@
-"""Training-step speed: this engine's Transformer versus one built from ``torch.nn.Transformer``.
+"""Training-step speed: this engine's Transformer, eager and compiled (training.compile), versus
+one built from ``torch.nn.Transformer``.
 
 Both models get the same dimensions (default: the quick preset's), the same random batches,
 the same loss (label-smoothed cross entropy ignoring padding: the engine's with engine/loss.py,
@@ -12,7 +13,24 @@ reported next to wall-clock time (with ``--threads 1`` it is immune to time-slic
 FLOPs/s are counted from the matmuls of one training step (3x those of the forward pass) and
 shown as a fraction of a large ``torch.matmul`` timed on this machine in the same dtype.
 
+The compiled contender is the same UpdateStep with training.compile = true; its first steps
+(the compile) are timed apart. Then an epoch of batches made as a run makes them (the run's
+length-sorted batcher over sentence lengths drawn like a translation corpus's, widths rounded up
+as a compiled run rounds them) goes through the compiled step, counting the graphs compiled on
+the way (torch._dynamo's counters): the recompilations a run would see.
+
     python benchmarks/bench_train.py [--rounds 6] [--steps 3] [--threads 1] [--batch 128 --len 32]
+                                     [--no-compile] [--epoch-sentences 2000 --max-tokens 4096]
+
+Measured on the 2-core AMD EPYC (no AVX512-BF16/AMX; shared, load average 7.7), torch 2.13,
+--d-model 128 --ffn 512 --heads 4 --layers 2 --vocab 2000 --batch 32 --len 32 --threads 1,
+fp32: eager engine 929 tgt tok/s (0.139 CPU s/step), compiled 574 (0.226), nn.Transformer
+586 (0.203): engine / reference 1.45x, compiled / engine 0.70x (0.65x CPU time); the compile
+158 s wall, 1 graph; an epoch of 9 bucketed batches (--epoch-sentences 400 --max-tokens 1024):
+1 recompilation. bf16 (--batch 16, load 8.4): eager 71 tok/s (0.905 CPU s/step), compiled 56
+(0.924), nn.Transformer 53 (0.973): compiled / engine 0.93x (0.98x CPU time); its compile 415 s
+wall. bf16 on this CPU is emulated: 96% of the eager bf16 step's self CPU time is
+aten::mm/addmm (--profile), so "auto" precision picks fp32 here.
 """
 
 from __future__ import annotations
@@ -24,14 +42,17 @@ import os
 import statistics
 import time
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.batching import Batch
+from engine.batching import Batch, collate
+from engine.batching import make_batches as run_batches
 from engine.config import TrainingConfig
 from engine.model import Transformer, sinusoids
 from engine.train import NoamSchedule, TrainingState, UpdateGroup, UpdateStep
+from engine.train.compiling import graph_count
 
 PAD = 0
 
@@ -84,7 +105,8 @@ def make_batches(n: int, batch: int, length: int, vocab: int, seed: int) -> list
     return batches
 
 
-def engine_contender(model: Transformer, precision: str, d_model: int) -> UpdateStep:
+def engine_contender(model: Transformer, precision: str, d_model: int,
+                     compiled: bool = False) -> UpdateStep:
     """The run's update step over ``model``, as the model stage sets it up (fused Adam, the
     paper's schedule, label smoothing 0.1, no clipping: the defaults of [training])."""
     optimizer = torch.optim.Adam(model.parameters(), lr=0.0, betas=(0.9, 0.98), eps=1e-9,
@@ -92,7 +114,37 @@ def engine_contender(model: Transformer, precision: str, d_model: int) -> Update
     amp_dtype = torch.bfloat16 if precision == "bf16" else None
     state = TrainingState(model, optimizer, NoamSchedule(optimizer, d_model, 4000, 1.0), None,
                           torch.device("cpu"), precision, amp_dtype)
-    return UpdateStep(state, TrainingConfig())
+    return UpdateStep(state, TrainingConfig(compile=compiled))
+
+
+class Lengths:
+    """An encoded split's lengths, which is all collate reads of it besides the ids."""
+
+    def __init__(self, n: int, max_len: int, vocab: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        # sentence lengths of a translation corpus: log-normal around ~22 tokens
+        self.src_lengths = np.clip(rng.lognormal(3.0, 0.5, n), 3, max_len).astype(np.int64)
+        ratio = rng.normal(1.05, 0.15, n)
+        self.tgt_lengths = np.clip(self.src_lengths * ratio, 3, max_len).astype(np.int64) + 1
+        self.ids = rng.integers(4, vocab, (n, max_len + 1))
+
+    def src(self, i):
+        return self.ids[i, :self.src_lengths[i]]
+
+    def tgt(self, i):
+        return self.ids[i, :self.tgt_lengths[i]]
+
+
+def compile_epoch(step: UpdateStep, sentences: int, max_tokens: int, max_len: int,
+                  vocab: int) -> tuple[int, int, float]:
+    """(batches, graphs compiled, seconds) for one epoch of run-like batches through ``step``."""
+    split = Lengths(sentences, max_len, vocab, seed=5)
+    batches = run_batches(split.src_lengths, split.tgt_lengths - 1, max_tokens, seed=1)
+    before, started = graph_count(), time.perf_counter()
+    for rows in batches:
+        batch = collate(split, rows, step.length_multiple)
+        train_step(step, batch, "")
+    return len(batches), graph_count() - before, time.perf_counter() - started
 
 
 def engine_batch(batch) -> Batch:
@@ -158,7 +210,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--steps", type=int, default=3, help="training steps per measurement")
     parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--peak-size", type=int, default=2048,
+                        help="side of the matmul timed for the peak (bf16 without AVX512-BF16 "
+                             "or AMX is slow: a smaller one on such CPUs)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no-compile", action="store_true", help="leave the compiled one out")
+    parser.add_argument("--profile", action="store_true",
+                        help="then the top 10 ops by self CPU time of the eager bf16 step")
+    parser.add_argument("--epoch-sentences", type=int, default=2000,
+                        help="sentences of the recompilation epoch, 0 = none")
+    parser.add_argument("--max-tokens", type=int, default=4096,
+                        help="training.max_tokens of the recompilation epoch")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -166,7 +228,9 @@ def main() -> None:
     dims = dict(d_model=args.d_model, ffn_hidden=args.ffn, n_head=args.heads,
                 n_layers=args.layers, dropout=0.1)
     batches = make_batches(4, args.batch, args.len, args.vocab, seed=1)
-    prepared = {"engine": [engine_batch(b) for b in batches], "reference": batches}
+    names = ("engine", "reference") if args.no_compile else ("engine", "compiled", "reference")
+    ours = [engine_batch(b) for b in batches]
+    prepared = {"engine": ours, "compiled": ours, "reference": batches}
     tokens = sum(int(b[2].ne(PAD).sum()) for b in batches) / len(batches)
     flops = step_flops(args.batch, args.len, args.len, args.d_model, args.ffn, args.layers,
                        args.vocab)
@@ -174,13 +238,14 @@ def main() -> None:
 
     contenders = {}
     for precision in precisions:
-        for name in ("engine", "reference"):
+        for name in names:
             torch.manual_seed(0)
-            if name == "engine":
+            if name in ("engine", "compiled"):
                 model = Transformer(args.vocab, args.vocab, max_len=args.len,
                                     share_embeddings=True, **dims)
                 model.train()
-                contenders[(name, precision)] = engine_contender(model, precision, args.d_model)
+                contenders[(name, precision)] = engine_contender(model, precision, args.d_model,
+                                                                 compiled=name == "compiled")
                 continue
             model = ReferenceTransformer(args.vocab, max_len=args.len + 1, **dims)
             model.train()
@@ -199,9 +264,16 @@ def main() -> None:
     params = {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
     print(f"parameters: engine {params['engine']:,}, reference {params['reference']:,}")
 
-    for (name, precision), contender in contenders.items():  # warm up
+    for (name, precision), contender in contenders.items():  # warm up (and compile)
+        started, cpu_started, graphs = time.perf_counter(), time.process_time(), graph_count()
         for batch in prepared[name][:2]:
             train_step(contender, batch, precision)
+        if name == "compiled":
+            print(f"compiled {precision}: first two steps (the compile) "
+                  f"{time.perf_counter() - started:.1f} s wall, "
+                  f"{time.process_time() - cpu_started:.1f} s CPU, "
+                  f"{graph_count() - graphs} graphs (CPU time: this process's; the compiler's "
+                  "worker processes are not counted)")
 
     # wall-clock seconds per step, and CPU seconds per step: on a machine shared with other
     # work, CPU time counts only the time this process actually ran (exact with --threads 1;
@@ -214,7 +286,8 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     for _ in range(args.rounds):
         for precision in precisions:  # the peak too is the best over the rounds
-            peaks[precision] = max(peaks[precision], matmul_flops(dtypes[precision]))
+            peaks[precision] = max(peaks[precision],
+                                   matmul_flops(dtypes[precision], args.peak_size))
         order = order[1:] + order[:1]  # rotate, so no contender always runs first
         for key in order:
             contender, own = contenders[key], prepared[key[0]]
@@ -226,7 +299,7 @@ def main() -> None:
 
     print(f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after; "
           f"{args.rounds} rounds of {args.steps} steps each")
-    print("matmul peak (2048 x 2048, best of the rounds): " + ", ".join(
+    print(f"matmul peak ({args.peak_size} x {args.peak_size}, best of the rounds): " + ", ".join(
         f"{precision} {peak / 1e9:.0f} GFLOP/s" for precision, peak in peaks.items()))
     print(f"\n{'model':<10} {'precision':<9} {'s/step':>7} {'tgt tok/s':>10} {'best':>7} "
           f"{'cpu s/step':>10} {'GFLOP/s':>8} {'of peak':>8}")
@@ -254,11 +327,34 @@ def main() -> None:
     for precision in precisions:
         print(f"{precision}: engine / reference = "
               f"{ratio(('engine', precision), ('reference', precision))}")
+        if "compiled" in names:
+            print(f"{precision}: compiled / reference = "
+                  f"{ratio(('compiled', precision), ('reference', precision))}")
+            print(f"{precision}: compiled / engine = "
+                  f"{ratio(('compiled', precision), ('engine', precision))}")
     best = {name: max(precisions, key=lambda p: speed[(name, p)])
             for name in ("engine", "reference")}
     print(f"faster precision of each (engine {best['engine']}, reference {best['reference']}): "
           f"{ratio(('engine', best['engine']), ('reference', best['reference']))}; "
           "target >= 1.3x")
+
+    if args.profile and ("engine", "bf16") in contenders:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for i in range(args.steps):
+                train_step(contenders[("engine", "bf16")], ours[i % len(ours)], "bf16")
+        print("\nthe eager bf16 step, top 10 ops by self CPU time:")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
+
+    if "compiled" in names and args.epoch_sentences:
+        step = contenders[("compiled", precisions[-1])]
+        count, graphs, seconds = compile_epoch(step, args.epoch_sentences, args.max_tokens,
+                                               args.len, args.vocab)
+        print(f"\nan epoch of {count} run-like batches ({args.epoch_sentences} sentences, "
+              f"max_tokens {args.max_tokens}, lengths up to {args.len}, widths rounded to "
+              f"{step.length_multiple}) through the compiled {precisions[-1]} step: "
+              f"{graphs} recompilations, {seconds:.1f} s")
 
 
 if __name__ == "__main__":

@@ -21,10 +21,14 @@ Runs, in order (each check on its own: one failing does not stop the others):
   syncs          torch.cuda.set_sync_debug_mode("warn") over an epoch: syncs per batch, where
   base_step      Transformer-base, max_tokens 25000, bf16 (fp16 before sm80), 20 steps through
                  the engine's own step: tokens/s, MFU, peak memory, GPU idle gaps
+  base_compile   the same with training.compile off and on: tokens/s, MFU, compile seconds,
+                 graphs compiled (recompilations); CUDA only
   forced_oom     set_per_process_memory_fraction so batches do not fit: every one skipped,
                  memory back to its baseline, the run ends after max_bad_batches in one line
   fit            engine.fit.fit on the device and a short run at its recommendation
   torchrun_nccl  a 1-process torchrun job (NCCL on a GPU) training one epoch
+  ddp_vs_hand    benchmarks/bench_ddp.py on 2 GPUs: the hand gradient averaging against
+                 DistributedDataParallel (when torch.cuda.device_count() >= 2)
 
 Only the sample preset and synthetic batches: no network. Under 6 minutes on one GPU.
 Without CUDA, or with --dry-run, CUDA-only checks are skipped with the reason and the others
@@ -464,8 +468,9 @@ def check_syncs(ctx: Context) -> dict:
             "where": dict(places.most_common(12))}
 
 
-def check_base_step(ctx: Context) -> dict:
-    """Transformer-base through the run's own update step (engine/train/step.py)."""
+def check_base_step(ctx: Context, compiled: bool = False) -> dict:
+    """Transformer-base through the run's own update step (engine/train/step.py); ``compiled``:
+    with training.compile = true (the compile happens in the warm-up steps)."""
     from benchmarks.bench_train import step_flops
     from engine.config import load_config
     from engine.device import resolve_precision
@@ -481,7 +486,8 @@ def check_base_step(ctx: Context) -> dict:
         vocab, length, steps = 500, 16, 2
         settings = ["model.d_model=32", "model.ffn_hidden=64", "model.n_head=2",
                     "model.n_layers=1", "training.max_tokens=400", "training.precision=\"fp32\""]
-    config = load_config("sample", settings + ["model.dropout=0.1", "model.max_len=256"])
+    config = load_config("sample", settings + ["model.dropout=0.1", "model.max_len=256",
+                                               f"training.compile={str(compiled).lower()}"])
     m = config.model
     precision, amp_dtype = resolve_precision(config.training.precision, device)
     torch.manual_seed(0)
@@ -520,8 +526,12 @@ def check_base_step(ctx: Context) -> dict:
         _, nll = update_step.finish(group)
         return nll
 
-    for b in batches[:2]:  # warm up: kernels chosen, Adam's state allocated
+    warm_started = time.perf_counter()
+    for b in batches[:2]:  # warm up: kernels chosen, Adam's state allocated (and the compile)
         step(b)
+    if ctx.cuda:
+        torch.cuda.synchronize()
+    warm_up_seconds = time.perf_counter() - warm_started
     if ctx.cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -540,6 +550,10 @@ def check_base_step(ctx: Context) -> dict:
               "model_tflops_per_second": round(flops / seconds / 1e12, 2),
               "loss": "engine/loss.py (lean)" if (ROOT / "engine" / "loss.py").is_file()
               else "train.label_smoothed_loss (before the lean loss)"}
+    if update_step.compiled is not None:
+        result["compile_seconds"] = round(update_step.compiled.seconds or 0.0, 1)
+        result["warm_up_seconds"] = round(warm_up_seconds, 1)
+        result["graphs"] = update_step.compiled.graphs()  # more than 1: recompilations
     if ctx.cuda:
         result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         peak = matmul_peak(amp_dtype or torch.float32)
@@ -547,6 +561,41 @@ def check_base_step(ctx: Context) -> dict:
         result["mfu_vs_matmul_peak"] = round(flops / seconds / peak, 3)
         result["idle"] = idle_gaps(lambda: [step(b) for b in batches[:3]])
     return result
+
+
+def check_base_compile(ctx: Context) -> dict:
+    """training.compile off and on, Transformer-base (check_base_step twice): tokens/s, MFU,
+    the compile's seconds and the graphs compiled (recompilations). What "auto" = on CUDA rests
+    on."""
+    ctx.need_cuda("compiling the base model takes minutes on a CPU")
+    eager, compiled = check_base_step(ctx, compiled=False), check_base_step(ctx, compiled=True)
+    keys = ("target_tokens_per_second", "model_tflops_per_second", "mfu_vs_matmul_peak",
+            "peak_memory_gib")
+    result = {"eager": {k: eager.get(k) for k in keys},
+              "compiled": {k: compiled.get(k) for k in
+                           keys + ("compile_seconds", "warm_up_seconds", "graphs")}}
+    result["speedup"] = round(compiled["target_tokens_per_second"]
+                              / eager["target_tokens_per_second"], 3)
+    return result
+
+
+def check_ddp_vs_hand(ctx: Context) -> dict:
+    """The hand gradient averaging against DistributedDataParallel on 2 GPUs (NCCL):
+    benchmarks/bench_ddp.py under torchrun; the ratio decides engine/distributed.py's default."""
+    ctx.need_cuda("DDP against the hand averaging over NCCL")
+    if torch.cuda.device_count() < 2:
+        raise Skip(f"needs 2 GPUs, this machine has {torch.cuda.device_count()}")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", str(ROOT / "benchmarks" / "bench_ddp.py"),
+               "--d-model", "512", "--layers", "6", "--vocab", "37000", "--batch", "128",
+               "--len", "32", "--rounds", "5", "--updates", "5"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ctx.env())
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    if done.returncode != 0 or not lines:
+        raise AssertionError(f"bench_ddp.py failed: {(done.stdout + done.stderr)[-1500:]}")
+    ratio = [line for line in lines if line.startswith("hand / ddp time = ")]
+    return {"output": lines[-4:],
+            "hand_over_ddp": float(ratio[0].split("=")[1].split()[0]) if ratio else None}
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 8192) -> float:
@@ -689,8 +738,9 @@ def check_torchrun(ctx: Context) -> dict:
 CHECKS = {"versions": check_versions, "nvml": check_nvml, "cli_runs": check_cli_runs,
           "resume": check_resume, "attention": check_attention,
           "attention_backends": check_attention_backends, "syncs": check_syncs,
-          "base_step": check_base_step, "forced_oom": check_forced_oom, "fit": check_fit,
-          "torchrun_nccl": check_torchrun}
+          "base_step": check_base_step, "base_compile": check_base_compile,
+          "forced_oom": check_forced_oom, "fit": check_fit, "torchrun_nccl": check_torchrun,
+          "ddp_vs_hand": check_ddp_vs_hand}
 
 
 # --- the report ------------------------------------------------------------------------------
@@ -724,6 +774,11 @@ def summary_line(name: str, result: dict) -> str:
                                    f"{d['peak_memory_gib']} GiB, idle "
                                    f"{d['idle'].get('idle_fraction')}" if "idle" in d else "")
                                 + f"; loss: {d['loss']}"),
+        "base_compile": lambda d: (
+            f"compiled {d['speedup']}x eager tokens/s (MFU {d['eager']['mfu_vs_matmul_peak']} -> "
+            f"{d['compiled']['mfu_vs_matmul_peak']}), compile {d['compiled']['compile_seconds']}"
+            f" s, {d['compiled']['graphs']} graphs"),
+        "ddp_vs_hand": lambda d: f"hand / DDP time {d['hand_over_ddp']}",
         "forced_oom": lambda d: f"{d['skipped']} skipped, baseline kept, then: {d['failure']}",
         "fit": lambda d: f"fit {d['fit']}",
         "torchrun_nccl": lambda d: f"{d['status']} with {(d.get('model') or {}).get('backend')}",

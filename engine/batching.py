@@ -110,12 +110,17 @@ def padding_efficiency(batches: list[np.ndarray], src_lengths: np.ndarray,
     return real / padded if padded else 1.0
 
 
-def collate(split: EncodedSplit, rows: np.ndarray) -> Batch:
-    """Padded tensors (CPU) for the pairs ``rows`` of ``split``."""
+def collate(split: EncodedSplit, rows: np.ndarray, multiple: int = 1) -> Batch:
+    """Padded tensors (CPU) for the pairs ``rows`` of ``split``; widths rounded up to a
+    ``multiple`` (a compiled step sees a few shapes, not one per batch)."""
     src_len = split.src_lengths[rows]
     tgt_len = split.tgt_lengths[rows] - 1
-    src = np.full((len(rows), int(src_len.max())), PAD_ID, dtype=np.int64)
-    tgt_in = np.full((len(rows), int(tgt_len.max())), PAD_ID, dtype=np.int64)
+
+    def width(longest) -> int:
+        return -(-int(longest) // multiple) * multiple
+
+    src = np.full((len(rows), width(src_len.max())), PAD_ID, dtype=np.int64)
+    tgt_in = np.full((len(rows), width(tgt_len.max())), PAD_ID, dtype=np.int64)
     tgt_out = np.full_like(tgt_in, PAD_ID)
     for r, i in enumerate(rows):
         src[r, :src_len[r]] = split.src(i)

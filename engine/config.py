@@ -35,10 +35,11 @@ PRESET_NAMES = ("sample", "small", "quick", "medium", "full", "big")
 
 def _key(default: Any, *, doc: str, min: float | None = None, max: float | None = None,
          choices: tuple[str, ...] | None = None, is_file: bool = False,
-         auto: bool = False) -> Any:
-    """``auto``: the key also takes the string "auto" (the engine works the value out)."""
+         auto: bool = False, kind: type | None = None) -> Any:
+    """``auto``: the key also takes the string "auto" (the engine works the value out);
+    ``kind``: the value's type when the default is "auto"."""
     meta = {"doc": doc, "min": min, "max": max, "choices": choices, "is_file": is_file,
-            "auto": auto}
+            "auto": auto, "kind": kind}
     return field(default=default, metadata=meta)
 
 
@@ -101,6 +102,9 @@ class TrainingConfig:
                           "cuDNN's on sm90+ until gpu_check.py proves it), math = the plain "
                           "one, no-cudnn = all but cuDNN's",
                           choices=("auto", "math", "no-cudnn"))
+    compile: Any = _key("auto", doc="the training forward and loss through torch.compile: auto "
+                        "= on CUDA (slower than eager on the CPU, bench_train.py)", auto=True,
+                        kind=bool)
     checkpoint_every: int = _key(10, doc="epochs between model_epoch_N.pt checkpoints "
                                  "(when checkpoint_every_updates = 0)", min=1)
     checkpoint_every_updates: int = _key(0, doc="updates between checkpoint_update_N.pt "
@@ -113,7 +117,8 @@ class TrainingConfig:
     patience: int = _key(0, doc="validations without improving eval.best_by before training "
                          "ends early, 0 = off", min=0)
     seed: int = _key(1, doc="random seed for initialisation and batch order", min=0)
-    max_bad_batches: int = _key(5, doc="NaN/OOM batches in a row before the run stops", min=1)
+    max_bad_batches: int = _key(5, doc="NaN/OOM batches in a row, or NaN ones among the last 100 "
+                                "updates, before the run stops", min=1)
     divergence_factor: float = _key(5.0, doc="a validation loss above this times the best stops "
                                     "the run without saving (diverged)", min=1.0)
     memory_budget: float = _key(0.0, doc="GiB training may use (fit, preflight); 0 = the whole "
@@ -248,14 +253,14 @@ def _build_section(section: str, values: dict[str, Any], source: str) -> Any:
 
 def _check_value(section: str, f: dataclasses.Field, value: Any, source: str) -> Any:
     where = f"{source}: [{section}] {f.name} = {value!r}"
-    kind = type(f.default)
     meta = f.metadata
+    kind = meta.get("kind") or type(f.default)
     auto = ' or "auto"' if meta.get("auto") else ""
     if auto and value == "auto":
         return value
     if kind is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: must be true or false")
+            raise ConfigError(f"{where}: must be true or false{auto}")
     elif kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: must be an integer{_range_text(meta)}{auto}")

@@ -36,6 +36,18 @@ How the job divides the work:
   (``wait_for_device``), so a rank blocked behind an NCCL all-reduce whose peer died gives up
   STOP_GRACE_SECONDS after that SIGTERM, and rank 0 records a ``RunFailed`` in events.jsonl.
   Checkpoints are written atomically, so the last one stays loadable whatever is killed.
+- Why by hand, not DistributedDataParallel: DDP overlaps its all-reduce with the backward,
+  but a rank whose batch runs out of memory would leave the others waiting in it; the hand
+  averaging runs after the OOM agreement, in persistent flat buffers (``FlatGradients``: no
+  allocation per update). Measured with benchmarks/bench_ddp.py, 2 gloo processes of 1 thread
+  on the 2-core AMD EPYC development machine (shared, load average 4-7), update_freq 2 (DDP
+  with no_sync on the first batch), interleaved rounds, hand / DDP time per update: 0.96
+  (1.4 M parameters, 0.38 vs 0.39 s) and 0.82 (7.6 M parameters, 3.72 vs 4.48 s): the hand
+  averaging is as fast or faster here (DDP's overlap only competes for the same two cores), so
+  it stays the default. On GPUs with NCCL the overlap can win (published: up to ~40% of an
+  iteration); benchmarks/gpu_check.py's ddp_vs_hand measures it where 2 GPUs exist, and a DDP
+  path (with the all-reduced OOM flag and a zero-gradient backward on the rank that hit it)
+  should replace this only where that ratio is above 1.05.
 """
 
 from __future__ import annotations
@@ -385,35 +397,68 @@ def broadcast_parameters(model) -> None:
         dist.broadcast(tensor.data, src=0)
 
 
+class FlatGradients:
+    """The persistent flat buffers gradients are all-reduced in: one per bucket of
+    ``BUCKET_BYTES`` (one dtype each), allocated at the first update and reused by every one
+    after (the gradients are copied in with one ``cat(out=)`` and back with one foreach copy
+    per bucket; no tensor is allocated per update)."""
+
+    def __init__(self, params: list) -> None:
+        import torch
+
+        self.params = list(params)
+        self.buckets: list[tuple[list[int], Any, list]] = []  # (indices, flat buffer, views)
+        size = 0
+        for i, p in enumerate(self.params):
+            nbytes = p.numel() * p.element_size()
+            first = self.params[self.buckets[-1][0][0]] if self.buckets else None
+            if first is None or size + nbytes > BUCKET_BYTES or p.dtype != first.dtype:
+                self.buckets.append(([], None, []))
+                size = 0
+            self.buckets[-1][0].append(i)
+            size += nbytes
+        for n, (indices, _, _) in enumerate(self.buckets):
+            shapes = [self.params[i].shape for i in indices]
+            flat = torch.empty(sum(self.params[i].numel() for i in indices),
+                               dtype=self.params[indices[0]].dtype,
+                               device=self.params[indices[0]].device)
+            views = [v.view(shape) for v, shape in
+                     zip(flat.split([self.params[i].numel() for i in indices]), shapes)]
+            self.buckets[n] = (indices, flat, views)
+
+    def matches(self, params: list) -> bool:
+        return len(params) == len(self.params) and all(
+            a is b for a, b in zip(params, self.params))
+
+    def average(self, world: int) -> None:
+        import torch
+        import torch.distributed as dist
+
+        for p in self.params:
+            if p.grad is None:  # a parameter this rank's batches did not reach
+                p.grad = torch.zeros_like(p)
+        for indices, flat, views in self.buckets:
+            grads = [self.params[i].grad for i in indices]
+            torch.cat([g.reshape(-1) for g in grads], out=flat)
+            dist.all_reduce(flat)
+            flat.div_(world)
+            torch._foreach_copy_(grads, views)
+
+
+_flat: FlatGradients | None = None
+
+
 def average_gradients(params: list) -> None:
-    """Each gradient becomes its mean over the ranks (default group: NCCL on GPUs), in flat
-    buckets of ``BUCKET_BYTES``. Every rank calls it with the same parameters, in the same
-    order, and only once the control group agreed that every rank's batches went through."""
+    """Each gradient becomes its mean over the ranks (default group: NCCL on GPUs), in the
+    persistent flat buckets of ``FlatGradients``. Every rank calls it with the same parameters,
+    in the same order, and only once the control group agreed that every rank's batches went
+    through."""
+    global _flat
     if _job is None:
         return
-    import torch
-    import torch.distributed as dist
-
-    grads = []
-    for p in params:
-        if p.grad is None:  # a parameter this rank's batches did not reach
-            p.grad = torch.zeros_like(p)
-        grads.append(p.grad)
-    buckets: list[list] = []
-    size = 0
-    for grad in grads:
-        nbytes = grad.numel() * grad.element_size()
-        if not buckets or size + nbytes > BUCKET_BYTES or grad.dtype != buckets[-1][0].dtype:
-            buckets.append([])
-            size = 0
-        buckets[-1].append(grad)
-        size += nbytes
-    for bucket in buckets:
-        flat = torch.cat([g.reshape(-1) for g in bucket])
-        dist.all_reduce(flat)
-        flat.div_(_job.world)
-        for target, averaged in zip(bucket, flat.split([g.numel() for g in bucket])):
-            target.copy_(averaged.view_as(target))
+    if _flat is None or not _flat.matches(params):
+        _flat = FlatGradients(params)
+    _flat.average(_job.world)
 
 
 def adapt_resume(state: dict[str, Any], epoch: int, batch_in_epoch: int, path: Path | str,

@@ -83,7 +83,7 @@ class Dropout(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if x.device.type != "cpu":
+        if x.device.type != "cpu" or torch.compiler.is_compiling():
             return F.dropout(x, self.p, training=True)  # fused kernels elsewhere
         n = x.numel()
         bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_()  # 63 random bits each

@@ -214,6 +214,13 @@ for p in model.parameters():
     p.grad = torch.full_like(p, float(rank + 1))
 distributed.average_gradients(list(model.parameters()))
 assert all(p.grad.eq(1.5).all() for p in model.parameters())
+# the next update reuses the same flat buffer (no allocation per update)
+buffer = distributed._flat.buckets[0][1].data_ptr()
+for p in model.parameters():
+    p.grad = torch.full_like(p, float(2 * rank))
+distributed.average_gradients(list(model.parameters()))
+assert all(p.grad.eq(1.0).all() for p in model.parameters())
+assert distributed._flat.buckets[0][1].data_ptr() == buffer
 print(f"rank {rank} agreed", flush=True)
 if rank == 1:
     os._exit(0)  # gone without a word, as a killed process

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"
-CUDA_ONLY = {"syncs", "forced_oom", "attention_backends"}
+CUDA_ONLY = {"syncs", "forced_oom", "attention_backends", "base_compile", "ddp_vs_hand"}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine, run the real check")
@@ -28,7 +28,7 @@ def test_the_gpu_check_runs_dry_on_the_cpu_and_says_what_it_skipped(tmp_path):
     checks = report["checks"]
     assert set(checks) == {"versions", "nvml", "cli_runs", "resume", "attention", "syncs",
                            "base_step", "forced_oom", "fit", "torchrun_nccl",
-                           "attention_backends"}
+                           "attention_backends", "base_compile", "ddp_vs_hand"}
     for name in CUDA_ONLY:
         assert checks[name]["status"] == "skipped" and "needs CUDA" in checks[name]["reason"]
     ran = {name for name, check in checks.items() if check["status"] == "ok"}

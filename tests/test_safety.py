@@ -195,6 +195,44 @@ def test_a_nan_streak_is_never_saved_by_a_timed_save(tmp_path):
     assert sha256(tmp_path / ckpt.LAST) == kept and not of(events, ev.CheckpointSaved)
 
 
+@pytest.mark.parametrize("stop_epoch", [1, 2])
+def test_a_resume_that_diverges_keeps_the_good_checkpoints(tmp_path, monkeypatch, stop_epoch):
+    """Issue 25 item 7, as a user met it: a run stopped late in an epoch, resumed with a learning
+    rate a million times larger. It goes NaN (not always in a row) and its validation loss
+    explodes; the guard remembers the loss from before the resume (in the checkpoint) and stops
+    it, and checkpoint_last.pt and checkpoint_best.pt keep the weights saved before it."""
+    monkeypatch.setattr(train_loop, "PROGRESS_SECONDS", 0.0)  # progress after every update
+    control = RunControl()
+
+    def stop_late(event):  # honoured before the epoch's third update from the end
+        if (isinstance(event, ev.BatchProgress) and event.epoch == stop_epoch
+                and event.batch == event.batches - 3):
+            control.stop()
+
+    config = tiny_config(training__epochs=3, training__average_last=0)
+    status, _ = train_run(tmp_path, config, control, on_event=stop_late)
+    assert status == "stopped"
+    names = [ckpt.LAST, ckpt.BEST] if stop_epoch == 2 else [ckpt.LAST]
+    saved = {name: ckpt.load_checkpoint(tmp_path / name)["model"] for name in names}
+    assert ckpt.load_checkpoint(tmp_path / ckpt.LAST)["epoch"] == stop_epoch - 1
+
+    bad = tiny_config(training__epochs=3, training__lr_factor=2.0e6)
+    status, events = train_run(tmp_path, bad, resume="last")
+    assert status == "failed"
+    message = of(events, ev.RunFailed)[0].message
+    assert "\n" not in message and message.startswith("training stopped: ")
+    assert str(tmp_path / ckpt.LAST) in message and f"(epoch {stop_epoch - 1}, batch " in message
+    assert not of(events, ev.CheckpointSaved)
+    if stop_epoch == 2:
+        assert f"{tmp_path / ckpt.BEST} holds the best (" in message
+    else:
+        assert not (tmp_path / ckpt.BEST).exists()  # never made from diverged weights
+    for name, weights in saved.items():
+        kept = ckpt.load_checkpoint(tmp_path / name)["model"]
+        assert kept.keys() == weights.keys()
+        assert all(torch.equal(kept[key], weights[key]) for key in weights), name
+
+
 # --- a full or read-only disk ----------------------------------------------------------------
 
 
@@ -434,3 +472,37 @@ def test_a_full_disk_in_any_stage_is_one_line_naming_the_file(tmp_path, small_di
     assert failed and failed[2] == str(disk) and failed[1] in ("data", "tokenizer", "encode"), out
     assert failed[3].startswith(("train", "valid", "test", "tokenizer")), out
     assert "Traceback" not in out + result.stderr.decode()
+
+
+def test_nan_updates_stop_the_run_even_when_not_in_a_row(tmp_path):
+    """training.max_bad_batches counts NaN/inf updates among the last 100, in a row or not (a
+    run that was NaN every other update went on for an epoch); good updates between them do
+    not reset the count, and an out-of-memory error still counts in a row only."""
+    from engine.train.guard import NAN_WINDOW, DivergenceGuard
+    from engine.train.state import NoamSchedule, TrainingState
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    state = TrainingState(model, optimizer, NoamSchedule(optimizer, 32, 30, 1.0), None,
+                          torch.device("cpu"), "fp32", None)
+    events = []
+    guard = DivergenceGuard(tiny_config(training__max_bad_batches=3), state, tmp_path,
+                            events.append)
+    for batch in range(1, 5):
+        guard.bad_batch("oom", 1, batch, 100)  # out of memory: never 3 in a row here
+        guard.good_update(4.0)
+    guard.bad_batch("nan", 1, 10, 100)
+    guard.good_update(4.0)
+    guard.bad_batch("nan", 1, 12, 100)
+    for _ in range(NAN_WINDOW - 2):
+        guard.good_update(4.0)
+    guard.bad_batch("nan", 1, 200, 100)  # batch 10's has left the window: 2 in it
+    guard.good_update(4.0)
+    guard.bad_batch("nan", 1, 202, 100)  # batch 12's has left too: 2
+    guard.good_update(4.0)
+    with pytest.raises(Exception) as stopped:
+        guard.bad_batch("nan", 1, 204, 100)  # 200, 202, 204
+    message = str(stopped.value)
+    assert message.startswith("training stopped: loss or gradients were NaN/inf in 3 of the "
+                              f"last {NAN_WINDOW} updates (epoch 1, batch 204); no checkpoint")
+    assert [e.in_a_row for e in of(events, ev.BatchSkipped)] == [1] * 9

@@ -7,11 +7,13 @@ Rooms, each found by its name:
     model_stage.py  the model stage: the Transformer, optimizer, schedule, scaler; resume
     step.py         UpdateStep: forward/backward/accumulate, OOM agreement, clipping, Adam
                     (the run's loop, benchmarks/gpu_check.py and bench_train.py drive it)
+    compiling.py    training.compile: the training forward through torch.compile, timed
     checkpoints.py  checkpoint_last.pt timing and writing, best/epoch/update checkpoints,
                     averaged.pt
     validation.py   validation loss, BLEU, sample translations, test BLEU
     memory_watch.py MemorySample, per-batch peaks, the worst-case and beam-search preflight
-    guard.py        the divergence guard: bad batches in a row, a diverged validation
+    guard.py        the divergence guard: bad batches (NaN ones over a window), a diverged
+                    validation or update, measured against the run's history across resumes
     loop.py         TrainLoop and the train stage: epochs of updates, as the paper trains
 """
 

@@ -12,7 +12,6 @@ long timeout (a slow disk is fine).
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -24,6 +23,7 @@ from engine.events import CheckpointSaved, Emit, Notice
 if TYPE_CHECKING:
     from engine.config import RunConfig
     from engine.tokenizer.stage import TokenizerSet
+    from engine.train.guard import DivergenceGuard
     from engine.train.state import ActiveClock, EpochLoss, TrainingState
     from engine.train.step import UpdateGroup
 
@@ -31,11 +31,12 @@ if TYPE_CHECKING:
 class RunCheckpoints:
     def __init__(self, config: RunConfig, state: TrainingState, tokenizers: TokenizerSet,
                  run_dir: Path, emit: Emit, epoch_loss: EpochLoss, session: ActiveClock,
-                 total_seconds: Callable[[], float]) -> None:
+                 total_seconds: Callable[[], float], guard: DivergenceGuard) -> None:
         self.config, self.training = config, config.training
         self.state, self.progress = state, state.progress
         self.tokenizers, self.run_dir, self.emit = tokenizers, Path(run_dir), emit
         self.epoch_loss, self.session, self.total_seconds = epoch_loss, session, total_seconds
+        self.guard = guard  # whether weights look good enough to save
         self.saved_position: tuple[int, int] | None = None  # (epoch, batch) of checkpoint_last
         if state.resumed_from and Path(state.resumed_from) == self.run_dir / ckpt.LAST:
             self.saved_position = (self.progress.epoch, self.progress.batch_in_epoch)
@@ -67,13 +68,6 @@ class RunCheckpoints:
         due = minutes > 0 and self.session.seconds() - self.last_save >= minutes * 60
         return distributed.any_rank(due)  # every rank takes part in the save (RNG states)
 
-    def loss_looks_good(self, loss: float | None) -> bool:
-        """Did weights that gave this training loss not diverge? A NaN/inf loss, or one past
-        training.divergence_factor times the best validation loss, says they did."""
-        best = self.progress.best_val_loss
-        return loss is not None and math.isfinite(loss) and (
-            best is None or loss <= self.training.divergence_factor * best)
-
     def timed_save(self, group: UpdateGroup, snapshot: dict[str, Any]) -> None:
         """The mid-epoch checkpoint_last.pt (training.save_every_minutes) of the weights the
         update group just computed its loss with: written after the group's forward passes,
@@ -84,7 +78,7 @@ class RunCheckpoints:
         loss = None
         if not group.out_of_memory and group.nll is not None:
             loss = float(group.nll) / max(group.tokens, 1)
-        if not distributed.any_rank(not self.loss_looks_good(loss)):
+        if not distributed.any_rank(not self.guard.loss_looks_good(loss)):
             self.write_last(snapshot)
         # else: not written; still due, tried again at the next boundary
 

@@ -58,14 +58,16 @@ class TrainLoop:
         self.epoch_loss = EpochLoss(self.progress)
         self.step = UpdateStep(state, config.training)
         self.memory = MemoryWatch(config, self.step, self.run_dir, emit)
+        self.guard = DivergenceGuard(config, state, self.run_dir, emit)
         self.checkpoints = RunCheckpoints(config, state, tokenizers, self.run_dir, emit,
-                                          self.epoch_loss, self.session, self.total_seconds)
+                                          self.epoch_loss, self.session, self.total_seconds,
+                                          self.guard)
         self.validation = Validation(config, self.step, corpus, tokenizers, data, batches,
                                      control, emit)
-        self.guard = DivergenceGuard(config, state, self.run_dir, emit)
         self.corpus, self.tokenizers = corpus, tokenizers
         self.ended = ""  # why training ended early: "patience"
         self.unreported: tuple | None = None  # report()'s arguments for the last update, if due
+        self.compile_said = False  # the compile's Notice was emitted
 
     def total_seconds(self) -> float:
         return self.seconds_before + self.session.seconds()
@@ -82,8 +84,12 @@ class TrainLoop:
         return max(math.ceil(self.training.max_updates / per_epoch), self.progress.epoch + 1)
 
     def stop(self) -> None:
-        if self.guard.bad_in_a_row == 0:  # never the weights of a NaN streak
+        if self.guard.last_update_good():  # never the weights of a NaN or diverged update
             self.checkpoints.save_last()
+        else:
+            self.emit(Notice(level="warning", text=(
+                f"not saved: the last update's loss was NaN/inf or diverged; "
+                f"{self.guard.kept()}")))
         raise RunStopped()
 
     # -- the run --
@@ -121,12 +127,28 @@ class TrainLoop:
         info = {"epochs": p.epoch, "steps": self.state.step, "ended": ended,
                 "train_loss": p.train_loss, "val_loss": p.val_loss, "val_ppl": ppl(p.val_loss),
                 "bleu": p.bleu, "best": p.best, "seconds": round(p.seconds, 1)}
+        compiled = self.step.compiled
+        if compiled is not None and compiled.seconds is not None:  # for the app's train stage
+            info.update(compile_seconds=round(compiled.seconds, 1),
+                        compiled_graphs=compiled.graphs())
         info.update(self.end_of_training())
         return info
 
+    def say_compile_time(self) -> None:
+        """training.compile: the first update compiled the step; never silent (minutes on a big
+        model)."""
+        compiled = self.step.compiled
+        if compiled is None or compiled.seconds is None or self.compile_said:
+            return
+        self.compile_said = True
+        graphs = compiled.graphs()
+        self.emit(Notice(text=f"compiled the training step in {compiled.seconds:.1f} s "
+                              f"({graphs} graph{'s' if graphs != 1 else ''})"))
+
     def make_batch(self, order, position: int):
         """Runs in the prefetch thread: the batch at ``position`` of the epoch, pinned on CUDA."""
-        batch = collate(self.data.train, self.batches.train[order[position]])
+        batch = collate(self.data.train, self.batches.train[order[position]],
+                        self.step.length_multiple)
         return pinned(batch) if self.state.device.type == "cuda" else batch
 
     def train_epoch(self, epoch: int) -> bool:
@@ -186,17 +208,19 @@ class TrainLoop:
                     if not applied and (s.scaler is None or not math.isfinite(nll)):
                         self.guard.bad_batch("nan", epoch, position + 1, group.padded_tokens)
                     else:  # an fp16 overflow is the scaler's normal business
-                        self.guard.good_update()
+                        self.guard.good_update(nll / max(group.tokens, 1))
                 if math.isfinite(nll):
                     group.loss = nll
                     self.epoch_loss.add(nll, group.tokens)
+                self.say_compile_time()
                 self.unreported = (epoch, position, n, group, clock, done_here)
                 if report:
                     last_progress = now
                     self.report_unreported()
                 group = UpdateGroup()
                 self.memory.maybe_sample()
-                if self.checkpoints.update_checkpoint_due(self.updates_done()):
+                if (self.checkpoints.update_checkpoint_due(self.updates_done())
+                        and self.guard.last_update_good()):  # not after a NaN/diverged update
                     self.checkpoints.save_update_checkpoint()  # the last update's too
                 if self.updates_done():
                     self.epoch_loss.sums()

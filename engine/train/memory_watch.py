@@ -109,7 +109,7 @@ class MemoryWatch:
                                            decoder_lengths(train), self.config.model,
                                            tokenizers.tgt.get_vocab_size())
         rows = batches.train[index]
-        batch = collate(train, rows)
+        batch = collate(train, rows, self.step.length_multiple)
         what = (f"the epoch's largest batch ({len(rows)} sentences of up to "
                 f"{batch.src.size(1)}/{batch.tgt_in.size(1)} tokens)")
         # Adam's moments appear at the first update: counted, not allocated, before it

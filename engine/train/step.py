@@ -29,6 +29,7 @@ from engine.device import attention_context
 from engine.errors import EngineError
 from engine.loss import label_smoothed_loss
 from engine.memory import reset_peak
+from engine.train.compiling import LENGTH_MULTIPLE, CompiledStep, compile_wanted
 
 if TYPE_CHECKING:
     from engine.batching import Batch
@@ -54,6 +55,14 @@ class UpdateStep:
     def __init__(self, state: TrainingState, training: TrainingConfig) -> None:
         self.state, self.training = state, training
         self.gnorm: float | None = None  # the last update's gradient norm (before clipping)
+        # training.compile: the forward and loss compiled (state.model itself stays plain)
+        self.compiled = (CompiledStep(state.model)
+                         if compile_wanted(training.compile, state.device) else None)
+
+    @property
+    def length_multiple(self) -> int:
+        """Batch widths are rounded up to this (bounded shapes for the compiler)."""
+        return LENGTH_MULTIPLE if self.compiled is not None else 1
 
     def autocast(self):
         s = self.state
@@ -76,10 +85,14 @@ class UpdateStep:
         src, tgt_in, keep, target = self.to_device(batch.src, batch.tgt_in, batch.keep,
                                                    batch.target)
         with self.kernels():
-            with self.autocast():
-                logits = s.model(src, tgt_in, keep)
-            loss, nll = label_smoothed_loss(logits, target, training.label_smoothing)
-            del logits  # the loss keeps its gradient, not the logits
+            if self.compiled is not None:
+                loss, nll = self.compiled(src, tgt_in, keep, target, training.label_smoothing,
+                                          s.amp_dtype)
+            else:
+                with self.autocast():
+                    logits = s.model(src, tgt_in, keep)
+                loss, nll = label_smoothed_loss(logits, target, training.label_smoothing)
+                del logits  # the loss keeps its gradient, not the logits
             # normalised by the host's token count: nothing is read back from the device
             loss = loss / batch.tokens / training.update_freq
             (s.scaler.scale(loss) if s.scaler is not None else loss).backward()
