@@ -41,8 +41,9 @@ class MemoryHistory:
             used, peak_of = {"rss": sample.process_rss or None}, "rss"
         self.points.append(MemoryPoint(at, used, sample.recent_peak, peak_of))
         if len(self.points) > MAX_POINTS:  # halve the resolution, keep the highest of each pair
-            self.points = [_merge(a, b) for a, b in zip(self.points[::2], self.points[1::2])] + (
-                self.points[-1:] if len(self.points) % 2 else [])
+            older, newest = self.points[:-1], self.points[-1]  # the run's first and last stay
+            self.points = [_merge(a, b) for a, b in zip(older[::2], older[1::2])] + (
+                older[-1:] if len(older) % 2 else []) + [newest]
 
     def series(self, name: str) -> tuple[list[tuple[float, int | None]], list[tuple[float, int]]]:
         """(at, used) and (at, batch peak) of one series."""
@@ -56,7 +57,7 @@ class MemoryHistory:
 
 def _merge(a: MemoryPoint, b: MemoryPoint) -> MemoryPoint:
     used = {k: _max(a.used.get(k), b.used.get(k)) for k in {**a.used, **b.used}}
-    return MemoryPoint(b.at, used, _max(a.peak, b.peak), b.peak_of)
+    return MemoryPoint(a.at, used, _max(a.peak, b.peak), b.peak_of)
 
 
 def _max(a: int | None, b: int | None) -> int | None:
@@ -97,7 +98,8 @@ def chart(used: list[tuple[float, int | None]], peaks: list[tuple[float, int]], 
     level_rows = {}
     for value, name in levels:
         if 0 < value < top:
-            level_rows.setdefault(min(int(value / top * rows), rows - 1), name)
+            # the row whose top edge is nearest the level
+            level_rows.setdefault(max(round(value / top * rows) - 1, 0), name)
 
     def eighths(value: int | None) -> int:
         return 0 if value is None else round(min(value, top) / top * rows * 8)

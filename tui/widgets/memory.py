@@ -80,7 +80,7 @@ class MemoryPanel(StateView, Static):
             self.border_title = "GPU memory"
         blocks: list[Block] = []
         if devices:
-            pids = _run_pids(state)
+            pids = _run_pids(state, getattr(self.screen, "followed", None) or state.run_dir)
             for index, device in enumerate(devices):
                 blocks += _device_blocks(state, index, device, len(names) > 1, pids, width)
             blocks += _legend(state, True, width)
@@ -148,12 +148,12 @@ def fit_to_height(blocks: list[Block], height: int) -> list[Text]:
     return lines
 
 
-def _run_pids(state: RunState) -> set[int]:
+def _run_pids(state: RunState, run_dir: Any) -> set[int]:
     """The run's processes: every rank, as its samples say; for a run from before they said,
-    the pid in its lock."""
+    the pid in the lock of ``run_dir`` (the directory followed)."""
     if state.memory is not None and state.memory.pids:
         return set(state.memory.pids)
-    holder = read_lock(state.run_dir) if state.run_dir else None
+    holder = read_lock(run_dir) if run_dir else None
     pid = holder.get("pid") if holder else None
     return {pid} if isinstance(pid, int) else set()
 
