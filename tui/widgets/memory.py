@@ -95,8 +95,7 @@ class MemoryPanel(StateView, Static):
         else:
             blocks.append(Block(0, [Text("reading memory…", style="dim")]))
         blocks += _process_blocks(state, bool(devices), width)
-        if sample is not None:
-            blocks += _tuning_blocks(state, sample, bool(devices), width)
+        blocks += _tuning_blocks(state, sample, bool(devices), width)
         text = Text(no_wrap=True, overflow="ellipsis")
         for line in fit_to_height(blocks, height):
             text.append_text(line)
@@ -274,27 +273,36 @@ def _legend(state: RunState, with_gpu: bool, width: int) -> list[Block]:
     return [Block(3, [Text(legend + span.rjust(max(width - len(legend), 0)), style="dim")])]
 
 
-def _tuning_blocks(state: RunState, sample: Any, with_gpu: bool, width: int) -> list[Block]:
+def _max_tokens_line(state: RunState, sample: Any | None, width: int) -> list[Block]:
+    """max_tokens, and what the fit measured for it (or recommended)."""
+    if state.max_tokens is None:
+        return []
+    line = Text(f"max_tokens {count(state.max_tokens)}", style="bold")
+    if sample is not None and sample.fit_peak and sample.budget:
+        measured = size_pair(sample.fit_peak, sample.budget)  # "31.4/79.6 GiB"
+        # as much of it as the width takes (at 80 columns, the short one)
+        for fit in (f"  fit: {measured.replace('/', ' of ')} peak",
+                    f"  fit: {measured.replace('/', ' of ')}", f" fit {measured}"):
+            if len(line) + len(fit) <= width:
+                break
+        line.append(fit)
+    elif sample is not None and sample.fit_max_tokens:
+        line.append(f"  fit: {count(sample.fit_max_tokens)}")
+    blocks = [Block(1, [line])]
+    if sample is not None and sample.fit_peak and sample.fit_max_tokens and \
+            sample.fit_max_tokens != state.max_tokens:
+        blocks.append(Block(6, [Text(f"fit recommends {count(sample.fit_max_tokens)}")]))
+    return blocks
+
+
+def _tuning_blocks(state: RunState, sample: Any | None, with_gpu: bool,
+                   width: int) -> list[Block]:
     """What a person tuning max_tokens against out-of-memory errors watches: max_tokens and
     what the fit measured, the largest batch's peak and its shape, the headroom to the budget,
     the batches skipped, the recent peaks."""
-    blocks = []
-    if state.max_tokens is not None:
-        line = Text(f"max_tokens {count(state.max_tokens)}", style="bold")
-        if sample.fit_peak and sample.budget:
-            measured = size_pair(sample.fit_peak, sample.budget)  # "31.4/79.6 GiB"
-            # as much of it as the width takes (at 80 columns, the short one)
-            for fit in (f"  fit: {measured.replace('/', ' of ')} peak",
-                        f"  fit: {measured.replace('/', ' of ')}", f" fit {measured}"):
-                if len(line) + len(fit) <= width:
-                    break
-            line.append(fit)
-        elif sample.fit_max_tokens:
-            line.append(f"  fit: {count(sample.fit_max_tokens)}")
-        blocks.append(Block(1, [line]))
-        if sample.fit_peak and sample.fit_max_tokens and \
-                sample.fit_max_tokens != state.max_tokens:
-            blocks.append(Block(6, [Text(f"fit recommends {count(sample.fit_max_tokens)}")]))
+    blocks = _max_tokens_line(state, sample, width)
+    if sample is None:
+        return blocks
     if sample.largest_batch_peak is not None:
         shape = sample.largest_batch
         where = f" ({shape[0]}x{shape[1]}/{shape[2]})" if len(shape) == 3 else ""
