@@ -185,6 +185,10 @@ def _device_blocks(state: RunState, index: int, device: dict[str, Any], with_nam
     return blocks
 
 
+SHORT_REASONS = {"Insufficient Permissions": "no permission", "Not Supported": "unsupported",
+                 "Function Not Found": "old driver", "GPU is lost": "GPU lost"}
+
+
 def _holders(device: dict[str, Any], pids: set[int], width: int) -> list[Block]:
     """Who holds the GPU: the run's processes and the others' (summed), and each process when
     there is room. Older samples have no "processes": nothing is said."""
@@ -192,19 +196,25 @@ def _holders(device: dict[str, Any], pids: set[int], width: int) -> list[Block]:
         return []
     processes = device["processes"]
     if processes is None:
-        reason = device.get("processes_error") or "not supported"
-        return [Block(1, [Text(f"       processes n/a ({reason})", style="dim")])]
+        reason = device.get("processes_error") or "Not Supported"
+        line = f"       processes n/a ({reason})"
+        if len(line) > width:  # at half of 80 columns: NVML's words, shorter
+            line = f"processes n/a: {SHORT_REASONS.get(reason, reason)}"
+        return [Block(1, [Text(line, style="dim")])]
     ours = [p for p in processes if p.get("pid") in pids]
     others = [p for p in processes if p.get("pid") not in pids]
     parts = []
     if pids:
         parts.append(f"run {_sum(ours)}" if ours else "run: none here")
-    if others:
-        unknown = sum(p.get("used") is None for p in others)
-        parts.append(f"others {_sum(others)} in {len(others)}"
-                     + (f" ({unknown} n/a)" if unknown else ""))
-    elif pids or not processes:
-        parts.append("no other process")
+    unknown = sum(p.get("used") is None for p in others)
+    some_unknown = f" ({unknown} n/a)" if 0 < unknown < len(others) else ""
+    if others and pids:
+        parts.append(f"others {_sum(others)} in {len(others)}{some_unknown}")
+    elif others:  # no run to tell apart (none followed yet)
+        parts.append(f"{_sum(others)} in {len(others)} process"
+                     f"{'es' if len(others) > 1 else ''}{some_unknown}")
+    else:
+        parts.append("no other process" if pids else "no process")
     summary = "       " + " · ".join(parts)
     if len(summary) > width:  # at half of 80 columns: the indent goes first
         summary = summary.lstrip()
