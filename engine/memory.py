@@ -37,7 +37,7 @@ import psutil
 @dataclass(frozen=True)
 class MemoryReading:
     nvml_error: str = ""  # "" when NVML answered
-    # per GPU: name, label, used, total, util, processes ([{pid, name, used}], None = n/a)
+    # per GPU: name, label, uuid, used, total, util, processes ([{pid, name, used}], None = n/a)
     # and processes_error (why they are n/a)
     devices: list[dict[str, Any]] = field(default_factory=list)
     torch_allocated: int | None = None  # bytes, this process, None without CUDA
@@ -93,8 +93,8 @@ class MemoryProbe:
                                             os.environ.get("CUDA_VISIBLE_DEVICES")):
             handle = handles[index]
             if handle is None:
-                devices.append({"name": f"GPU {index}", "label": label, "used": None,
-                                "total": None, "util": None, "processes": None,
+                devices.append({"name": f"GPU {index}", "label": label, "uuid": "",
+                                "used": None, "total": None, "util": None, "processes": None,
                                 "processes_error": "no handle"})
                 continue
             name = _try(lambda: nvml.nvmlDeviceGetName(handle))
@@ -103,6 +103,7 @@ class MemoryProbe:
             devices.append({
                 "name": _text(name) or f"GPU {index}",
                 "label": label,
+                "uuid": uuids[index],  # the app matches the run's GPUs to its own reading by it
                 "used": None if memory is None else int(memory.used),
                 "total": None if memory is None else int(memory.total),
                 "util": None if util is None else int(util.gpu),

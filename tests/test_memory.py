@@ -27,8 +27,8 @@ def test_the_probe_reads_this_process_and_the_system_and_never_raises():
     else:  # a GPU machine: one entry per device, each value a number or None ("n/a")
         assert reading.devices
         for device in reading.devices:
-            assert set(device) == {"name", "label", "used", "total", "util", "processes",
-                                   "processes_error"}
+            assert set(device) == {"name", "label", "uuid", "used", "total", "util",
+                                   "processes", "processes_error"}
             assert device["label"].startswith("cuda:")
 
 

@@ -278,3 +278,28 @@ def test_the_chart_draws_peaks_solid_used_memory_shaded_the_end_and_a_level():
                      "┄┄┄┄ fit  ",
                      "  ▄▆      ",
                      "▂▆██ 0    "]
+
+
+def test_the_runs_gpus_are_shown_as_the_run_names_them_with_this_apps_fresh_reading():
+    """The run sees one GPU (CUDA_VISIBLE_DEVICES=1: its cuda:0 is NVML's second); this app
+    sees both. The panel shows the run's GPU only, under the run's name for it, with the app's
+    latest reading of that GPU (matched by UUID), and its chart."""
+    other_gpu = h100([(OTHER, 70 * GIB)], used=71 * GIB, uuid="GPU-aaaa")
+    runs_gpu = h100([(RUN_PID, 20 * GIB)], used=21 * GIB, uuid="GPU-bbbb")
+    nvml = RecordedNvml([other_gpu, runs_gpu])
+    sample = gpu_samples(30)[30]
+    sample = MemorySample(**{**sample.__dict__, "devices": [
+        {**sample.devices[0], "uuid": "GPU-bbbb", "used": 18 * GIB}]})
+
+    async def story() -> str:
+        app = TransformerApp(probe=MemoryProbe(nvml=nvml), probe_seconds=0.05)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await panel_text(app, pilot, lambda: app.state.reading is not None)
+            app.state.apply(sample, 1000.0)
+            return await panel_text(app, pilot, lambda: True)
+
+    lines = asyncio.run(story()).splitlines()
+    assert lines[0].startswith("cuda:0 ") and lines[0].endswith("21.0/79.6 GiB util 87%")
+    assert lines[1].strip() == "run 20.0 GiB · no other process"
+    assert not any(line.startswith("cuda:1") for line in lines)
+    assert lines[3].rstrip().endswith("79.6G")  # the chart, from the run's sample

@@ -65,9 +65,7 @@ class MemoryPanel(StateView, Static):
         width = self.content_size.width or 40
         height = self.content_size.height or 7
         reading, sample = state.reading, state.memory
-        # NVML devices: this app's probe when it has them, else what the engine sampled
-        devices = (reading.devices if reading and reading.devices else None) or \
-                  (sample.devices if sample else [])
+        devices = _shown_devices(reading, sample)
         # titled for what it measures: the GPUs (with their name, a row saved), or on a machine
         # without one the process and the system's memory
         names = {device.get("name") or "n/a" for device in devices}
@@ -102,6 +100,18 @@ class MemoryPanel(StateView, Static):
             text.append("\n")
         text.rstrip()
         show_text(self, text)
+
+
+def _shown_devices(reading: Any, sample: Any) -> list[dict[str, Any]]:
+    """The run's GPUs, labelled as the run names them, each with this app's fresher reading of
+    it when it has one (matched by UUID: the app may see the GPUs in another order); before
+    the run's first sample, the GPUs this app sees."""
+    mine = reading.devices if reading is not None else []
+    if sample is None or not sample.devices:
+        return mine
+    fresh = {d.get("uuid"): d for d in mine if d.get("uuid")}
+    return [{**d, **fresh[d.get("uuid")], "label": d.get("label")}
+            if d.get("uuid") in fresh else d for d in sample.devices]
 
 
 @dataclass
