@@ -123,7 +123,7 @@ class Block:
     lines: list[Text] = field(default_factory=list)
     chart: Callable[[int], list[Text]] | None = None
     min_rows: int = 2
-    max_rows: int = 8
+    max_rows: int = 5  # a taller chart says no more
 
 
 WANTED_ROWS = 5  # a chart's rows worth dropping the least needed lines (priority >= 4) for
