@@ -142,3 +142,33 @@ def test_two_ranks_are_both_named_in_rank_0s_samples(tmp_path):
     for sample in samples:
         assert len(sample.pids) == 2 and len(set(sample.pids)) == 2
         assert sample.pids[0] == heartbeat["pid"] and os.getpid() not in sample.pids
+
+
+def test_a_run_with_a_matching_fit_json_says_what_the_fit_measured_at_its_max_tokens(tmp_path):
+    """fit.json measured this run's max_tokens (and recommended another): the samples carry
+    the measured peak, for the panel's "fit: ... of ... peak" and the chart's fit line."""
+    import torch
+
+    from engine import fit as fit_module
+    from engine.control import RunControl
+    from engine.device import resolve_precision
+    from engine.events import MemorySample
+    from engine.pipeline import run
+    from tests.tiny_runs import tiny_config
+
+    config = tiny_config(training__epochs=1, training__device="cpu",
+                         training__memory_budget=1.5)
+    mine = config.training.max_tokens
+    budget = fit_module.memory_budget(config, torch.device("cpu"))
+    precision, _ = resolve_precision(config.training.precision, torch.device("cpu"))
+    fit_module.save_fit(fit_module.FitResult(
+        device="cpu", budget_bytes=budget, margin_bytes=0, max_tokens=2 * mine,
+        predicted_peak_bytes=600 * 2**20, target_tokens=None,
+        points=[fit_module.FitPoint(mine, 345 * 2**20, True),
+                fit_module.FitPoint(2 * mine, 600 * 2**20, True)],
+        key=fit_module.fit_key(config, "cpu", precision, budget)), tmp_path)
+    events: list = []
+    assert run(config, tmp_path, events.append, RunControl()) == "finished"
+    samples = [e for e in events if isinstance(e, MemorySample)]
+    assert samples and all(s.fit_peak == 345 * 2**20 and s.fit_max_tokens == 2 * mine
+                           for s in samples)
