@@ -260,7 +260,8 @@ class BatchSkipped(Event):
 
 @dataclass(frozen=True)
 class MemorySample(Event):
-    # NVML per GPU: name, label, used, total, util, processes ([{pid, name, used}]) (None = n/a)
+    # NVML per GPU (None = n/a): name, label, uuid, used, total, util, processes
+    # ([{pid, name, used}]) and processes_error (why they are n/a); older runs: the first five
     devices: list[dict[str, Any]]
     torch_allocated: int | None  # bytes, this process, None without CUDA
     torch_reserved: int | None

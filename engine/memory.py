@@ -114,7 +114,7 @@ class MemoryProbe:
     def _processes(self, handle: Any) -> dict[str, Any]:
         """{"processes": [{pid, name, used}] (used None: n/a), "processes_error": ""}, or
         processes None with the reason NVML gave."""
-        nvml, found, error = self._nvml, None, "not supported"
+        nvml, found, error = self._nvml, None, "Not Supported"
         # v3 where the driver has it; an older driver lacks the symbol: the next version down
         for version in ("_v3", "_v2", ""):
             call = getattr(nvml, f"nvmlDeviceGetComputeRunningProcesses{version}", None)
