@@ -6,7 +6,9 @@ Runs, in order (each check on its own: one failing does not stop the others):
 
   versions       python, torch, CUDA, cuDNN, NCCL, driver; the GPU, its compute capability and
                  the precision "auto" picks on it
-  nvml           NVML's UUIDs against torch's, and the panel's mapping (engine/memory.py)
+  nvml           NVML's UUIDs against torch's, and the panel's mapping (engine/memory.py);
+                 one real answer of every NVML call the memory panel makes, printed
+                 (skipped, with the reason, where there is no NVML)
   cli_runs       1-epoch CLI runs of the sample preset in auto, fp16 (update_freq=2,
                  clip_norm=1) and fp32: status, losses, precision, TF32, allocator notice
   resume         the GPU run's checkpoint resumed on the CPU, then back on the GPU
@@ -209,7 +211,51 @@ def check_nvml(ctx: Context) -> dict:
     probe = MemoryProbe()
     result["panel_devices"] = probe.sample().devices
     probe.close()
+    if not ctx.cuda:  # the dry mode: the panel's calls are for a lent GPU
+        result["panel_calls"] = "skipped: the dry mode reads no GPU"
+        print("  nvml: the memory panel's NVML calls skipped (dry mode)", flush=True)
+        return result
+    result["panel_calls"] = nvml_panel_calls(pynvml, handles)
+    for name, answer in result["panel_calls"].items():  # one real reading of each, printed
+        print(f"  nvml {name}: {answer}", flush=True)
     return result
+
+
+def nvml_panel_calls(pynvml, handles: list) -> dict:
+    """One real answer (or the NVMLError) of every NVML call the memory panel makes
+    (engine/memory.py), on every GPU, by call name: what a driver, a MIG setup or a container
+    answers is seen here, not guessed."""
+
+    def answer(call):
+        try:
+            value = call()
+        except Exception as exc:  # a call that fails is the finding: the panel shows n/a
+            return f"{type(exc).__name__}: {exc}"
+        if isinstance(value, bytes):
+            return value.decode()
+        if isinstance(value, list):  # process infos
+            return [{k: getattr(p, k, None) for k in ("pid", "usedGpuMemory", "gpuInstanceId",
+                                                      "computeInstanceId")} for p in value]
+        if hasattr(value, "_fields_") or type(value).__name__.startswith("c_nvml") or \
+                hasattr(value, "used") or hasattr(value, "gpu"):
+            return {k: getattr(value, k) for k in ("total", "used", "free", "gpu", "memory")
+                    if hasattr(value, k)}
+        return value
+
+    calls = {"nvmlDeviceGetCount": answer(pynvml.nvmlDeviceGetCount)}
+    for i, h in enumerate(handles):
+        calls[f"nvmlDeviceGetHandleByIndex({i})"] = answer(
+            lambda: str(pynvml.nvmlDeviceGetHandleByIndex(i)))
+        for name in ("nvmlDeviceGetUUID", "nvmlDeviceGetName", "nvmlDeviceGetMemoryInfo",
+                     "nvmlDeviceGetUtilizationRates", "nvmlDeviceGetComputeRunningProcesses_v3",
+                     "nvmlDeviceGetComputeRunningProcesses_v2",
+                     "nvmlDeviceGetComputeRunningProcesses"):
+            call = getattr(pynvml, name, None)
+            calls[f"{name}({i})"] = "not in this pynvml" if call is None else answer(
+                lambda: call(h))
+    calls["nvmlSystemGetProcessName(own pid)"] = answer(
+        lambda: pynvml.nvmlSystemGetProcessName(os.getpid()))
+    return calls
 
 
 def check_cli_runs(ctx: Context) -> dict:

@@ -263,7 +263,9 @@ class BatchSkipped(Event):
 
 @dataclass(frozen=True)
 class MemorySample(Event):
-    devices: list[dict[str, Any]]  # NVML per GPU: name, used, total, util (None = n/a)
+    # NVML per GPU (None = n/a): name, label, uuid, used, total, util, processes
+    # ([{pid, name, used}]) and processes_error (why they are n/a); older runs: the first five
+    devices: list[dict[str, Any]]
     torch_allocated: int | None  # bytes, this process, None without CUDA
     torch_reserved: int | None
     torch_peak: int | None  # during training: since the current batch began (reset per batch)
@@ -280,6 +282,9 @@ class MemorySample(Event):
     headroom: int | None = None  # budget - largest_batch_peak
     oom_skipped: int = 0  # batches skipped for running out of memory
     fit_max_tokens: int | None = None  # the fit's recommendation (fit.json), if made
+    fit_peak: int | None = None  # the peak the fit measured at this max_tokens, if it did
+    device: str = ""  # the device the peaks are of: torch's "cuda:0", or "cpu"
+    pids: list[int] = field(default_factory=list)  # the run's processes on this host (every rank)
 
 
 # --- serialisation -------------------------------------------------------------------------

@@ -1,8 +1,17 @@
 """MemoryProbe: GPU memory through NVML, this process's torch allocator, process and system memory.
 
 Every NVML call may fail (no driver, a GPU fallen off the bus, a call the driver does not
-support): each one degrades to None, shown as "n/a", and never raises. Without an NVIDIA driver
-``nvml_error`` says so in plain words and the panel shows psutil's numbers instead.
+support, no permission to see other users' processes, MIG): each one degrades to None, shown as
+"n/a", for that item only, and never raises. Without an NVIDIA driver ``nvml_error`` says so in
+plain words and the panel shows psutil's numbers instead.
+
+Per GPU the probe also lists the compute processes NVML reports (pid, name, memory): the
+panel marks the run's own and shows the others' use apart (an out-of-memory error is often
+another process's doing). Names come from psutil, else from NVML (a pid this process cannot
+see, e.g. in another container's pid namespace).
+
+``MemoryProbe(nvml=...)`` takes any module with pynvml's functions: the tests feed recorded
+readings (and NVMLErrors) through the same code as the real library.
 
 NVML numbers every GPU of the machine in PCI order and ignores ``CUDA_VISIBLE_DEVICES``; CUDA
 numbers only the visible ones, in its own order. ``visible_devices`` maps one onto the other by
@@ -28,7 +37,9 @@ import psutil
 @dataclass(frozen=True)
 class MemoryReading:
     nvml_error: str = ""  # "" when NVML answered
-    devices: list[dict[str, Any]] = field(default_factory=list)  # name, label, used, total, util
+    # per GPU: name, label, uuid, used, total, util, processes ([{pid, name, used}], None = n/a)
+    # and processes_error (why they are n/a)
+    devices: list[dict[str, Any]] = field(default_factory=list)
     torch_allocated: int | None = None  # bytes, this process, None without CUDA
     torch_reserved: int | None = None
     torch_peak: int | None = None
@@ -45,15 +56,16 @@ def _try(call: Callable[[], Any]) -> Any:
 
 
 class MemoryProbe:
-    def __init__(self, pid: int | None = None) -> None:
+    def __init__(self, pid: int | None = None, nvml: Any = None) -> None:
+        """``nvml``: the NVML module (default: pynvml)."""
         self._process = psutil.Process(pid or os.getpid())
         self._nvml: Any = None
         self._nvml_error = ""
         try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self._nvml = pynvml
+            if nvml is None:
+                import pynvml as nvml
+            nvml.nvmlInit()
+            self._nvml = nvml
         except Exception as exc:
             self._nvml_error = _explain_nvml_failure(exc)
 
@@ -81,8 +93,9 @@ class MemoryProbe:
                                             os.environ.get("CUDA_VISIBLE_DEVICES")):
             handle = handles[index]
             if handle is None:
-                devices.append({"name": f"GPU {index}", "label": label, "used": None,
-                                "total": None, "util": None})
+                devices.append({"name": f"GPU {index}", "label": label, "uuid": "",
+                                "used": None, "total": None, "util": None, "processes": None,
+                                "processes_error": "no handle"})
                 continue
             name = _try(lambda: nvml.nvmlDeviceGetName(handle))
             memory = _try(lambda: nvml.nvmlDeviceGetMemoryInfo(handle))
@@ -90,16 +103,58 @@ class MemoryProbe:
             devices.append({
                 "name": _text(name) or f"GPU {index}",
                 "label": label,
+                "uuid": uuids[index],  # the app matches the run's GPUs to its own reading by it
                 "used": None if memory is None else int(memory.used),
                 "total": None if memory is None else int(memory.total),
                 "util": None if util is None else int(util.gpu),
+                **self._processes(handle),
             })
         return devices
+
+    def _processes(self, handle: Any) -> dict[str, Any]:
+        """{"processes": [{pid, name, used}] (used None: n/a), "processes_error": ""}, or
+        processes None with the reason NVML gave."""
+        nvml, found, error = self._nvml, None, "Not Supported"
+        # v3 where the driver has it; an older driver lacks the symbol: the next version down
+        for version in ("_v3", "_v2", ""):
+            call = getattr(nvml, f"nvmlDeviceGetComputeRunningProcesses{version}", None)
+            if call is None:
+                continue
+            try:
+                found = call(handle)
+                break
+            except Exception as exc:
+                error = _nvml_reason(exc)
+                if getattr(exc, "value", None) != getattr(nvml, "NVML_ERROR_FUNCTION_NOT_FOUND",
+                                                          13):
+                    break
+        if found is None:
+            return {"processes": None, "processes_error": error}
+        processes = []
+        for info in found:
+            pid = _try(lambda: int(info.pid))
+            used = getattr(info, "usedGpuMemory", None)
+            processes.append({"pid": pid, "name": self._process_name(pid),
+                              "used": None if used is None else int(used)})
+        return {"processes": processes, "processes_error": ""}
+
+    def _process_name(self, pid: int | None) -> str | None:
+        if pid is None:
+            return None
+        name = _try(lambda: psutil.Process(pid).name())
+        if not name:  # a pid this process cannot see: NVML may still know it (full path)
+            name = os.path.basename(_text(_try(lambda: self._nvml.nvmlSystemGetProcessName(pid))))
+        return name or None
 
     def close(self) -> None:
         if self._nvml is not None:
             _try(self._nvml.nvmlShutdown)
             self._nvml = None
+
+
+def _nvml_reason(exc: Exception) -> str:
+    """NVML's words for a failed call, short: "Insufficient Permissions", "Not Supported"."""
+    return (str(exc) or type(exc).__name__).removeprefix("NVML: ")
 
 
 def _text(value: Any) -> str:

@@ -52,6 +52,7 @@ from engine.history import MAX_CURVE_POINTS, Curve, RunHistory
 from engine.memory import MemoryReading
 from engine.stages import STAGES
 from tui.format import duration
+from tui.memory_chart import MemoryHistory
 from tui.tail import DamagedLines
 
 # The stages of a full run, in order; shown before a run says which stages it has.
@@ -126,6 +127,7 @@ class DashboardState:
         self._rewinds = 0  # the run's steps went back this many times (history forgot after)
         self.memory: MemorySample | None = None  # the engine's latest sample
         self.peak_history: deque[int] = deque(maxlen=PEAK_HISTORY)  # batch peaks, sample by sample
+        self.memory_history = MemoryHistory()  # the run's samples over time, for the chart
         self.reading: MemoryReading | None = None  # the memory panel's own probe of this machine
         self.max_tokens: int | None = None  # from the config, until a MemorySample says
         self.log: deque[str] = deque(maxlen=LOG_LINES)
@@ -208,6 +210,7 @@ class DashboardState:
         self.run, self._rewinds = RunHistory(), 0
         self.words = self.merges = self.memory = self.prep = None
         self.peak_history.clear()
+        self.memory_history.clear()
         self.stages = {name: StageView(name) for name in STAGE_ORDER}
         self.current_stage = ""
         self.ended_seconds = None
@@ -475,6 +478,7 @@ class DashboardState:
         self.max_tokens = e.max_tokens
         if e.recent_peak is not None:
             self.peak_history.append(e.recent_peak)
+        self.memory_history.add(at, e)
         self._touch("memory")
 
 

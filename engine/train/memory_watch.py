@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +30,19 @@ if TYPE_CHECKING:
 MEMORY_SECONDS = 5.0  # one MemorySample every few seconds
 
 
+def rank_pids() -> list[int]:
+    """The pids of the run's processes on this host (rank 0's first), for the memory panel to
+    mark as ours among the GPU's processes. Every rank must call it (a sum over the ranks:
+    each fills its own slot with its pid and a checksum of its host name)."""
+    world, rank = distributed.world_size(), distributed.rank()
+    slots = [0.0] * (2 * world)
+    slots[2 * rank] = float(os.getpid())
+    slots[2 * rank + 1] = float(zlib.crc32(socket.gethostname().encode()))
+    summed = distributed.reduce_sums(slots)
+    host = summed[2 * rank + 1]
+    return [int(summed[2 * r]) for r in range(world) if summed[2 * r + 1] == host]
+
+
 class MemoryWatch:
     """What a person tuning max_tokens against out-of-memory errors needs (MemorySample)."""
 
@@ -39,6 +55,10 @@ class MemoryWatch:
         self.budget = memory_fit.memory_budget(config, self.device)
         fitted = memory_fit.matching_fit(config, run_dir, self.device)
         self.fit_max_tokens = fitted.max_tokens if fitted is not None else None
+        self.fit_peak = None if fitted is None else next(
+            (p.peak_bytes for p in fitted.points if p.max_tokens == self.training.max_tokens),
+            None)
+        self.pids = rank_pids()  # every rank calls this: a collective
         self.recent_peak: int | None = None
         self.largest_peak: int | None = None
         self.largest_batch: list[int] = []
@@ -59,7 +79,8 @@ class MemoryWatch:
             budget=self.budget, recent_peak=self.recent_peak,
             largest_batch_peak=self.largest_peak, largest_batch=self.largest_batch,
             headroom=None if self.largest_peak is None else self.budget - self.largest_peak,
-            oom_skipped=self.oom_skipped, fit_max_tokens=self.fit_max_tokens))
+            oom_skipped=self.oom_skipped, fit_max_tokens=self.fit_max_tokens,
+            fit_peak=self.fit_peak, device=str(self.device), pids=self.pids))
         self.recent_peak = None
 
     def start_epoch(self) -> None:
