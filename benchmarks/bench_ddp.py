@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from engine import distributed
+from engine import distributed, replicas
 from engine.loss import label_smoothed_loss
 from engine.model import Transformer
 
@@ -74,7 +74,7 @@ def main() -> None:
                 backward(m, src, tgt)
         if name == "hand":  # the engine's order: agree on OOM flags, then average once
             distributed.any_rank(False)
-            distributed.average_gradients(list(hand.parameters()))
+            replicas.average_gradients(list(hand.parameters()))
         else:
             distributed.any_rank(False)  # OOM agreement is needed with DDP too
         optimizer.step()

@@ -194,7 +194,7 @@ CONTROL_SCRIPT = '''
 import os, sys, time
 import torch
 import torch.distributed as dist
-from engine import distributed
+from engine import distributed, replicas
 from engine.errors import EngineError
 
 assert distributed.init_from_env("cpu")
@@ -208,19 +208,19 @@ assert distributed.any_rank(rank == 1) and not distributed.any_rank(False)
 # gradients: each becomes the mean over the ranks, parameters start as rank 0's
 model = torch.nn.Linear(3, 2)
 torch.nn.init.constant_(model.weight, float(rank))
-distributed.broadcast_parameters(model)
+replicas.broadcast_parameters(model)
 assert model.weight.eq(0.0).all()
 for p in model.parameters():
     p.grad = torch.full_like(p, float(rank + 1))
-distributed.average_gradients(list(model.parameters()))
+replicas.average_gradients(list(model.parameters()))
 assert all(p.grad.eq(1.5).all() for p in model.parameters())
 # the next update reuses the same flat buffer (no allocation per update)
-buffer = distributed._flat.buckets[0][1].data_ptr()
+buffer = replicas._flat.buckets[0][1].data_ptr()
 for p in model.parameters():
     p.grad = torch.full_like(p, float(2 * rank))
-distributed.average_gradients(list(model.parameters()))
+replicas.average_gradients(list(model.parameters()))
 assert all(p.grad.eq(1.0).all() for p in model.parameters())
-assert distributed._flat.buckets[0][1].data_ptr() == buffer
+assert replicas._flat.buckets[0][1].data_ptr() == buffer
 print(f"rank {rank} agreed", flush=True)
 if rank == 1:
     os._exit(0)  # gone without a word, as a killed process

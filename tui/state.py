@@ -35,14 +35,12 @@ from engine.events import (
     Event,
     MemorySample,
     MergeProgress,
-    Notice,
     Preflight,
     RunFailed,
     RunFinished,
     RunPaused,
     RunResumed,
     RunStarted,
-    SampleTranslations,
     StageFinished,
     StageStarted,
     TestBleu,
@@ -52,6 +50,7 @@ from engine.history import MAX_CURVE_POINTS, Curve, RunHistory
 from engine.memory import MemoryReading
 from engine.stages import STAGES
 from tui.format import duration
+from tui.log_lines import log_lines
 from tui.memory_chart import MemoryHistory
 from tui.tail import DamagedLines
 
@@ -318,6 +317,8 @@ class DashboardState:
         handler = getattr(self, f"_on_{type(event).__name__}", None)
         if handler is not None:
             handler(event, at)
+        for line in log_lines(event):
+            self.note(line, at)
 
     def _on_RunStarted(self, e: RunStarted, at: float) -> None:
         self.preset, self.run_dir = e.preset, e.run_dir
@@ -326,15 +327,8 @@ class DashboardState:
         self.current_stage = ""
         self.set_status(Status.STOPPING if self.status == Status.STOPPING else Status.RUNNING)
         self._touch("stages", "tokenizer", "training")
-        self.note(f"run started: preset {e.preset}, run dir {e.run_dir}", at)
 
     def _on_Preflight(self, e: Preflight, at: float) -> None:
-        memory = ", ".join(f"{gb:g} GB" for gb in e.device_memory_gb)
-        self.note(f"device {e.device}: {', '.join(e.device_names)}"
-                  + (f" ({memory})" if memory else "") + f", {e.threads} threads, "
-                  f"disk {e.disk_free_gb:g} GB free", at)
-        if e.warning:
-            self.note(f"warning: {e.warning}", at)
         self._touch("memory")
 
     def _on_StageStarted(self, e: StageStarted, at: float) -> None:
@@ -343,19 +337,12 @@ class DashboardState:
         self.current_stage = e.stage
         self.prep = None  # progress belongs to the stage that sent it
         self._touch("stages", "tokenizer")
-        self.note(f"stage {e.index}/{e.total} {e.stage} started", at)
 
     def _on_StageFinished(self, e: StageFinished, at: float) -> None:
         stage = self.stages.setdefault(e.stage, StageView(e.stage))
         stage.status = "reused" if e.reused else "done"
         stage.seconds, stage.info = e.seconds, dict(e.info)
         self._touch("stages", "tokenizer")
-        how = "reused" if e.reused else f"done in {duration(e.seconds)}"
-        details = ", ".join(f"{k} {_short(v)}" for k, v in e.info.items())
-        self.note(f"stage {e.stage} {how}" + (f": {details}" if details else ""), at)
-
-    def _on_Notice(self, e: Notice, at: float) -> None:
-        self.note(("warning: " if e.level == "warning" else "") + e.text, at)
 
     def _on_RunPaused(self, e: RunPaused, at: float) -> None:
         if self.status != Status.STOPPING:
@@ -364,7 +351,6 @@ class DashboardState:
         if stage is not None and stage.seconds is None and stage.paused_at is None:
             stage.paused_at = at
         self._touch("stages")
-        self.note(f"paused ({e.stage or 'between stages'})", at)
 
     def _on_RunResumed(self, e: RunResumed, at: float) -> None:
         if self.status != Status.STOPPING:
@@ -374,15 +360,11 @@ class DashboardState:
                 stage.paused_seconds += max(0.0, at - stage.paused_at)
                 stage.paused_at = None
         self._touch("stages")
-        self.note(f"resumed after {duration(e.paused_seconds)} paused in all", at)
 
     def _on_RunFailed(self, e: RunFailed, at: float) -> None:
         self._end_stage("failed", at)
         self.ended_seconds = self.run.seconds
         self.set_status(Status.FAILED, e.message)
-        self.note(f"failed in stage {e.stage or '-'}: {e.message}", at)
-        for line in e.details:
-            self.note(f"  {line}", at)
 
     def _on_RunFinished(self, e: RunFinished, at: float) -> None:
         self._end_stage("stopped", at)
@@ -413,8 +395,6 @@ class DashboardState:
     def _on_DownloadProgress(self, e: DownloadProgress, at: float) -> None:
         self.prep = e
         self._touch("tokenizer")
-        if e.final:
-            self.note(f"{e.what}: done ({_short(e.done)} {e.unit} in {duration(e.elapsed)})", at)
 
     def _on_WordCountProgress(self, e: WordCountProgress, at: float) -> None:
         self.words = e
@@ -443,35 +423,15 @@ class DashboardState:
 
     def _on_EpochSummary(self, e: EpochSummary, at: float) -> None:
         self._touch("training", "loss")
-        bleu = f" | BLEU {e.bleu:.2f}" if e.bleu is not None else ""
-        self.note(f"epoch {e.epoch}/{e.epochs}: train loss {e.train_loss:.4f} "
-                  f"(ppl {e.train_ppl:.2f}) | val loss {e.val_loss:.4f} "
-                  f"(ppl {e.val_ppl:.2f}){bleu} | {duration(e.epoch_seconds)}", at)
-
-    def _on_SampleTranslations(self, e: SampleTranslations, at: float) -> None:
-        """The validation's sample translations, as the headless printer shows them."""
-        self.note(f"samples after epoch {e.epoch} (step {e.step:,}):", at)
-        for number, sample in enumerate(e.samples, 1):
-            self.note(f"  {number} src: {sample.get('source', '')}", at)
-            self.note(f"    ref: {sample.get('reference', '')}", at)
-            self.note(f"    hyp: {sample.get('hypothesis', '')}", at)
 
     def _on_TestBleu(self, e: TestBleu, at: float) -> None:
         self._touch("training", "loss")
-        which = {"averaged": "the averaged model", "best": "the best-validated checkpoint",
-                 "last": "the last weights"}.get(e.role, e.checkpoint.rsplit("/", 1)[-1])
-        made_of = f" (the mean of {', '.join(e.averaged_from)})" if e.averaged_from else ""
-        self.note(f"test BLEU of {which}{made_of}: {e.sacrebleu:.2f} sacreBLEU, "
-                  f"{e.paper_bleu:.2f} the paper's way, {e.sentences:,} sentences", at)
 
     def _on_CheckpointSaved(self, e: CheckpointSaved, at: float) -> None:
         self._touch("checkpoints")
-        self.note(f"saved {e.name} (epoch {e.epoch}, step {e.step:,})", at)
 
     def _on_BatchSkipped(self, e: BatchSkipped, at: float) -> None:
         self._touch("training")
-        self.note(f"warning: batch {e.batch} of epoch {e.epoch} skipped ({e.reason}, "
-                  f"{e.tokens} tokens, {e.in_a_row} in a row)", at)
 
     def _on_MemorySample(self, e: MemorySample, at: float) -> None:
         self.memory = e
@@ -484,10 +444,3 @@ class DashboardState:
 
 RunState = DashboardState  # the name other branches still import; TODO remove once merged
 
-
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)

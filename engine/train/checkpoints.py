@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from engine import checkpoint as ckpt
-from engine import distributed
+from engine import distributed, replicas
 from engine.events import CheckpointSaved, Emit, Notice
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ class RunCheckpoints:
         p = self.progress
         p.seconds = self.total_seconds()
         return {"progress": dataclasses.replace(p), "rng": ckpt.rng_state(),
-                "rank_rng": distributed.gather_rng_states()}  # each rank's dropout generator
+                "rank_rng": replicas.gather_rng_states()}  # each rank's dropout generator
 
     def save_last(self) -> None:
         """checkpoint_last.pt now, at an update boundary (an epoch's end, a stop)."""

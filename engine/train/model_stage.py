@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from engine import checkpoint as ckpt
-from engine import distributed
+from engine import distributed, replicas
 from engine.device import enable_tf32, pick_device, resolve_precision
 from engine.errors import ConfigError
 from engine.events import Emit
@@ -56,7 +56,7 @@ def run_model_stage(config: RunConfig, tokenizers: TokenizerSet, run_dir: Path, 
         path, saved = ckpt.load_for_resume(resume, run_dir, config.model, tokenizers)
         ckpt.restore_training(state, saved, path)
         progress = state.progress
-        progress.batch_in_epoch, notice = distributed.adapt_resume(
+        progress.batch_in_epoch, notice = replicas.adapt_resume(
             saved, progress.epoch, progress.batch_in_epoch, path, config.training.update_freq,
             config.training.max_tokens)
         if notice is not None:
@@ -65,7 +65,7 @@ def run_model_stage(config: RunConfig, tokenizers: TokenizerSet, run_dir: Path, 
     # one id for all the checkpoints of this run, resumes included (average checks it)
     state.progress.run_id = state.progress.run_id or uuid.uuid4().hex
 
-    distributed.broadcast_parameters(model)  # every rank starts from rank 0's weights
+    replicas.broadcast_parameters(model)  # every rank starts from rank 0's weights
     parameters = sum(p.numel() for p in model.parameters())  # tied weights counted once
     info = {"parameters": parameters, "device": device.type, "precision": precision,
             "attention": config.training.attention}

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from engine import distributed
+from engine import distributed, replicas
 from engine.device import attention_context
 from engine.errors import EngineError
 from engine.loss import label_smoothed_loss
@@ -128,7 +128,7 @@ class UpdateStep:
     def finish(self, group: UpdateGroup) -> tuple[bool, float]:
         """Average the gradients over the ranks and apply them: (applied, the group's NLL sum,
         NaN when not finite). Only once every rank agreed that its batches went through."""
-        distributed.average_gradients(list(self.state.model.parameters()))
+        replicas.average_gradients(list(self.state.model.parameters()))
         return self.update(group)
 
     def update(self, group: UpdateGroup) -> tuple[bool, float]:
