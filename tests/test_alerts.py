@@ -318,3 +318,97 @@ def test_python_m_engine_delivers_finished_and_failed_alerts_with_no_app(tmp_pat
     assert [(d["kind"], d["run"]) for d in delivered] == [("finished", "good"), ("failed", "bad")]
     assert delivered[0]["text"].startswith(f"run {tmp_path / 'good'} finished: test BLEU ")
     assert "failed in stage data" in delivered[1]["text"]
+
+
+# --- the app ---------------------------------------------------------------------------------
+
+
+def test_a_terminal_notification_is_osc_9_and_777_with_no_control_characters_of_the_text():
+    from tui.screens.dashboard import terminal_notification
+
+    assert terminal_notification("transformer-tui", "run a finished: test BLEU 27.1") == (
+        "\x1b]9;transformer-tui: run a finished: test BLEU 27.1\x07"
+        "\x1b]777;notify;transformer-tui;run a finished: test BLEU 27.1\x07")
+    sneaky = terminal_notification("t;x", "bad\x07\x1b]52;c;aGk=\x1b\\ end\n")
+    assert sneaky == "\x1b]9;t,x: bad]52;c;aGk=\\ end\x07\x1b]777;notify;t,x;bad]52;c;aGk=\\ end\x07"
+
+
+def test_the_app_toasts_rings_and_notifies_live_alerts_but_only_logs_replayed_ones(
+        tmp_path, monkeypatch):
+    import asyncio
+
+    from tests.tui_runs import jsonl_line, write_finished_run
+    from tui.app import TransformerApp
+
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "demo"
+    events_file = write_finished_run(run_dir)
+    old = Alert(kind="finished", text="run saved/demo finished: test BLEU 28.0")
+    with open(events_file, "a", encoding="utf-8") as f:
+        f.write(jsonl_line(old, 1_700_000_000.0))  # raised long before this app looked
+
+    async def story() -> None:
+        app = TransformerApp(attach=run_dir)
+        async with app.run_test(size=(120, 40)) as pilot:
+            written: list[str] = []
+            bells: list[None] = []
+            monkeypatch.setattr(app._driver, "write", written.append)
+            monkeypatch.setattr(app, "bell", lambda: bells.append(None))
+            deadline = time.monotonic() + 10
+            while not any("alert (finished)" in line for line in app.state.log):
+                assert time.monotonic() < deadline, "the replayed alert never reached the log"
+                await pilot.pause(0.05)
+            await pilot.pause(0.3)
+            assert list(app._notifications) == [] and bells == [] and written == []
+            from engine.events import JsonlWriter
+
+            writer = JsonlWriter(events_file)  # the run says something new
+            writer(Alert(kind="stalled", text="run saved/demo stalled: no progress for 30 min"))
+            writer.close()
+            while not list(app._notifications):
+                assert time.monotonic() < deadline + 10, "the live alert was never toasted"
+                await pilot.pause(0.05)
+            [toast] = list(app._notifications)
+            assert toast.message == "run saved/demo stalled: no progress for 30 min"
+            assert toast.title == "Alert: stalled" and toast.severity == "error"
+            assert len(bells) == 1
+            text = "run saved/demo stalled: no progress for 30 min"
+            assert written == [f"\x1b]9;transformer-tui: {text}\x07"
+                               f"\x1b]777;notify;transformer-tui;{text}\x07"]
+            assert any(f"alert (stalled): {text}" in line for line in app.state.log)
+
+    asyncio.run(story())
+
+
+def test_the_run_list_shows_each_runs_last_alert(tmp_path, monkeypatch):
+    import asyncio
+
+    from textual.widgets import DataTable
+
+    from tests.tui_runs import jsonl_line, write_finished_run
+    from tui.app import TransformerApp
+    from tui.screens.runs import COLUMNS, RunsScreen
+
+    monkeypatch.chdir(tmp_path)
+    saved = tmp_path / "saved"
+    write_finished_run(saved / "quiet")
+    with open(write_finished_run(saved / "told"), "a", encoding="utf-8") as f:
+        f.write(jsonl_line(Alert(kind="oom", text="run told skipped 10 batches"), 1.8e9))
+        f.write(jsonl_line(Alert(kind="finished", text="run told finished: test BLEU 28.0"),
+                           1.8e9 + 1))
+
+    async def story() -> None:
+        app = TransformerApp(show_runs=True, runs_dir=saved)
+        async with app.run_test(size=(160, 24)) as pilot:
+            deadline = time.monotonic() + 10
+            while not (isinstance(app.screen, RunsScreen)
+                       and app.screen.query_one(DataTable).row_count == 2):
+                assert time.monotonic() < deadline
+                await pilot.pause(0.05)
+            table = app.screen.query_one(DataTable)
+            column = COLUMNS.index("last alert")
+            rows = {str(table.get_row_at(i)[0]): str(table.get_row_at(i)[column])
+                    for i in range(2)}
+            assert rows == {"told": "run told finished: test BLEU 28.0", "quiet": "—"}
+
+    asyncio.run(story())
