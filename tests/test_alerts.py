@@ -54,6 +54,38 @@ def read_json_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+# --- the [notify] section -------------------------------------------------------------------
+
+
+def test_notify_keys_are_typed_checked_and_kept_in_the_runs_config_toml(tmp_path):
+    from engine.config import ConfigError, describe_keys, load_config
+
+    config = load_config("sample", ["notify.command=curl -s -d @- https://example.org/hook",
+                                    "notify.stall_minutes=5", "notify.target_bleu=25"])
+    assert config.notify == NotifyConfig(command="curl -s -d @- https://example.org/hook",
+                                         stall_minutes=5.0, target_bleu=25.0)
+    (tmp_path / "config.toml").write_text(config.to_toml())
+    assert load_config(str(tmp_path / "config.toml")).notify == config.notify
+    assert "[notify]" in describe_keys() and "timeout_seconds" in describe_keys()
+    for item, words in [("notify.timeout_seconds=0", "between 1.0 and 3600.0"),
+                        ("notify.oom_skips=-1", ">= 0"),
+                        ("notify.target_bleu=101", "between 0.0 and 100.0"),
+                        ("notify.comand=x", "did you mean 'command'")]:
+        with pytest.raises(ConfigError) as error:
+            load_config("sample", [item])
+        assert item in str(error.value) and words in str(error.value)
+        assert "\n" not in str(error.value)
+
+
+def test_a_bad_notify_value_is_exit_2_with_one_line_and_nothing_on_disk(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "engine", "--set", "notify.stall_minutes=-1"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --set notify.stall_minutes=-1: [notify] stall_minutes = -1: must be >= 0.0"]
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- delivery to the notify command ----------------------------------------------------------
 
 
