@@ -76,6 +76,7 @@ class Notifier:
         self.queue: queue.Queue[tuple[Alert, float] | None] = queue.Queue(QUEUE_SIZE)
         self.delivered = 0
         self._process: subprocess.Popen | None = None  # the command now running
+        self._given_up = False  # close() stopped waiting: what ends now is not reported
         self._thread = threading.Thread(target=self._deliver_all, name="notify", daemon=True)
         self._thread.start()
 
@@ -100,8 +101,15 @@ class Notifier:
                     break
         self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
+            left = 0
+            while True:  # what is still queued is given up, so that the thread ends too
+                try:
+                    left += self.queue.get_nowait() is not None
+                except queue.Empty:
+                    break
+            self.queue.put_nowait(None)
+            self._given_up = True
             self._kill()
-            left = self.queue.qsize()
             self.warn(f"notify.command: still running {wait:g} s after the run ended; killed"
                       + (f", {left} alert(s) not delivered" if left else ""))
 
@@ -129,6 +137,8 @@ class Notifier:
             finally:
                 status = self._process.returncode
                 self._process = None
+            if self._given_up:
+                return
             if status != 0:
                 output.seek(0)
                 lines = output.read().decode("utf-8", "replace").strip().splitlines()
