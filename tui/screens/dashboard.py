@@ -6,7 +6,8 @@ elsewhere; a RunFollower it owns reads the run's events.jsonl and watches the ru
 thread workers (a run whose process is gone without an end event shows as dead), and steers the
 run through its control channel (pause, resume, stop). Events go into an EventInbox, which posts
 one message per burst; the screen applies every event to its RunState and a timer redraws the
-panels a few times a second.
+panels a few times a second. An Alert the run raises (engine/alerts.py) goes into the log; one
+raised while the screen follows the run is also a toast, the bell and a terminal notification.
 
 Wide (at least 110x34) every panel shows at once; smaller, one page at a time (keys 1-4); under
 80x24 a message says the terminal is too small. Choosing and starting a run (the preset, an
