@@ -111,9 +111,6 @@ class HeadlessPrinter:
     def _on_Notice(self, e: ev.Notice) -> None:
         self._line(("WARNING: " if e.level == "warning" else "  ") + e.text)
 
-    def _on_Alert(self, e: ev.Alert) -> None:
-        self._line(f"ALERT ({e.kind}): {e.text}")
-
     def _on_RunPaused(self, e: ev.RunPaused) -> None:
         self._line(f"Paused ({e.stage})")
 

@@ -339,7 +339,8 @@ def test_python_m_engine_delivers_finished_and_failed_alerts_with_no_app(tmp_pat
 
     finished = train(tmp_path / "good")
     assert finished.returncode == 0, finished.stderr
-    assert "ALERT (finished): run " in finished.stdout
+    written = [json.loads(line) for line in (tmp_path / "good" / "events.jsonl").open()]
+    assert [e["kind"] for e in written if e["event"] == "Alert"] == ["finished"]
     (tmp_path / "a.en").write_text("one\ntwo\n")
     (tmp_path / "a.de").write_text("eins\n")
     failed = train(tmp_path / "bad", "data.source=local", f"data.train_src={tmp_path / 'a.en'}",
