@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine import atomic, runs
+from engine.alerts import Alerts
 from engine.config import PRESET_NAMES, describe_keys, load_config
 from engine.control import RunControl
 from engine.errors import EngineError
@@ -175,9 +176,10 @@ def claim_run_dir(run_dir: Path, args: argparse.Namespace, processes: int,
 
 
 def steer(run_dir: Path, control: RunControl, engine: threading.Thread, signals: StopSignals,
-          fields: HeartbeatFields, owner: bool) -> None:
+          fields: HeartbeatFields, owner: bool, alerts: Alerts | None = None) -> None:
     """The run process's main thread while the engine thread runs: signals; on rank 0 (the
-    ``owner`` of the run directory) also the control channel and the heartbeat."""
+    ``owner`` of the run directory) also the control channel, the heartbeat and the stall
+    watchdog (``alerts``: no progress for notify.stall_minutes while not paused)."""
     from engine import distributed
 
     applied = 0  # seq of the last control request applied
@@ -203,6 +205,8 @@ def steer(run_dir: Path, control: RunControl, engine: threading.Thread, signals:
                                          paused=control.paused, control_seq=applied)
                 except OSError:
                     pass  # a full disk must not end the run from here; the engine reports it
+            if alerts is not None:
+                alerts.check_stall(control.paused)
         engine.join(runs.POLL_SECONDS)
 
 
@@ -273,18 +277,19 @@ def run_train(argv: list[str]) -> int:
     fields = HeartbeatFields()
     emit = fan_out(fields, printer)
     outcome = {"status": "failed"}
+    alerts = Alerts(config.notify, run_dir) if lock is not None else None
 
     def engine_thread() -> None:
         try:
             outcome["status"] = run(config, run_dir, emit, control, until=args.until,
-                                    resume=args.resume)
+                                    resume=args.resume, alerts=alerts)
         except EngineError as exc:  # events.jsonl could not take the run's last event (disk full)
             print(f"error: {exc}", file=sys.stderr)
 
     engine = threading.Thread(target=engine_thread, name="engine", daemon=True)
     try:
         engine.start()
-        steer(run_dir, control, engine, signals, fields, owner=lock is not None)
+        steer(run_dir, control, engine, signals, fields, owner=lock is not None, alerts=alerts)
         engine.join()
     finally:
         if lock is not None:

@@ -144,6 +144,24 @@ class LogConfig:
                              "<run dir>/tensorboard (needs the tensorboard package)")
 
 
+@dataclass(frozen=True)
+class NotifyConfig:
+    command: str = _key("", doc="shell command (sh -c) run for every alert, the alert as JSON "
+                        "on stdin and as TT_ALERT_* variables (README: Alerts); \"\" = alerts "
+                        "go to events.jsonl only")
+    timeout_seconds: float = _key(30.0, doc="the command is killed (its process group) after "
+                                  "this long; the alert is then a warning in the log",
+                                  min=1.0, max=3600.0)
+    stall_minutes: float = _key(30.0, doc="alert when a run that is not paused reports no "
+                                "progress for this long, 0 = off", min=0.0)
+    oom_skips: int = _key(10, doc="alert when this many batches were skipped for out of "
+                          "memory (again at twice as many, ...), 0 = off", min=0)
+    target_bleu: float = _key(0.0, doc="alert when the validation BLEU reaches this, 0 = off",
+                              min=0.0, max=100.0)
+    target_val_loss: float = _key(0.0, doc="alert when the validation loss falls to this, "
+                                  "0 = off", min=0.0)
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "tokenizer": TokenizerConfig,
@@ -151,6 +169,7 @@ SECTIONS: dict[str, type] = {
     "training": TrainingConfig,
     "eval": EvalConfig,
     "log": LogConfig,
+    "notify": NotifyConfig,
 }
 
 
@@ -164,6 +183,7 @@ class RunConfig:
     training: TrainingConfig = TrainingConfig()
     eval: EvalConfig = EvalConfig()
     log: LogConfig = LogConfig()
+    notify: NotifyConfig = NotifyConfig()
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}

@@ -84,6 +84,16 @@ class Notice(Event):
 
 
 @dataclass(frozen=True)
+class Alert(Event):
+    """Something a person away from the run should hear about (engine/alerts.py raises them and
+    hands them to the [notify] command): a run finished, failed, stopped, diverged, stalled,
+    skipped batches for out of memory, or reached a target."""
+
+    kind: str  # finished | failed | stopped | diverged | oom | stalled | target
+    text: str  # one line, e.g. "run saved/full finished: test BLEU 27.1"
+
+
+@dataclass(frozen=True)
 class RunPaused(Event):
     stage: str
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from engine.eventlog import EventLog
 from engine.events import (
+    Alert,
     BatchProgress,
     BatchSkipped,
     CheckpointSaved,
@@ -131,6 +132,8 @@ class RunHistory:
         self.last_checkpoint: str | None = None  # path of the last one saved
         self.skipped_batches = 0  # BatchSkipped (out of memory, non-finite loss)
         self.notices: deque[tuple[float | None, Notice]] = deque(maxlen=NOTICES)
+        self.last_alert: Alert | None = None  # engine/alerts.py: the last the run raised
+        self.last_alert_at: float | None = None
         # what a stall is judged by (engine/runs.py)
         self.last_batch_at: float | None = None
         self.epoch_end = False  # the last batch was the epoch's last: validating, saving
@@ -265,6 +268,9 @@ class RunHistory:
 
     def _on_Notice(self, e: Notice, at: float | None) -> None:
         self.notices.append((at, e))
+
+    def _on_Alert(self, e: Alert, at: float | None) -> None:
+        self.last_alert, self.last_alert_at = e, at
 
 
 class HistoryFile:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from engine import atomic, distributed
+from engine.alerts import Alerts
 from engine.config import RunConfig, with_effective_batch
 from engine.control import RunControl, RunStopped
 from engine.errors import EngineError
@@ -42,12 +43,14 @@ T = TypeVar("T")
 
 
 def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None = None,
-        until: str | None = None, resume: str | None = None) -> str:
+        until: str | None = None, resume: str | None = None,
+        alerts: Alerts | None = None) -> str:
     """Run the stages up to ``until``; returns "finished", "stopped" or "failed".
 
     Every event also goes to ``run_dir/events.jsonl``; the resolved config is written to
     ``run_dir/config.toml``. Failures become a ``RunFailed`` event, never an exception.
-    In a torchrun job only rank 0 writes those files (see engine/distributed.py).
+    In a torchrun job only rank 0 writes those files (see engine/distributed.py) and raises
+    alerts (engine/alerts.py; ``alerts``: the run process's, whose main thread watches stalls).
     """
     names = stage_names(until)
     # effective_tokens fixes the tokens per update whatever the number of processes: the
@@ -66,6 +69,12 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
             from engine.tensorboard import TensorBoardWriter
 
             emit = fan_out(TensorBoardWriter(run_dir), emit)
+        # first: an alert caused by an event is written before it, so the end event stays last
+        alerts = alerts or Alerts(config.notify, run_dir)
+        emit = fan_out(alerts.see, emit)
+        alerts.attach(emit)
+    else:
+        alerts = None
     control = control or RunControl()
     stages = _StageRunner(config, run_dir, emit, control, names)
 
@@ -107,6 +116,8 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
         control.remove_listener(on_control)
     if status != "failed":
         emit(RunFinished(status=status, seconds=round(time.monotonic() - started, 3)))
+    if alerts is not None:
+        alerts.close()  # the last alerts are delivered before the run process exits
     if writer is not None:
         writer.close()
     return status

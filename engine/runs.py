@@ -81,6 +81,7 @@ class RunSummary:
     last_checkpoint: str | None
     stage: str = ""  # the stage running (or last run)
     message: str = ""  # why it failed, when it did
+    last_alert: str = ""  # the text of the last Alert the run raised (engine/alerts.py)
 
     @property
     def live(self) -> bool:
@@ -304,7 +305,8 @@ def summarize(run_dir: Path | str, own_lock: bool = True) -> RunSummary:
         pid=int(holder["pid"]) if holder and "pid" in holder else None,
         host=holder.get("host") if holder else None, processes=processes,
         last_checkpoint=history.last_checkpoint or _newest_checkpoint(run_dir),
-        stage=history.stage, message=history.message)
+        stage=history.stage, message=history.message,
+        last_alert=history.last_alert.text if history.last_alert else "")
 
 
 def _newest_checkpoint(run_dir: Path) -> str | None:

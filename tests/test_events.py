@@ -41,6 +41,7 @@ def one_of_each() -> list[ev.Event]:
         ev.RunResumed(stage="train", paused_seconds=5.0),
         ev.RunFailed(stage="tokenizer", message="child died", details=["line 1"]),
         ev.RunFinished(status="finished", seconds=10.0),
+        ev.Alert(kind="finished", text="run saved/x finished: test BLEU 26.8"),
         ev.SampleTranslations(epoch=1, step=4, samples=[
             {"source": "A dog runs.", "reference": "Ein Hund rennt.", "hypothesis": "Ein Hund."}]),
         ev.TestBleu(checkpoint="saved/x/averaged.pt", sentences=3003, sacrebleu=26.8,

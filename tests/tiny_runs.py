@@ -23,7 +23,7 @@ def tiny_config(**changes) -> RunConfig:
     raw = copy.deepcopy(TINY)
     for key, value in changes.items():
         section, _, name = key.partition("__")
-        raw[section][name] = value
+        raw.setdefault(section, {})[name] = value
     return config_from_dict(raw, name="tiny")
 
 

@@ -6,7 +6,8 @@ elsewhere; a RunFollower it owns reads the run's events.jsonl and watches the ru
 thread workers (a run whose process is gone without an end event shows as dead), and steers the
 run through its control channel (pause, resume, stop). Events go into an EventInbox, which posts
 one message per burst; the screen applies every event to its RunState and a timer redraws the
-panels a few times a second.
+panels a few times a second. An Alert the run raises (engine/alerts.py) goes into the log; one
+raised while the screen follows the run is also a toast, the bell and a terminal notification.
 
 Wide (at least 110x34) every panel shows at once; smaller, one page at a time (keys 1-4); under
 80x24 a message says the terminal is too small. Choosing and starting a run (the preset, an
@@ -27,6 +28,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Select, Static, Tab, Tabs
 
 from engine.errors import EngineError
+from engine.events import Alert
 from engine.paths import RUNS_ROOT
 from tui.follow import RunFollower
 from tui.inbox import EventInbox
@@ -50,6 +52,7 @@ MIN_SIZE = (80, 24)  # below this the screen says the terminal is too small
 COMPACT_BELOW = (110, 34)  # below this width or height, one page of panels at a time
 PAGES = ("run", "loss", "checkpoints", "log")  # compact pages; memory is on "run"
 EVENTS_PER_TURN = 2000  # events applied per UI turn when replaying a long events.jsonl
+ALERT_SEVERITY = {"finished": "information", "target": "information", "stopped": "warning"}
 STOPPABLE = (Status.STARTING, Status.RUNNING, Status.PAUSED, Status.STALLED)
 PAUSABLE = (Status.RUNNING, Status.PAUSED, Status.STALLED)
 
@@ -88,6 +91,7 @@ class DashboardScreen(StartActions, Screen):
         self.inbox = EventInbox(lambda: self.post_message(EventsWaiting()), clock=clock)
         self.follower: RunFollower | None = None  # the run directory this screen is a client of
         self._quit_when_done = False
+        self._live_since = time.time()  # alerts written before this are history, not news
         self._seen_status = -1
         self._ready = False
 
@@ -188,6 +192,8 @@ class DashboardScreen(StartActions, Screen):
     def _apply_events(self, limit: int | None = None) -> None:
         for at, event in self.inbox.take(limit=limit):
             self.state.apply(event, at)
+            if isinstance(event, Alert):
+                self._alert(event, at)
         self._show_status()  # a change of state shows at once, not at the next refresh
 
     def refresh_panels(self, force: bool = False) -> None:
@@ -208,6 +214,19 @@ class DashboardScreen(StartActions, Screen):
             self.refresh_bindings()
             if self._quit_when_done and not self.state.active:
                 self.app.exit()  # the stop asked on quit is done: checkpoint saved
+
+    def _alert(self, alert: Alert, at: float) -> None:
+        """In the log; and when it is news (not replayed from before the attach), a toast, the
+        bell and a desktop notification through the terminal (forwarded over SSH by most)."""
+        self.state.note(f"alert ({alert.kind}): {alert.text}", at)
+        if at < self._live_since:
+            return
+        self.notify(alert.text, title=f"Alert: {alert.kind}", timeout=30,
+                    severity=ALERT_SEVERITY.get(alert.kind, "error"))
+        self.app.bell()
+        driver = self.app._driver  # no public API writes raw sequences (App.bell uses it too)
+        if driver is not None:
+            driver.write(terminal_notification("transformer-tui", alert.text))
 
     def on_memory_read(self, message: MemoryRead) -> None:
         self.state.set_reading(message.reading)
@@ -236,6 +255,7 @@ class DashboardScreen(StartActions, Screen):
     def follow(self, run_dir: Path) -> RunFollower:
         """A follower of ``run_dir`` instead of the one before (its workers not started yet)."""
         self.unfollow()
+        self._live_since = time.time()  # (the events' own wall-clock times, not self.clock)
         self.follower = RunFollower(self, run_dir, self.inbox, self.clock)
         return self.follower
 
@@ -375,3 +395,15 @@ class DashboardScreen(StartActions, Screen):
     @on(Select.Changed, "#preset")
     def _preset_changed(self) -> None:
         self.look_for_earlier_run()
+
+
+def terminal_notification(title: str, body: str) -> str:
+    """A desktop notification as terminals take it: OSC 9 (iTerm2, kitty, WezTerm, Windows
+    Terminal, ...) and OSC 777 (VTE terminals, foot, ...). Control characters are dropped, so a
+    text cannot end the sequence early; OSC 777 separates its fields with ';'."""
+
+    def clean(text: str) -> str:
+        return "".join(c for c in text if c.isprintable())
+
+    title, body = clean(title).replace(";", ","), clean(body)
+    return f"\x1b]9;{title}: {body}\x07\x1b]777;notify;{title};{body}\x07"

@@ -1,10 +1,10 @@
 """The list of runs under the runs directory (saved/ by default): what `transformer-tui` opens on.
 
 One row per run directory (engine.runs.list_runs): name, preset, state (running, paused, stalled,
-finished, stopped, failed, dead), epoch and step, the last validation loss and BLEU, and when the
-run last said something. Read off the UI thread every few seconds, so that a run that dies shows
-as dead while the list is open. Enter attaches to the selected run; n goes to the preset picker to
-start a new one; q quits.
+finished, stopped, failed, dead), epoch and step, the last validation loss and BLEU, when the
+run last said something, and the last alert it raised (engine/alerts.py). Read off the UI thread
+every few seconds, so that a run that dies shows as dead while the list is open. Enter attaches
+to the selected run; n goes to the preset picker to start a new one; q quits.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from tui.format import duration, number
 from tui.messages import RunsListed
 from tui.workers import wait_unless_cancelled
 
-COLUMNS = ("run", "preset", "state", "epoch", "step", "val loss", "BLEU", "last event")
+COLUMNS = ("run", "preset", "state", "epoch", "step", "val loss", "BLEU", "last event",
+           "last alert")
+ALERT_WIDTH = 48  # the last alert's text is cut to this in its column
 LIST_SECONDS = 3.0
 STATE_STYLES = {"running": "bold green", "paused": "bold yellow", "stalled": "bold red",
                 "dead": "bold red", "failed": "bold red", "finished": "green"}
@@ -121,7 +123,11 @@ def _row(s: runs.RunSummary) -> tuple:
     epoch = f"{s.epoch}/{s.epochs}" if s.epochs else "—"
     bleu = "—" if s.bleu is None else f"{s.bleu:.2f}"
     return (s.name, s.preset or "—", state, epoch, f"{s.step:,}", number(s.val_loss), bleu,
-            _ago(s.last_event_at))
+            _ago(s.last_event_at), _clip(s.last_alert, ALERT_WIDTH) or "—")
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def _ago(at: float | None) -> str:
