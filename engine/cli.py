@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from engine import atomic, runs
+from engine import atomic, previous, runs
 from engine.alerts import Alerts
 from engine.config import PRESET_NAMES, describe_keys, load_config
 from engine.control import RunControl
@@ -159,7 +159,7 @@ def claim_run_dir(run_dir: Path, args: argparse.Namespace, processes: int,
         # start another run here
         continues = args.resume == "last" or (
             args.resume and Path(args.resume).expanduser().resolve().parent == run_dir.resolve())
-        earlier = None if continues else runs.earlier_run(run_dir)
+        earlier = None if continues else previous.earlier_run(run_dir)
         if earlier is None:
             return lock, None
         if not args.fresh:
@@ -169,7 +169,7 @@ def claim_run_dir(run_dir: Path, args: argparse.Namespace, processes: int,
                 f"{run_dir} holds an earlier run ({earlier.state.value}, {where}): continue it "
                 "with --resume last, or start anew with --fresh (moves it to "
                 f"{run_dir / runs.PREVIOUS}/<UTC time>/)")
-        return lock, runs.move_aside(run_dir, keep=(runs.LOCK,))
+        return lock, previous.move_aside(run_dir, keep=(runs.LOCK,))
     except BaseException:
         lock.release()
         raise

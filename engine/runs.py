@@ -31,7 +31,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import socket
 import statistics
 import subprocess
@@ -47,17 +46,14 @@ from engine.errors import EngineError
 from engine.history import HistoryFile, RunHistory, RunState
 
 LOCK, HEARTBEAT, CONTROL, LOG, EVENTS = "run.lock", "heartbeat", "control.json", "run.log", "events.jsonl"
-PREVIOUS = "previous"  # DIR/previous/<UTC time>/ holds runs moved aside by --fresh
+PREVIOUS = "previous"  # DIR/previous/<UTC time>/ holds runs moved aside (engine/previous.py)
 HEARTBEAT_SECONDS = 2.0
 POLL_SECONDS = 0.2
 DEAD_AFTER_SECONDS = 30.0  # a heartbeat this old from another host: the run is gone
 STALL_FACTOR = 10  # no batch for this many median batch times: stalled
 STALL_MIN_SECONDS = 30.0  # ...and never less than this (progress events come at most 4 a second)
 COMMANDS = ("pause", "resume", "stop")
-# files a new (not resumed) run would replace or prune: their presence means an earlier run
-# lives here. Tokenizer and encoded data are reused by design, so they do not count.
-RESULT_SUFFIX = ".pt"
-REUSABLE = ("tokenizer.json", "tokenizer.meta.json", "data")  # copied back after move_aside
+RESULT_SUFFIX = ".pt"  # checkpoints: what a run leaves (engine/previous.py, the run list)
 
 
 LIVE_STATES = (RunState.RUNNING, RunState.PAUSED, RunState.STALLED)
@@ -249,6 +245,11 @@ def run_history(run_dir: Path | str) -> RunHistory:
     return _histories[key].update()
 
 
+def forget_history(run_dir: Path | str) -> None:
+    """Drop ``run_dir``'s cached history (its run was moved away: engine/previous.py)."""
+    _histories.pop(Path(run_dir).resolve(), None)
+
+
 def _stalled(history: RunHistory, now: float) -> bool:
     """No batch for STALL_FACTOR median batch times (not while paused, validating or saving)."""
     if history.paused or history.last_batch_at is None or history.epoch_end \
@@ -430,61 +431,6 @@ def launch_detached(argv: list[str], run_dir: Path | str) -> int:
                                    stdout=log, stderr=subprocess.STDOUT, env=env,
                                    start_new_session=True, close_fds=True)
     return process.pid
-
-
-# --- starting anew where a run lived -------------------------------------------------------
-
-
-def earlier_run(run_dir: Path | str) -> RunSummary | None:
-    """The run a new (not resumed) start in ``run_dir`` would displace: one that left
-    checkpoints there. A directory with only a tokenizer and encoded data (``--until encode``)
-    holds nothing a new run would replace: those are reused."""
-    run_dir = Path(run_dir)
-    try:
-        has_results = any(p.suffix == RESULT_SUFFIX for p in run_dir.iterdir())
-    except OSError:
-        return None
-    return summarize(run_dir, own_lock=False) if has_results else None
-
-
-def move_aside(run_dir: Path | str, keep: tuple[str, ...] = ()) -> Path:
-    """Move the run in ``run_dir`` into ``run_dir/previous/<UTC time>/``; returns that path.
-
-    The tokenizer and encoded data are copied back (hard links where possible) so the new run
-    can reuse them. ``keep`` names entries that stay (the new run's own lock). Refuses while a
-    live run owns the directory.
-    """
-    run_dir = Path(run_dir)
-    owner = live_owner(run_dir)
-    if owner is not None and owner.get("pid") != os.getpid():
-        raise RunDirBusy(busy_message(run_dir, owner))
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
-    target = run_dir / PREVIOUS / stamp
-    n = 1
-    while target.exists():
-        n += 1
-        target = run_dir / PREVIOUS / f"{stamp}-{n}"
-    target.mkdir(parents=True)
-    for entry in sorted(run_dir.iterdir()):
-        if entry.name in (PREVIOUS, *keep):
-            continue
-        os.replace(entry, target / entry.name)
-    for name in REUSABLE:
-        moved = target / name
-        if moved.is_dir():
-            shutil.copytree(moved, run_dir / name, copy_function=_link_or_copy)
-        elif moved.is_file():
-            _link_or_copy(moved, run_dir / name)
-    atomic.fsync_dir(run_dir)
-    _histories.pop(run_dir.resolve(), None)
-    return target
-
-
-def _link_or_copy(source: Path | str, target: Path | str) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
 
 
 # --- one line per run ----------------------------------------------------------------------

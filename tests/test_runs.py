@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import runs
+from engine import previous, runs
 from engine.runs import RunState
 
 TINY = ["data.train_size=400", "data.valid_size=20", "data.test_size=10",
@@ -479,7 +479,7 @@ def test_a_directory_with_only_a_tokenizer_and_data_holds_no_earlier_run(tmp_pat
     prepared = cli("--preset", "sample", "--run-dir", str(run_dir), "--until", "encode",
                    *[arg for item in TINY for arg in ("--set", item)], timeout=180)
     assert prepared.returncode == 0, prepared.stderr
-    assert runs.earlier_run(run_dir) is None  # a training start here reuses them
+    assert previous.earlier_run(run_dir) is None  # a training start here reuses them
     assert runs.summarize(run_dir).state == RunState.FINISHED
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from engine import runs
+from engine import previous, runs
 from engine.config import PRESET_NAMES, RunConfig, load_config
 from engine.errors import EngineError
 from tui.screens.dialogs import ChoiceScreen, ConfirmScreen
@@ -40,7 +40,7 @@ class StartActions:
         run_dir = self.run_dir or self.runs_dir / config.name
         if self._refused_as_live(run_dir):
             return
-        earlier = runs.earlier_run(run_dir)
+        earlier = previous.earlier_run(run_dir)
         if earlier is None:
             self._launch(config, run_dir, preset, self.overrides)
         else:
@@ -49,7 +49,7 @@ class StartActions:
                     self._launch(config, run_dir, preset, self.overrides, resume="last")
                 elif choice == "fresh":
                     try:
-                        moved = runs.move_aside(run_dir)
+                        moved = previous.move_aside(run_dir)
                     except (OSError, EngineError) as exc:
                         self.notify(f"Cannot move the earlier run aside: {exc}", severity="error")
                         return
