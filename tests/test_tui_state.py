@@ -1,4 +1,4 @@
-"""RunState: the story a run's events tell, as the panels will show it."""
+"""DashboardState: the story a run's events tell, as the panels will show it."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from engine.events import (
     RunStarted,
     StageStarted,
 )
-from tui.state import MAX_CURVE_POINTS, Curve, RunState
+from tui.state import MAX_CURVE_POINTS, Curve, DashboardState
 
 
 def replay(events, state=None):
-    state = state or RunState(clock=lambda: 0.0)
+    state = state or DashboardState(clock=lambda: 0.0)
     for at, event in events:
         state.apply(event, at)
     return state
@@ -48,7 +48,7 @@ def test_a_finished_run_ends_finished_with_every_stage_done_and_its_checkpoints(
 
 
 def test_progress_events_change_the_panels_parts_but_do_not_flood_the_log():
-    state = RunState(clock=lambda: 0.0)
+    state = DashboardState(clock=lambda: 0.0)
     state.apply(RunStarted(run_dir="saved/x", preset="x", stages=["tokenizer"]), 0.0)
     logged = state.log_total
     for merges in range(1000):
@@ -61,7 +61,7 @@ def test_progress_events_change_the_panels_parts_but_do_not_flood_the_log():
 
 
 def test_pause_and_resume_events_set_the_state_and_a_stop_request_sticks():
-    state = RunState(clock=lambda: 0.0)
+    state = DashboardState(clock=lambda: 0.0)
     state.apply(RunStarted(run_dir="d", preset="p", stages=["train"]), 0.0)
     state.apply(RunPaused(stage="train"), 1.0)
     assert state.status == "paused"
@@ -75,7 +75,7 @@ def test_pause_and_resume_events_set_the_state_and_a_stop_request_sticks():
 
 
 def test_a_failure_keeps_its_reason_and_marks_the_running_stage_failed():
-    state = RunState(clock=lambda: 100.0)
+    state = DashboardState(clock=lambda: 100.0)
     state.apply(RunStarted(run_dir="d", preset="p", stages=["data", "tokenizer"]), 10.0)
     state.apply(StageStarted(stage="data", index=1, total=2), 10.0)
     state.apply(RunFailed(stage="data", message="train.en: 3 lines, train.de: 4 lines",
@@ -92,14 +92,14 @@ def test_a_failure_keeps_its_reason_and_marks_the_running_stage_failed():
 
 
 def test_a_config_error_is_a_failure_before_anything_started():
-    state = RunState(clock=lambda: 0.0)
+    state = DashboardState(clock=lambda: 0.0)
     state.config_error("nope.toml: preset file not found")
     assert (state.status, state.reason) == ("failed", "nope.toml: preset file not found")
     assert not state.active
 
 
 def test_the_loss_curve_stays_bounded_and_forgets_steps_a_restart_goes_back_over():
-    state = RunState(clock=lambda: 0.0)
+    state = DashboardState(clock=lambda: 0.0)
     for step in range(1, 3 * MAX_CURVE_POINTS):
         state.apply(batch(step), 0.0)
     assert len(state.train_curve.xs) <= MAX_CURVE_POINTS
@@ -120,7 +120,7 @@ def test_a_curve_halves_its_resolution_when_full():
 
 
 def test_a_run_eta_adds_the_epochs_still_to_come():
-    state = RunState(clock=lambda: 0.0)
+    state = DashboardState(clock=lambda: 0.0)
     state.apply(batch(50), 0.0)  # 50 of 100 batches left at 2 batch/s: 10 s by the event
     assert state.run_eta() == 10.0 + 1 * (100 / 2.0)
 

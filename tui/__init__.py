@@ -2,6 +2,6 @@
 
 It imports engine/ and never the other way round. A run is a process of its own (engine/runs.py);
 the app follows its events.jsonl in thread workers (tui/follow.py), folds the events into a
-``RunState`` (tui.state), and its panels (tui.widgets) redraw from that state at a bounded rate.
+``DashboardState`` (tui.state), and its panels (tui.widgets) redraw from that state at a bounded rate.
 The App (tui/app.py) routes between the screens in tui/screens/.
 """

@@ -21,7 +21,7 @@ from textual.scrollbar import ScrollBar, ScrollBarRender
 from engine.paths import RUNS_ROOT
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.runs import RunsScreen
-from tui.state import RunState
+from tui.state import DashboardState
 
 
 class WholeCellScrollBar(ScrollBarRender):
@@ -59,7 +59,7 @@ class TransformerApp(App):
             clock=clock, probe=probe, probe_seconds=probe_seconds, refresh_hz=refresh_hz)
 
     @property
-    def state(self) -> RunState:
+    def state(self) -> DashboardState:
         """What the dashboard shows of its run (kept after the app exits: cli.py reads it)."""
         return self.dashboard.state
 

@@ -440,7 +440,3 @@ class DashboardState:
             self.peak_history.append(e.recent_peak)
         self.memory_history.add(at, e)
         self._touch("memory")
-
-
-RunState = DashboardState  # the name other branches still import; TODO remove once merged
-

@@ -5,7 +5,7 @@ process (its own session, so that it outlives the terminal), or attaches to one 
 elsewhere; a RunFollower it owns reads the run's events.jsonl and watches the run process in
 thread workers (a run whose process is gone without an end event shows as dead), and steers the
 run through its control channel (pause, resume, stop). Events go into an EventInbox, which posts
-one message per burst; the screen applies every event to its RunState and a timer redraws the
+one message per burst; the screen applies every event to its DashboardState and a timer redraws the
 panels a few times a second. An Alert the run raises (engine/alerts.py) goes into the log; one
 raised while the screen follows the run is also a toast, the bell and a terminal notification.
 
@@ -36,7 +36,7 @@ from tui.messages import EarlierCheckpoints, EventsWaiting, MemoryRead, ProcessS
 from tui.rundir import config_max_tokens
 from tui.screens.dialogs import ChoiceScreen, ConfirmScreen
 from tui.screens.start import StartActions
-from tui.state import RunState, Status
+from tui.state import DashboardState, Status
 from tui.widgets.checkpoints import CheckpointsPanel
 from tui.widgets.controls import ControlBar
 from tui.widgets.log import LogPanel
@@ -85,7 +85,7 @@ class DashboardScreen(StartActions, Screen):
         self.probe = probe  # for the memory panel: anything with .sample() -> MemoryReading
         self.probe_seconds = probe_seconds
         self.refresh_hz = refresh_hz
-        self.state = RunState(clock=clock)
+        self.state = DashboardState(clock=clock)
         # made here, not in compose: the footer asks check_action (which reads it) early
         self.controls = ControlBar(preset=preset, id="controls")
         self.inbox = EventInbox(lambda: self.post_message(EventsWaiting()), clock=clock)

@@ -1,1 +1,1 @@
-"""One module per panel of the dashboard; each draws from a tui.state.RunState."""
+"""One module per panel of the dashboard; each draws from a tui.state.DashboardState."""

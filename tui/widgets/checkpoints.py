@@ -19,7 +19,7 @@ from textual.worker import get_current_worker
 from engine.events import CheckpointSaved
 from tui.format import clock_time, number, size
 from tui.messages import EarlierCheckpoints
-from tui.state import RunState
+from tui.state import DashboardState
 from tui.tail import EventTail
 from tui.widgets.panel import StateView, show_text
 
@@ -62,7 +62,7 @@ class CheckpointsPanel(StateView, Vertical):
     def on_mount(self) -> None:
         self.border_title = "Checkpoints"
 
-    def draw(self, state: RunState) -> None:
+    def draw(self, state: DashboardState) -> None:
         table = self.query_one(DataTable)
         run_dir = self.run_dir or state.run_dir
         for name in [name for name in self._saved if name not in state.checkpoints]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from textual.widgets import RichLog
 
-from tui.state import RunState
+from tui.state import DashboardState
 from tui.widgets.panel import StateView
 
 
@@ -24,7 +24,7 @@ class LogPanel(StateView, RichLog):
     def on_mount(self) -> None:
         self.border_title = "Log"
 
-    def draw(self, state: RunState) -> None:
+    def draw(self, state: DashboardState) -> None:
         width = self.scrollable_content_region.width
         if width <= 0 or not self.display:
             self._seen = None  # hidden: write when shown (on_resize asks again)

@@ -15,7 +15,7 @@ from textual_plotext import PlotextPlot
 
 from tui.chart import chart_view
 from tui.format import number
-from tui.state import Curve, RunState
+from tui.state import Curve, DashboardState
 from tui.widgets.panel import StateView, set_display, show_text
 
 # history name -> label, how its latest value reads
@@ -80,7 +80,7 @@ class LossPanel(StateView, Vertical):
     def toggle_log(self) -> None:
         self.log_scale = not self.log_scale
 
-    def draw(self, state: RunState) -> None:
+    def draw(self, state: DashboardState) -> None:
         train = state.train_curve.points()
         summaries = state.summaries
         bleus = [s for s in summaries if s.bleu is not None]

@@ -26,7 +26,7 @@ from engine.runs import read_lock
 from tui.format import bar_line, count, duration, size, size_pair, spark
 from tui.memory_chart import chart
 from tui.messages import MemoryRead
-from tui.state import RunState
+from tui.state import DashboardState
 from tui.widgets.panel import StateView, show_text
 from tui.workers import wait_unless_cancelled
 
@@ -61,7 +61,7 @@ class MemoryPanel(StateView, Static):
             if probe is not self.probe:
                 probe.close()
 
-    def draw(self, state: RunState) -> None:
+    def draw(self, state: DashboardState) -> None:
         width = self.content_size.width or 40
         height = self.content_size.height or 7
         reading, sample = state.reading, state.memory
@@ -157,7 +157,7 @@ def fit_to_height(blocks: list[Block], height: int) -> list[Text]:
     return lines
 
 
-def _run_pids(state: RunState, run_dir: Any) -> set[int]:
+def _run_pids(state: DashboardState, run_dir: Any) -> set[int]:
     """The run's processes: every rank, as its samples say; for a run from before they said,
     the pid in the lock of ``run_dir`` (the directory followed)."""
     if state.memory is not None and state.memory.pids:
@@ -167,7 +167,7 @@ def _run_pids(state: RunState, run_dir: Any) -> set[int]:
     return {pid} if isinstance(pid, int) else set()
 
 
-def _device_blocks(state: RunState, index: int, device: dict[str, Any], with_name: bool,
+def _device_blocks(state: DashboardState, index: int, device: dict[str, Any], with_name: bool,
                    pids: set[int], width: int) -> list[Block]:
     """A GPU's line, who holds it, and its chart over the run."""
     used, total, util = device.get("used"), device.get("total"), device.get("util")
@@ -246,7 +246,7 @@ def _sum(processes: list[dict[str, Any]]) -> str:
     return size(sum(known)) if known else "n/a"
 
 
-def _process_blocks(state: RunState, with_gpu: bool, width: int) -> list[Block]:
+def _process_blocks(state: DashboardState, with_gpu: bool, width: int) -> list[Block]:
     """torch's allocator (GPU), the run's RSS and the system's memory."""
     reading, sample = state.reading, state.memory
     allocated = _first(sample, reading, "torch_allocated")
@@ -278,7 +278,7 @@ def _process_blocks(state: RunState, with_gpu: bool, width: int) -> list[Block]:
     return blocks
 
 
-def _legend(state: RunState, with_gpu: bool, width: int) -> list[Block]:
+def _legend(state: DashboardState, with_gpu: bool, width: int) -> list[Block]:
     """Under the charts: what they show, and the time they span (the whole run so far)."""
     sample, history = state.memory, state.memory_history
     if sample is None or not history.points:
@@ -293,7 +293,7 @@ def _legend(state: RunState, with_gpu: bool, width: int) -> list[Block]:
     return [Block(3, [Text(legend + span.rjust(max(width - len(legend), 0)), style="dim")])]
 
 
-def _max_tokens_line(state: RunState, sample: Any | None, width: int) -> list[Block]:
+def _max_tokens_line(state: DashboardState, sample: Any | None, width: int) -> list[Block]:
     """max_tokens, and what the fit measured for it (or recommended)."""
     if state.max_tokens is None:
         return []
@@ -315,7 +315,7 @@ def _max_tokens_line(state: RunState, sample: Any | None, width: int) -> list[Bl
     return blocks
 
 
-def _tuning_blocks(state: RunState, sample: Any | None, with_gpu: bool,
+def _tuning_blocks(state: DashboardState, sample: Any | None, with_gpu: bool,
                    width: int) -> list[Block]:
     """What a person tuning max_tokens against out-of-memory errors watches: max_tokens and
     what the fit measured, the largest batch's peak and its shape, the headroom to the budget,

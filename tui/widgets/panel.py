@@ -8,11 +8,11 @@ from rich.text import Text
 from textual.widget import Widget
 from textual.widgets import Static
 
-from tui.state import RunState
+from tui.state import DashboardState
 
 
 class StateView:
-    """Mixin for a widget that shows ``parts`` of a RunState.
+    """Mixin for a widget that shows ``parts`` of a DashboardState.
 
     ``update_from`` is called by the dashboard's refresh timer (a few times a second, however many
     events arrived); it draws only if one of the parts changed (at most every ``min_seconds``), or
@@ -24,7 +24,7 @@ class StateView:
     ticks = False  # shows a clock that moves while a run is active
     min_seconds = 0.0  # between two draws: what changes faster is shown at this pace
 
-    def update_from(self, state: RunState, force: bool = False) -> bool:
+    def update_from(self, state: DashboardState, force: bool = False) -> bool:
         seen = tuple(state.versions[part] for part in self.parts)
         now = time.monotonic()
         since = now - getattr(self, "_drawn_at", 0.0)
@@ -41,7 +41,7 @@ class StateView:
         self.draws = getattr(self, "draws", 0) + 1  # for tests: redraws stay bounded
         return True
 
-    def draw(self, state: RunState) -> None:
+    def draw(self, state: DashboardState) -> None:
         raise NotImplementedError
 
     def on_resize(self) -> None:

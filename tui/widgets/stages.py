@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from tui.format import duration
-from tui.state import RunState
+from tui.state import DashboardState
 from tui.widgets.panel import StateView, show_text
 
 MARKS = {
@@ -27,7 +27,7 @@ class StagesPanel(StateView, Static):
     def on_mount(self) -> None:
         self.border_title = "Stages"
 
-    def draw(self, state: RunState) -> None:
+    def draw(self, state: DashboardState) -> None:
         text = Text(no_wrap=True, overflow="ellipsis")
         for stage in state.stages.values():
             status = stage.status

@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from tui.format import duration
-from tui.state import RunState, Status
+from tui.state import DashboardState, Status
 from tui.widgets.panel import StateView, show_text
 
 BADGES = {
@@ -30,7 +30,7 @@ class StatusBar(StateView, Static):
     parts = ("status", "stages", "checkpoints")
     ticks = True
 
-    def draw(self, state: RunState) -> None:
+    def draw(self, state: DashboardState) -> None:
         label, style = BADGES.get(state.status, (state.status.upper(), "bold"))
         text = Text(no_wrap=True, overflow="ellipsis", end="")
         text.append(f" {label} ", style=f"{style} reverse")

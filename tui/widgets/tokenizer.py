@@ -10,7 +10,7 @@ from textual.widgets import Sparkline, Static
 
 from engine.events import DataProgress, DownloadProgress, EncodeProgress
 from tui.format import bar_line, count, duration, percent, rate, short_count, size
-from tui.state import RunState, Status
+from tui.state import DashboardState, Status
 from tui.widgets.panel import StateView, set_display, show_text
 
 # the stage's totals already on screen (or of no use to a reader here)
@@ -28,7 +28,7 @@ class TokenizerPanel(StateView, Vertical):
     def on_mount(self) -> None:
         self.border_title = "Tokenizer"
 
-    def draw(self, state: RunState) -> None:
+    def draw(self, state: DashboardState) -> None:
         width = self.content_size.width or 40
         text = Text(no_wrap=True, overflow="ellipsis")
         words, merges = state.words, state.merges

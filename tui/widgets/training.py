@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from tui.format import bar_line, count, duration, number, percent, rate
-from tui.state import RunState, Status
+from tui.state import DashboardState, Status
 from tui.widgets.panel import StateView, show_text
 
 
@@ -17,7 +17,7 @@ class TrainingPanel(StateView, Static):
     def on_mount(self) -> None:
         self.border_title = "Training"
 
-    def draw(self, state: RunState) -> None:
+    def draw(self, state: DashboardState) -> None:
         b = state.batch
         text = Text(no_wrap=True, overflow="ellipsis")
         if b is None:
