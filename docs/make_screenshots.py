@@ -3,7 +3,8 @@
 The app starts ``--preset sample`` as a user would (press s) in a scratch directory, so that the
 screens show the relative run directory saved/sample; when the run is in the middle of epoch 5
 (after the BLEU of epoch 4), the screen is saved as SVG at 120x40 and, at 80x24, the run page and
-the loss page. Then the run is stopped and the scratch directory removed.
+the loss page, and the 120x40 one as PNG too (rsvg-convert, from librsvg2-bin). Then the run is
+stopped and the scratch directory removed.
 
     python docs/make_screenshots.py [--out docs] [--epoch 5]
 
@@ -16,6 +17,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -76,6 +78,11 @@ def main() -> None:
         os.chdir(scratch)  # the screens show saved/sample, as in a user's checkout
         for path in asyncio.run(take(out, args.epoch)):
             print(f"saved {path}")
+            if path.name == "screenshot-120x40.svg" and shutil.which("rsvg-convert"):
+                # the PNG the README shows: an SVG's text depends on the viewer's fonts
+                png = path.with_suffix(".png")
+                subprocess.run(["rsvg-convert", "-o", str(png), str(path)], check=True)
+                print(f"saved {png}")
     finally:
         os.chdir(ROOT)
         shutil.rmtree(scratch, ignore_errors=True)
