@@ -3,8 +3,9 @@
 One row per run directory (engine.runs.list_runs): name, preset, state (running, paused, stalled,
 finished, stopped, failed, dead), epoch and step, the last validation loss and BLEU, and when the
 run last said something. Read off the UI thread every few seconds, so that a run that dies shows
-as dead while the list is open. Enter attaches to the selected run; n goes to the preset picker to
-start a new one; q quits.
+as dead while the list is open. Enter attaches to the selected run; space marks it (a mark before
+its name) and c compares the marked runs (tui/screens/compare.py, routed by the app); n goes to
+the preset picker to start a new one; q quits.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from textual.worker import get_current_worker
 from engine import runs
 from engine.errors import EngineError
 from tui.format import duration, number
-from tui.messages import RunsListed
+from tui.messages import CompareRuns, RunsListed
 from tui.workers import wait_unless_cancelled
 
 COLUMNS = ("run", "preset", "state", "epoch", "step", "val loss", "BLEU", "last event")
 LIST_SECONDS = 3.0
+MARK, NO_MARK = "✓ ", "  "  # before a run's name: marked for comparison (space) or not
 STATE_STYLES = {"running": "bold green", "paused": "bold yellow", "stalled": "bold red",
                 "dead": "bold red", "failed": "bold red", "finished": "green"}
 
@@ -38,6 +40,8 @@ class RunsScreen(Screen[Path | str | None]):
 
     BINDINGS = [
         Binding("enter", "attach", "Attach", priority=True),
+        Binding("space", "mark", "Mark"),
+        Binding("c", "compare", "Compare marked"),
         Binding("n", "new", "New run"),
         Binding("escape", "back", "Back"),
     ]  # q (quit) is the app's
@@ -47,6 +51,7 @@ class RunsScreen(Screen[Path | str | None]):
         self.root = root
         self.followed = followed
         self.summaries: dict[str, runs.RunSummary] = {}
+        self.marked: list[str] = []  # run directories marked for comparison, in marking order
 
     def compose(self) -> ComposeResult:
         with Vertical(id="runs"):
@@ -92,8 +97,10 @@ class RunsScreen(Screen[Path | str | None]):
                 for column, value in zip(COLUMNS, _row(summary)):
                     table.update_cell(str(summary.run_dir), column, value)
         self.summaries = {str(s.run_dir): s for s in summaries}
+        self.marked = [key for key in self.marked if key in self.summaries]
+        self.show_marks()
         hint = (f"{len(summaries)} run(s). Enter: attach (pause, resume, stop from there)   "
-                "n: start a new run   q: quit") if summaries else \
+                "space: mark, c: compare marked   n: start a new run   q: quit") if summaries else \
             f"No runs in {self.root}/ yet. n: choose a preset and start one   q: quit"
         self.query_one("#runs-hint", Static).update(hint)
 
@@ -108,6 +115,33 @@ class RunsScreen(Screen[Path | str | None]):
         run_dir = self.selected()
         if run_dir is not None:
             self.dismiss(run_dir)
+
+    def show_marks(self) -> None:
+        """A mark before the name of each marked run (shape, not colour: NO_COLOR reads it)."""
+        table = self.query_one(DataTable)
+        for key, summary in self.summaries.items():
+            mark = MARK if key in self.marked else NO_MARK
+            table.update_cell(key, "run", Text(mark + summary.name))
+
+    def action_mark(self) -> None:
+        """space: mark or unmark the selected run for comparison."""
+        run_dir = self.selected()
+        if run_dir is None:
+            return
+        key = str(run_dir)
+        if key in self.marked:
+            self.marked.remove(key)
+        else:
+            self.marked.append(key)
+        self.show_marks()
+
+    def action_compare(self) -> None:
+        """c: compare the marked runs (two or more)."""
+        if len(self.marked) < 2:
+            self.notify(f"{len(self.marked)} run marked: mark two or more with space, then c "
+                        "to compare them", title="Compare", severity="warning")
+            return
+        self.post_message(CompareRuns([Path(key) for key in self.marked]))
 
     def action_new(self) -> None:
         self.dismiss("new")
