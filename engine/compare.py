@@ -172,10 +172,11 @@ def duration(seconds: float | None) -> str:
         else f"{secs}s"
 
 
-def short_count(n: float) -> str:
+def short_count(n: float, digits: int = 1) -> str:
+    """186.0k, 1.2M: a count in few columns (``digits`` after the point; -1: as few as need)."""
     for limit, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if n >= limit:
-            return f"{n / limit:.1f}{unit}"
+            return (f"{n / limit:g}" if digits < 0 else f"{n / limit:.{digits}f}") + unit
     return f"{n:.0f}"
 
 
@@ -187,17 +188,25 @@ def _value(value: Any) -> str:
     return "—" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def short_keys(keys: list[str]) -> list[str]:
+    """A key's name without its section ("max_tokens"), unless two keys share that name."""
+    names = [key.rpartition(".")[2] for key in keys]
+    return [name if names.count(name) == 1 else key for key, name in zip(keys, names)]
+
+
 def table(compared: list[ComparedRun]) -> tuple[list[str], list[list[str]]]:
-    """The comparison's table: headers, and one row of text per run."""
+    """The comparison's table: headers, and one row of text per run. What matters most comes
+    first (a narrow terminal scrolls the table sideways): the state, what differs, the results,
+    then the costs."""
     keys = differing_keys([run.config for run in compared])
-    headers = ["run", "preset", *keys, "best val loss", "best BLEU", "test BLEU", "updates",
-               "tokens", "tok/s", "wall", "CPU", "state"]
-    rows = [[run.name, run.preset or "—", *(_value(run.config.get(key)) for key in keys),
+    headers = ["run", "state", "preset", *short_keys(keys), "best val loss", "best BLEU",
+               "test BLEU", "tok/s", "wall", "CPU", "tokens"]
+    rows = [[run.name, run.state.value, run.preset or "—",
+             *(_value(run.config.get(key)) for key in keys),
              _at(run.best_val_loss, 3), _at(run.best_bleu, 2),
-             "—" if run.test_bleu is None else f"{run.test_bleu:.2f}", f"{run.updates:,}",
-             short_count(run.tokens),
+             "—" if run.test_bleu is None else f"{run.test_bleu:.2f}",
              "—" if run.tokens_per_second is None else f"{run.tokens_per_second:,.0f}",
-             duration(run.wall_seconds), duration(run.cpu_seconds), run.state.value]
+             duration(run.wall_seconds), duration(run.cpu_seconds), short_count(run.tokens)]
             for run in compared]
     return headers, rows
 
@@ -214,14 +223,15 @@ def _best(best: tuple[float, int] | None) -> dict[str, float] | None:
 
 
 def as_json(compared: list[ComparedRun]) -> list[dict[str, Any]]:
-    """The table's fields, as numbers (None where the table says "—")."""
+    """The table's fields, as numbers (None where the table says "—"), config keys in full;
+    and the updates so far."""
     keys = differing_keys([run.config for run in compared])
-    return [{"run": run.name, "run_dir": str(run.run_dir), "preset": run.preset,
-             "config": {key: run.config.get(key) for key in keys},
+    return [{"run": run.name, "run_dir": str(run.run_dir), "state": run.state.value,
+             "preset": run.preset, "config": {key: run.config.get(key) for key in keys},
              "best_val_loss": _best(run.best_val_loss), "best_bleu": _best(run.best_bleu),
-             "test_bleu": run.test_bleu, "updates": run.updates, "tokens": round(run.tokens),
+             "test_bleu": run.test_bleu, "tokens": round(run.tokens),
              "tokens_per_second": run.tokens_per_second, "wall_seconds": run.wall_seconds,
-             "cpu_seconds": run.cpu_seconds, "state": run.state.value}
+             "cpu_seconds": run.cpu_seconds, "updates": run.updates}
             for run in compared]
 
 

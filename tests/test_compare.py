@@ -131,16 +131,23 @@ def test_the_table_says_what_the_events_say(three_runs):
     assert old.updates == 120 and len(old.train.values) == len(base.train.values)
 
     headers, rows = compare.table([base, big, old])
-    assert headers[:4] == ["run", "preset", "training.max_tokens", "training.warmup"]
+    assert headers == ["run", "state", "preset", "max_tokens", "warmup", "best val loss",
+                       "best BLEU", "test BLEU", "tok/s", "wall", "CPU", "tokens"]
     by_name = {row[0]: dict(zip(headers, row)) for row in rows}
-    assert by_name["big"]["training.max_tokens"] == "4096"
-    assert by_name["old"]["training.warmup"] == "8000"
-    assert by_name["base"]["training.warmup"] == by_name["big"]["training.warmup"] \
+    assert by_name["big"]["max_tokens"] == "4096"
+    assert by_name["old"]["warmup"] == "8000"
+    assert by_name["base"]["warmup"] == by_name["big"]["warmup"] \
         == str(TrainingConfig().warmup)  # no warmup in their config.toml: the default
     assert by_name["base"]["best val loss"] == f"{best.val_loss:.3f} @{best.step}"
     assert by_name["big"]["test BLEU"] == "27.10" and by_name["base"]["test BLEU"] == "—"
     assert by_name["big"]["CPU"] == "2m20s" and by_name["base"]["CPU"] == "—"
     assert by_name["old"]["state"] == "dead" and by_name["big"]["tok/s"] == "6,200"
+    assert (by_name["big"]["tokens"], by_name["base"]["tokens"]) == ("372.0k", "186.0k")
+
+
+def test_a_key_name_two_sections_share_is_shown_in_full():
+    assert compare.short_keys(["training.max_tokens", "model.dropout", "training.dropout"]) \
+        == ["max_tokens", "model.dropout", "training.dropout"]
 
 
 def test_only_the_keys_that_differ_are_shown(tmp_path):
@@ -173,11 +180,12 @@ def test_the_command_prints_the_table_and_json(three_runs):
     text = transformer_train("compare", *dirs)
     assert text.returncode == 0, text.stderr
     lines = text.stdout.splitlines()
-    assert lines[0].split() == ["run", "preset", "training.max_tokens", "training.warmup",
-                                "best", "val", "loss", "best", "BLEU", "test", "BLEU", "updates",
-                                "tokens", "tok/s", "wall", "CPU", "state"]
-    assert [line.split()[0] for line in lines[1:]] == ["base", "big", "old"]
-    assert "27.10" in lines[2] and "2m20s" in lines[2] and lines[3].endswith("dead")
+    assert lines[0].split() == ["run", "state", "preset", "max_tokens", "warmup", "best", "val",
+                                "loss", "best", "BLEU", "test", "BLEU", "tok/s", "wall", "CPU",
+                                "tokens"]
+    assert [line.split()[:2] for line in lines[1:]] == [["base", "finished"],
+                                                        ["big", "finished"], ["old", "dead"]]
+    assert "27.10" in lines[2] and lines[2].endswith("1m13s  2m20s  372.0k")
 
     out = transformer_train("compare", "--json", *dirs)
     assert out.returncode == 0, out.stderr
@@ -264,11 +272,12 @@ async def test_mark_two_runs_compare_them_and_toggle_the_x_axis(three_runs, monk
         assert f"{MARKERS[1][0]}{MARKERS[1][1]} base" in legend
         data = compare_screen.query_one("#compare-table", DataTable)
         headers = [str(c.label) for c in data.columns.values()]
-        assert "training.max_tokens" in headers and "best val loss" in headers
+        assert "max_tokens" in headers and "best val loss" in headers
         rows = [[str(cell) for cell in data.get_row_at(i)] for i in range(data.row_count)]
         assert rows[0][0] == f"{MARKERS[0][0]}{MARKERS[0][1]} big"
-        assert rows[0][headers.index("training.max_tokens")] == "4096"
-        assert rows[1][headers.index("training.max_tokens")] == "2048"
+        assert rows[0][headers.index("max_tokens")] == "4096"
+        assert rows[1][headers.index("max_tokens")] == "2048"
+        assert rows[0][headers.index("state")] == "finished"
         assert rows[0][headers.index("test BLEU")] == "27.10"
         loss = compare_screen.query_one("#compare-loss")
         assert loss.border_subtitle.startswith("x: update")
@@ -310,7 +319,7 @@ async def test_a_live_run_keeps_updating_in_the_comparison(three_runs, monkeypat
         await until(pilot, lambda: screen.compared[1].state == RunState.FINISHED)
         assert len(screen.compared[1].val.values) == 4
         data = screen.query_one("#compare-table", DataTable)
-        assert str(data.get_row_at(1)[-1]) == "finished"
+        assert str(data.get_row_at(1)[1]) == "finished"
     assert not any(math.isnan(v) for v in screen.compared[1].train.values)
 
 

@@ -45,7 +45,7 @@ class CompareScreen(Screen[None]):
     #compare-table { height: auto; max-height: 12; }
     """
     BINDINGS = [
-        Binding("x", "toggle_axis", "x: update/tokens"),
+        Binding("x", "toggle_axis", "x by update/tokens"),
         Binding("escape", "back", "Back to runs"),
     ]  # q (quit) is the app's
 
@@ -68,8 +68,8 @@ class CompareScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one("#compare-loss").border_title = (
-            "Loss: train smoothed (small marks), validation (large marks)")
-        self.query_one("#compare-bleu").border_title = "Validation BLEU"
+            "Loss: train smoothed (small marks) · validation (large)")
+        self.query_one("#compare-bleu").border_title = "BLEU (validation)"
         self.query_one(DataTable).focus()
         self.follow()
 
@@ -127,10 +127,9 @@ class CompareScreen(Screen[None]):
             data.add_columns(*headers)
         else:
             data.clear()
-        for index, row in enumerate(rows):
-            state = row[-1]
-            data.add_row(run_label(index, row[0]), *row[1:-1],
-                         Text(state, style=STATE_STYLES.get(state, "")))
+        for index, (name, state, *rest) in enumerate(rows):
+            data.add_row(run_label(index, name), Text(state, style=STATE_STYLES.get(state, "")),
+                         *rest)
 
     def action_toggle_axis(self) -> None:
         self.axis = "tokens" if self.axis == "update" else "update"

@@ -13,9 +13,8 @@ import math
 from rich.text import Text
 from textual_plotext import PlotextPlot
 
-from engine.compare import AXES, ComparedRun, Points
+from engine.compare import AXES, ComparedRun, Points, short_count
 from tui.chart import step_ticks, tick_label, value_ticks
-from tui.format import short_count
 
 # per run: (train line's marker, validation/BLEU marker); shapes differ from run to run
 MARKERS = (("•", "●"), ("x", "X"), ("+", "#"), ("o", "O"), ("*", "@"), ("^", "A"), ("v", "V"),
@@ -36,8 +35,9 @@ def run_label(index: int, name: str) -> Text:
     """The run's markers in its colour, then its name: the legend's and the table's label."""
     (small, large), (_, colour) = style_of(index)
     label = Text(no_wrap=True, overflow="ellipsis")
-    label.append(f"{small}{large}", style=f"bold {colour}")
-    label.append(f" {name}")
+    # the space ends the marks' segment: an SVG export (the README's PNG) lost a leading one
+    label.append(f"{small}{large} ", style=f"bold {colour}")
+    label.append(name)
     return label
 
 
@@ -62,7 +62,7 @@ def thin(xs: list[float], ys: list[float], most: int) -> tuple[list[float], list
 
 
 def x_label(value: float, axis: str) -> str:
-    return f"{value:,.0f}" if axis == "update" else short_count(value)
+    return f"{value:,.0f}" if axis == "update" else short_count(value, digits=-1)  # 150k
 
 
 def draw(plot: PlotextPlot, compared: list[ComparedRun], axis: str, curves: tuple[str, ...],
@@ -107,4 +107,4 @@ def draw(plot: PlotextPlot, compared: list[ComparedRun], axis: str, curves: tupl
 
 def axis_subtitle(axis: str) -> str:
     other = "tokens" if axis == "update" else "update"
-    return f"x: {AXES[axis]} (x key: by {AXES[other]})"
+    return f"x: {AXES[axis]} · key x: {AXES[other]}"
