@@ -331,3 +331,23 @@ def test_an_older_run_started_line_still_names_the_preset(tmp_path):
     (run,) = compare.compare([tmp_path])
     assert run.preset == "old" and run.state == RunState.DEAD
     assert run.best_val_loss is None and run.train.values == [] and run.tokens == 0
+
+
+def test_real_runs_record_cpu_time_and_compare_by_tokens(tmp_path):
+    """Two real (tiny) runs, max_tokens 250 and 500: the engine records its CPU time, and the
+    one difference of their configs is the one key the table shows."""
+    from tiny_runs import tiny_config, train_run
+
+    for max_tokens in (250, 500):
+        config = tiny_config(training__epochs=1, training__max_tokens=max_tokens)
+        status, _ = train_run(tmp_path / f"mt{max_tokens}", config)
+        assert status == "finished"
+    small, large = compare.compare([tmp_path / "mt250", tmp_path / "mt500"])
+    for run in (small, large):
+        assert run.state == RunState.FINISHED and run.cpu_seconds > 0 and run.tokens > 0
+        assert run.best_val_loss is not None and run.train.values and run.val.values
+    # more tokens a batch: fewer updates for the same data, about as many tokens
+    assert large.updates < small.updates
+    assert large.tokens / large.updates > small.tokens / small.updates
+    headers, _ = compare.table([small, large])
+    assert headers[3:4] == ["max_tokens"] and headers[4] == "best val loss"

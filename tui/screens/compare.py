@@ -85,11 +85,17 @@ class CompareScreen(Screen[None]):
         while not worker.is_cancelled:
             changed = False
             for i, reader in enumerate(readers):
+                if worker.is_cancelled:  # (Esc while long runs are read)
+                    return
                 if latest[i] is not None and not latest[i].live:
                     continue  # finished, stopped, failed or dead: read once
+                first = latest[i] is None
                 run = reader.read()
                 changed |= run is not latest[i]
                 latest[i] = run
+                if first and i < len(readers) - 1:  # long runs take seconds: show each read
+                    self.post_message(RunsCompared(latest[:i + 1]))
+                    changed = False
             if changed:
                 self.post_message(RunsCompared(list(latest)))
             if not any(run.live for run in latest):
@@ -105,7 +111,10 @@ class CompareScreen(Screen[None]):
             return
         self.compared = message.runs
         live = sum(run.live for run in self.compared)
-        title.update(f" Comparing {len(self.compared)} runs"
+        reading = len(self.compared) < len(self.run_dirs)
+        title.update(f" Comparing {len(self.run_dirs)} runs"
+                     + (f" · reading {len(self.compared) + 1} of {len(self.run_dirs)}…"
+                        if reading else "")
                      + (f" · {live} live, following" if live else ""))
         self.query_one("#compare-legend", Static).update(legend(self.compared))
         self.draw_charts()

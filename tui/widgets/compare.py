@@ -95,8 +95,9 @@ def draw(plot: PlotextPlot, compared: list[ComparedRun], axis: str, curves: tupl
     y_ticks, spacing = value_ticks(min(all_y), max(all_y), max(2, min(6, rows // 3)))
     plt.ylim(y_ticks[0], y_ticks[-1])
     plt.yticks(y_ticks, [tick_label(value, spacing) for value in y_ticks])
-    # validation and BLEU points first, train lines over them: what is drawn later covers
-    for index, curve, xs, ys in sorted(series, key=lambda s: s[1] == "train"):
+    # train lines first, the validation and BLEU marks over them (what is drawn later covers):
+    # a few marks hide little of a line, and the runs are judged by them
+    for index, curve, xs, ys in sorted(series, key=lambda s: s[1] != "train"):
         (small, large), (colour, _) = style_of(index)
         if curve == "train":
             plt.plot(xs, ys, marker=small, color=colour)
