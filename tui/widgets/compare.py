@@ -23,7 +23,7 @@ MARKERS = (("•", "●"), ("x", "X"), ("+", "#"), ("o", "O"), ("*", "@"), ("^",
 COLORS = (("cyan", "cyan"), ("orange", "dark_orange"), ("green", "green"),
           ("magenta", "magenta"), ("red", "red"), ("blue", "dodger_blue1"), ("yellow", "yellow"),
           ("white", "white"), ("cyan+", "bright_cyan"), ("green+", "bright_green"))
-POINTS_PER_COLUMN = 2
+POINTS_PER_COLUMN = 1
 
 
 def style_of(index: int) -> tuple[tuple[str, str], tuple[str, str]]:
