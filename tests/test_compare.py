@@ -257,10 +257,13 @@ async def test_mark_two_runs_compare_them_and_toggle_the_x_axis(three_runs, monk
         assert any("mark two or more" in str(n.message) for n in app._notifications)
         await mark(pilot, app, ["base", "big"])
         table = screen.query_one(DataTable)
-        names = {Path(k).name: str(table.get_cell(k, "run")) for k in row_keys(table)}
-        assert names == {"base": "✓ base", "big": "✓ big", "old": "  old"}
+        marks = {Path(k).name: table.get_cell(k, "marked") for k in row_keys(table)}
+        assert marks == {"base": "✓", "big": "✓", "old": ""}
         await mark(pilot, app, ["base"])  # space again: unmarked
-        assert str(table.get_cell(str(three_runs / "base"), "run")) == "  base"
+        assert table.get_cell(str(three_runs / "base"), "marked") == ""
+        shown = sorted(table.render_line(y).text.split() for y in range(1, 4))  # as drawn
+        assert [(line[0], line[-1]) for line in shown] == [("base", "ago"), ("big", "✓"),
+                                                           ("old", "ago")]
         await mark(pilot, app, ["base"])
         await pilot.press("c")
         await until(pilot, lambda: isinstance(app.screen, CompareScreen)

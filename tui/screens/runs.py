@@ -3,9 +3,10 @@
 One row per run directory (engine.runs.list_runs): name, preset, state (running, paused, stalled,
 finished, stopped, failed, dead), epoch and step, the last validation loss and BLEU, and when the
 run last said something. Read off the UI thread every few seconds, so that a run that dies shows
-as dead while the list is open. Enter attaches to the selected run; space marks it (a mark before
-its name) and c compares the marked runs (tui/screens/compare.py, routed by the app); n goes to
-the preset picker to start a new one; q quits.
+as dead while the list is open. Enter attaches to the selected run (pause, resume, stop from
+there); space marks it (a ✓ in the "marked" column) and c compares the marked runs
+(tui/screens/compare.py, routed by the app); n goes to the preset picker to start a new one; q
+quits.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from tui.workers import wait_unless_cancelled
 
 COLUMNS = ("run", "preset", "state", "epoch", "step", "val loss", "BLEU", "last event")
 LIST_SECONDS = 3.0
-MARK, NO_MARK = "✓ ", "  "  # before a run's name: marked for comparison (space) or not
+MARK, MARK_COLUMN = "✓", "marked"  # a run marked for comparison (space), in its own column
 STATE_STYLES = {"running": "bold green", "paused": "bold yellow", "stalled": "bold red",
                 "dead": "bold red", "failed": "bold red", "finished": "green"}
 
@@ -59,6 +60,7 @@ class RunsScreen(Screen[Path | str | None]):
             table = DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
             for column in COLUMNS:
                 table.add_column(column, key=column)
+            table.add_column(MARK_COLUMN, key=MARK_COLUMN)
             yield table
             yield Static("reading…", id="runs-hint")
         yield Footer()
@@ -99,8 +101,8 @@ class RunsScreen(Screen[Path | str | None]):
         self.summaries = {str(s.run_dir): s for s in summaries}
         self.marked = [key for key in self.marked if key in self.summaries]
         self.show_marks()
-        hint = (f"{len(summaries)} run(s). Enter: attach (pause, resume, stop from there)   "
-                "space: mark, c: compare marked   n: start a new run   q: quit") if summaries else \
+        hint = (f"{len(summaries)} run(s). Enter: attach   space: mark   c: compare marked   "
+                "n: new run   q: quit") if summaries else \
             f"No runs in {self.root}/ yet. n: choose a preset and start one   q: quit"
         self.query_one("#runs-hint", Static).update(hint)
 
@@ -117,11 +119,13 @@ class RunsScreen(Screen[Path | str | None]):
             self.dismiss(run_dir)
 
     def show_marks(self) -> None:
-        """A mark before the name of each marked run (shape, not colour: NO_COLOR reads it)."""
+        """A mark in the last column of each run marked for comparison (a shape, not a colour:
+        NO_COLOR reads it)."""
         table = self.query_one(DataTable)
-        for key, summary in self.summaries.items():
-            mark = MARK if key in self.marked else NO_MARK
-            table.update_cell(key, "run", Text(mark + summary.name))
+        for key in self.summaries:
+            mark = MARK if key in self.marked else ""
+            if table.get_cell(key, MARK_COLUMN) != mark:
+                table.update_cell(key, MARK_COLUMN, mark)
 
     def action_mark(self) -> None:
         """space: mark or unmark the selected run for comparison."""
