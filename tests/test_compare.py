@@ -290,6 +290,9 @@ async def test_mark_two_runs_compare_them_and_toggle_the_x_axis(three_runs, monk
         assert compare_screen.draws == drawn + 1
         await pilot.press("x")
         assert loss.border_subtitle.startswith("x: update")
+        drawn = compare_screen.draws
+        await pilot.resize_terminal(80, 24)  # ticks and points refit to the smaller plots
+        await until(pilot, lambda: compare_screen.draws > drawn)
         await pilot.press("escape")
         await until(pilot, lambda: isinstance(app.screen, RunsScreen))
 

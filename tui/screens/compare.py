@@ -140,6 +140,11 @@ class CompareScreen(Screen[None]):
             data.add_row(run_label(index, name), Text(state, style=STATE_STYLES.get(state, "")),
                          *rest)
 
+    def on_resize(self) -> None:
+        """The ticks fit the plots' height and the points their width: draw again, laid out."""
+        if self.compared:
+            self.call_after_refresh(self.draw_charts)
+
     def action_toggle_axis(self) -> None:
         self.axis = "tokens" if self.axis == "update" else "update"
         self.draw_charts()
