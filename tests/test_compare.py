@@ -306,9 +306,10 @@ async def test_a_live_run_keeps_updating_in_the_comparison(three_runs, monkeypat
     cut = next(i for i, (_, e) in enumerate(events) if isinstance(e, EpochSummary) and e.epoch == 2)
     write_events(live, events[:cut])
     (live / "config.toml").write_text("[training]\nmax_tokens = 2048\n")
-    # this process owns the run: live, as a run process would be
+    # this process owns the run: live, as a run process would be (the lock taken after the
+    # process began: an older lock time would read as a reused pid)
     (live / "run.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                               "started_at": time.time() - 5, "processes": 1}))
+                                               "started_at": time.time(), "processes": 1}))
     app = TransformerApp(runs_dir=three_runs)
     async with app.run_test(size=(120, 40)) as pilot:
         app.push_screen(CompareScreen([three_runs / "base", live]))
