@@ -18,10 +18,17 @@ Latency: one more app run on a larger tokenizer job; while the tokenizer child p
 the training run, a key (page switch) is delivered the way the terminal driver delivers it, a
 few times a second, and the time until its effect is measured. Target: under 100 ms.
 
+Comparison (``--compare``, nothing else runs): 10 synthetic run directories of 100K updates
+each (BatchProgress events, a validation every 10K updates, max_tokens 1024 to 10240), opened
+through the app's Pilot as a user does (the run list, space on each run, c); then the x-axis
+toggle is pressed N times and the time from the key to the loss chart's next render is measured.
+Target: under 150 ms median.
+
 (The README's screenshots are made by docs/make_screenshots.py.)
 
     python benchmarks/bench_tui.py [--rounds 10] [--pairs 3000]
     python benchmarks/bench_tui.py --loss-history 100000   # key to redraw on the loss page
+    python benchmarks/bench_tui.py --compare [--runs 10] [--updates 100000] [--presses 20]
 
 The loss page: a finished run of 100K updates (a progress event each, a validation every 1,000)
 is attached at 80x24; the page key 2 (from the run page), w and y are pressed in turn and the
@@ -43,6 +50,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import asyncio
+import json
 import shutil
 import statistics
 import sys
@@ -56,7 +64,14 @@ from textual import events
 from engine import pipeline
 from engine.config import load_config
 from engine.eventlog import read_events
-from engine.events import BatchProgress
+from engine.events import (
+    BatchProgress,
+    EpochSummary,
+    RunFinished,
+    RunStarted,
+    to_json,
+    to_line,
+)
 from tui.app import TransformerApp
 
 DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "multi30k").resolve()
@@ -169,6 +184,92 @@ def measure_latency(items: list[str], run_dir: Path, train_seconds: float) -> di
     return latencies
 
 
+def write_synthetic_runs(root: Path, runs: int, updates: int) -> list[Path]:
+    """``runs`` finished runs of ``updates`` updates each, in 10 epochs, max_tokens 1024 x (i+1):
+    events.jsonl in JsonlWriter's format (the progress lines as json.dumps of a template's
+    fields: 10^6 events built and serialized one by one would take minutes) and config.toml."""
+    template = json.loads(to_json(BatchProgress(
+        epoch=1, epochs=10, batch=1, batches=updates // 10, step=1, loss=0.0, avg_loss=0.0,
+        lr=0.0, batches_per_second=20.0, tokens_per_second=0.0, eta=0.0, elapsed=0.0)))
+    dirs = []
+    for i in range(runs):
+        run_dir = root / f"mt{1024 * (i + 1)}"
+        run_dir.mkdir(parents=True)
+        rate, t0 = 20.0 * 1024 * (i + 1), 1_700_000_000.0
+        per_epoch = updates // 10
+        with open(run_dir / "events.jsonl", "w", encoding="utf-8") as f:
+            f.write(to_line(RunStarted(run_dir=str(run_dir), preset="base", stages=["train"]),
+                            t0))
+            for step in range(1, updates + 1):
+                epoch, batch = (step - 1) // per_epoch + 1, (step - 1) % per_epoch + 1
+                loss = 2.0 + 6.0 / (1 + step / (500 * (i + 1))) + 0.1 * ((step * 7919) % 13) / 13
+                line = dict(template, epoch=epoch, batch=batch, step=step, loss=round(loss, 4),
+                            avg_loss=round(loss, 4), lr=1e-3, tokens_per_second=rate,
+                            elapsed=batch / 20.0, time=t0 + step / 20.0)
+                f.write(json.dumps(line) + "\n")
+                if batch == per_epoch:
+                    val = loss + 0.2
+                    f.write(to_line(EpochSummary(
+                        epoch=epoch, epochs=10, step=step, train_loss=loss, train_ppl=1.0,
+                        val_loss=round(val, 4), val_ppl=1.0, bleu=round(30 - 3 * val, 2),
+                        epoch_seconds=per_epoch / 20.0, total_seconds=step / 20.0,
+                        cpu_seconds=step / 10.0), t0 + step / 20.0))
+            f.write(to_line(RunFinished(status="finished", seconds=updates / 20.0),
+                            t0 + updates / 20.0))
+        (run_dir / "config.toml").write_text(
+            f"[training]\nmax_tokens = {1024 * (i + 1)}\n", encoding="utf-8")
+        dirs.append(run_dir)
+    return dirs
+
+
+def measure_compare(root: Path, runs: int, presses: int) -> tuple[list[float], float]:
+    """Key-to-redraw times of the comparison's x toggle, and the seconds it took to open."""
+    from textual.widgets import DataTable
+
+    from tui.screens.compare import CompareScreen
+    from tui.screens.runs import RunsScreen
+
+    latencies: list[float] = []
+
+    async def scenario() -> float:
+        app = TransformerApp(show_runs=True, runs_dir=root)
+        async with app.run_test(size=(120, 40)) as pilot:
+            opened = time.perf_counter()
+            await _wait(lambda: isinstance(app.screen, RunsScreen)
+                        and app.screen.query_one(DataTable).row_count == runs, 1800)
+            for row in range(runs):  # space on each run, as a user marks them
+                app.screen.query_one(DataTable).move_cursor(row=row)
+                await pilot.press("space")
+            await pilot.press("c")
+            await _wait(lambda: isinstance(app.screen, CompareScreen)
+                        and len(app.screen.compared) == runs, 1800)
+            await pilot.pause(0.5)
+            opened = time.perf_counter() - opened
+            screen = app.screen
+            plot = screen.query_one("#compare-loss")
+            rendered: list[float] = []
+            render = plot.render
+
+            def timed_render():
+                result = render()
+                rendered.append(time.perf_counter())
+                return result
+
+            plot.render = timed_render
+            for _ in range(presses):
+                seen, axis = len(rendered), screen.axis
+                started = time.perf_counter()
+                app._driver.send_message(events.Key("x", "x"))  # as the terminal delivers it
+                while screen.axis == axis or len(rendered) == seen:
+                    await asyncio.sleep(0.001)
+                latencies.append(rendered[-1] - started)
+                await asyncio.sleep(0.2)
+            return opened
+
+    opened = asyncio.run(scenario())
+    return latencies, opened
+
+
 def _summary(values: list[float]) -> str:
     if not values:
         return "no presses (stage too short)"
@@ -266,13 +367,33 @@ def main() -> None:
     parser.add_argument("--latency-vocab", type=int, default=8000)
     parser.add_argument("--main-thread", action="store_true",
                         help="also time the headless engine in the main thread (as the CLI runs)")
+    parser.add_argument("--compare", action="store_true",
+                        help="only the comparison's key-to-redraw latency (synthetic runs)")
+    parser.add_argument("--runs", type=int, default=10, help="--compare: runs compared")
+    parser.add_argument("--updates", type=int, default=100_000, help="--compare: per run")
+    parser.add_argument("--presses", type=int, default=20, help="--compare, --loss-history: key "
+                        "presses timed")
     parser.add_argument("--loss-history", type=int, default=0, metavar="STEPS",
                         help="only: key to redraw on the loss page with a run of STEPS updates")
-    parser.add_argument("--presses", type=int, default=15)
     args = parser.parse_args()
     print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     if args.loss_history:
         loss_page_main(args.loss_history, args.presses)
+        return
+    if args.compare:
+        work = Path(tempfile.mkdtemp(prefix="bench_compare_"))
+        try:
+            started = time.perf_counter()
+            write_synthetic_runs(work, args.runs, args.updates)
+            print(f"wrote {args.runs} runs of {args.updates:,} updates in "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
+            latencies, opened = measure_compare(work, args.runs, args.presses)
+            print(f"run list + marking + comparison read, until drawn: {opened:.1f} s")
+            print(f"comparison x toggle, key to redraw: {_summary(latencies)} (target: median "
+                  "under 150 ms)")
+            print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
         return
     if not (DATA / "train.en.gz").is_file():
         raise SystemExit(f"Multi30k not found at {DATA}")

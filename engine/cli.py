@@ -5,6 +5,7 @@
                       [--fresh]
     transformer-train translate|evaluate|average|export|tensorboard|fit ... (see `... COMMAND --help`)
     transformer-train status [DIR ...]                 one line per run (default: under saved/)
+    transformer-train compare DIR... [--json]          runs side by side (a table)
     transformer-train pause|resume|stop DIR            steer the live run in DIR
 
 The training command is the run process (engine/runs.py): it locks its run directory (a second
@@ -66,6 +67,7 @@ COMMANDS = {  # subcommand -> "module:function(argv) -> exit status"
     "resume": "engine.cli:resume_main",
     "stop": "engine.cli:stop_main",
     "fit": "engine.fit:fit_main",
+    "compare": "engine.compare:compare_main",
 }
 
 

@@ -115,6 +115,7 @@ class RunFailed(Event):
 class RunFinished(Event):
     status: str  # finished | stopped
     seconds: float
+    cpu_seconds: float | None = None  # the run process's CPU time (cpu_seconds()); None before
 
 
 # --- data and encode stages ----------------------------------------------------------------
@@ -217,6 +218,7 @@ class EpochSummary(Event):
     bleu: float | None
     epoch_seconds: float
     total_seconds: float
+    cpu_seconds: float | None = None  # the run process's CPU time so far; None in older runs
 
 
 @dataclass(frozen=True)
@@ -301,6 +303,15 @@ class MemorySample(Event):
 
 
 TIME = "time"  # JsonlWriter adds the wall-clock time of the event to its line
+
+
+def cpu_seconds() -> float:
+    """CPU seconds this process has used (every thread), and the child processes it waited
+    for (the tokenizer's): what EpochSummary and RunFinished record as ``cpu_seconds``."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return round(time.process_time() + children.ru_utime + children.ru_stime, 3)
 
 
 def to_json(event: Event) -> str:

@@ -12,6 +12,7 @@ live run's events fold as they come. No Textual and no torch here.
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 from collections import deque
@@ -125,6 +126,8 @@ class RunHistory:
         self.rewinds = 0  # times the steps went back (a resume from an earlier checkpoint)
         self.tokens = 0.0  # target tokens trained on (from the progress events' rate x time)
         self._segment_tokens = 0.0  # ... of the epoch (of this process) the last progress was in
+        self.token_curve = Curve()  # (step, tokens trained on by then): x by tokens (tokens_at)
+        self.cpu_seconds: float | None = None  # the run process's CPU time at its last report
         self.best_val_loss: tuple[float, int] | None = None  # (value, step) of the epochs now
         self.best_bleu: tuple[float, int] | None = None
         self.test: TestBleu | None = None  # the test BLEU at the end
@@ -164,6 +167,24 @@ class RunHistory:
         """(step, BLEU) of each epoch BLEU was scored at."""
         return [(s.step, s.bleu) for s in self.summaries if s.bleu is not None]
 
+    def tokens_at(self, steps: list[float]) -> list[float]:
+        """The tokens trained on by each of ``steps`` (sorted), read off ``token_curve``:
+        exact at its points, interpolated between them (it keeps a bounded number)."""
+        xs, ys = self.token_curve.points()
+        if not xs:
+            return [0.0] * len(steps)
+        tokens = []
+        for step in steps:
+            i = bisect.bisect_left(xs, step)
+            if i >= len(xs):
+                tokens.append(ys[-1])
+            elif xs[i] == step or i == 0:
+                tokens.append(ys[i])
+            else:
+                share = (step - xs[i - 1]) / (xs[i] - xs[i - 1])
+                tokens.append(ys[i - 1] + share * (ys[i] - ys[i - 1]))
+        return tokens
+
     def wall_seconds(self) -> float | None:
         """From the start to the end, or to the last event while it runs."""
         if self.seconds is not None:
@@ -188,6 +209,7 @@ class RunHistory:
         self.state, self.preset, self.run_dir = RunState.RUNNING, e.preset, e.run_dir
         self.processes, self.stages = e.processes, list(e.stages)
         self.started_at, self.ended_at, self.seconds, self.message = at, None, None, ""
+        self.cpu_seconds = None  # a new process: its CPU time starts again (as the wall time)
         self.last_batch_at, self.epoch_end = None, False
 
     def _on_Preflight(self, e: Preflight, at: float | None) -> None:
@@ -209,6 +231,7 @@ class RunHistory:
         self.state = {"finished": RunState.FINISHED, "stopped": RunState.STOPPED}.get(
             e.status, RunState.FAILED)
         self.ended_at, self.seconds = at, e.seconds
+        self.cpu_seconds = e.cpu_seconds if e.cpu_seconds is not None else self.cpu_seconds
 
     def _on_RunFailed(self, e: RunFailed, at: float | None) -> None:
         self.state, self.ended_at, self.message = RunState.FAILED, at, e.message
@@ -222,8 +245,10 @@ class RunHistory:
             self.rewinds += 1
             self.train_loss.drop_from(e.step)
             self.train_curve.drop_from(e.step)
+            self.token_curve.drop_from(e.step)
             self._ema = self._ema_weight = 0.0
         self._count_tokens(previous, e)
+        self.token_curve.add(e.step, self.tokens, MAX_CURVE_POINTS)
         self.batch = e
         self.epoch, self.epochs, self.step = e.epoch, e.epochs, e.step
         self.last_batch_at, self.epoch_end = at, e.batch >= e.batches
@@ -248,6 +273,8 @@ class RunHistory:
         self.summaries = [s for s in self.summaries if s.epoch < e.epoch] + [e]
         self.epoch, self.epochs, self.step = e.epoch, e.epochs, e.step
         self.epoch_end = False
+        if e.cpu_seconds is not None:
+            self.cpu_seconds = e.cpu_seconds
         self.last_batch_at = at  # the next epoch's first batch is measured from here
         losses = [(s.val_loss, s.step) for s in self.summaries if math.isfinite(s.val_loss)]
         bleus = [(s.bleu, s.step) for s in self.summaries

@@ -32,6 +32,7 @@ from engine.events import (
     RunStarted,
     StageFinished,
     StageStarted,
+    cpu_seconds,
     fan_out,
 )
 from engine.inputs import check_run_inputs
@@ -115,7 +116,8 @@ def run(config: RunConfig, run_dir: Path, emit: Emit, control: RunControl | None
     finally:
         control.remove_listener(on_control)
     if status != "failed":
-        emit(RunFinished(status=status, seconds=round(time.monotonic() - started, 3)))
+        emit(RunFinished(status=status, seconds=round(time.monotonic() - started, 3),
+                         cpu_seconds=cpu_seconds()))
     if alerts is not None:
         alerts.close()  # the last alerts are delivered before the run process exits
     if writer is not None:

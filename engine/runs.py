@@ -265,13 +265,15 @@ def _run_name(run_dir: Path) -> str:
     return run_dir.name
 
 
-def summarize(run_dir: Path | str, own_lock: bool = True) -> RunSummary:
+def summarize(run_dir: Path | str, own_lock: bool = True,
+              history: RunHistory | None = None) -> RunSummary:
     """The run in ``run_dir`` now, from its lock, heartbeat and events.jsonl.
 
     ``own_lock=False``: this process's own lock is not the run's (a new run asking what its
-    directory held before it)."""
+    directory held before it). ``history``: its events.jsonl already folded by the caller (the
+    comparison follows its own), else run_history's."""
     run_dir = Path(run_dir)
-    history = run_history(run_dir)
+    history = run_history(run_dir) if history is None else history
     holder = read_lock(run_dir)
     if not own_lock and holder and holder.get("pid") == os.getpid():
         holder = None

@@ -215,3 +215,22 @@ def test_the_run_list_reads_a_run_directorys_history_once_then_what_is_appended(
         f.write("null\n" + jsonl_line(Notice(text="appended"), T0 + 1e4))
     assert runs.run_history(run_dir).notices[-1][1].text == "appended"
     assert runs.summarize(run_dir).state == RunState.FINISHED
+
+
+def test_cpu_time_and_the_tokens_seen_at_each_update():
+    """cpu_seconds: the run process's last report (an older engine's events carry none), and
+    a new start's process counts anew; the tokens seen follow the updates, and a resume from
+    an earlier checkpoint forgets those of the updates it goes back over."""
+    started = RunStarted(run_dir="r", preset="p", stages=["train"])
+    history = fold([(1.0, started), (2.0, batch(1, elapsed=1.0)), (3.0, batch(2, elapsed=2.0)),
+                    (4.0, summary(1, 2, 2.5))])
+    assert history.cpu_seconds is None  # older events: no cpu_seconds field
+    assert history.tokens_at([1, 2, 1.5]) == [1000.0, 2000.0, 1500.0]
+    fold([(5.0, ev.EpochSummary(**{**summary(2, 2, 2.4).__dict__, "cpu_seconds": 7.5}))],
+         history)
+    assert history.cpu_seconds == 7.5
+    fold([(6.0, RunFinished(status="stopped", seconds=5.0, cpu_seconds=9.0))], history)
+    assert history.cpu_seconds == 9.0
+    fold([(7.0, started), (8.0, batch(1, elapsed=1.0))], history)  # resumed from update 0
+    assert history.cpu_seconds is None
+    assert history.token_curve.points() == ([1], [3000.0]) and history.tokens == 3000.0

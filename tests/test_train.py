@@ -345,7 +345,9 @@ def test_patience_ends_training_when_validation_stops_improving(tmp_path):
     assert len(notice) == 1 and "2 validations without a lower validation loss" in notice[0]
     info = {f.stage: f.info for f in of(events, StageFinished)}["train"]
     assert (info["epochs"], info["ended"]) == (3, "patience")
-    assert events[-1] == RunFinished(status="finished", seconds=events[-1].seconds)
+    assert events[-1] == RunFinished(status="finished", seconds=events[-1].seconds,
+                                     cpu_seconds=events[-1].cpu_seconds)
+    assert events[-1].cpu_seconds > 0  # the run process's CPU time, recorded
     assert torch.load(tmp_path / ckpt.LAST, weights_only=True)["since_best"] == 2
 
     # patience counts from the last improvement, across a resume

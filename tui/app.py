@@ -3,8 +3,9 @@ screen; what it shows lives in tui/screens/ (one module per screen), the panels 
 and the command line in tui/cli.py.
 
 Screens: the dashboard of one run (tui/screens/dashboard.py, the default screen, under every
-other), the list of runs (tui/screens/runs.py: l, or at start without a run to show) and the
-dialogs (tui/screens/dialogs.py), each a screen that returns its answer by dismiss.
+other), the list of runs (tui/screens/runs.py: l, or at start without a run to show), the
+comparison of runs marked there (tui/screens/compare.py) and the dialogs
+(tui/screens/dialogs.py), each a screen that returns its answer by dismiss.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from textual.screen import Screen
 from textual.scrollbar import ScrollBar, ScrollBarRender
 
 from engine.paths import RUNS_ROOT
+from tui.messages import CompareRuns
+from tui.screens.compare import CompareScreen
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.runs import RunsScreen
 from tui.state import DashboardState
@@ -79,6 +82,10 @@ class TransformerApp(App):
                 self.dashboard.choose_new_run()
 
         self.push_screen(RunsScreen(self.runs_dir, followed=self.dashboard.followed), chosen)
+
+    def on_compare_runs(self, message: CompareRuns) -> None:
+        """c in the run list: the comparison of the marked runs, over the list (Esc: back)."""
+        self.push_screen(CompareScreen(message.run_dirs))
 
     async def action_quit(self) -> None:
         """q: quit; the dashboard asks first when the run it follows is live."""

@@ -50,3 +50,19 @@ class EarlierCheckpoints(Message):
 
     run_dir: str
     saved: list[CheckpointSaved]
+
+
+@dataclass
+class CompareRuns(Message):
+    """The run list asks the app to compare the runs marked there (tui/app.py routes it)."""
+
+    run_dirs: list
+
+
+@dataclass
+class RunsCompared(Message):
+    """The compared runs as they are now (engine.compare.ComparedRun each), read off the UI
+    thread; ``error``: why they could not be read (a directory that holds no run)."""
+
+    runs: list
+    error: str = ""

@@ -26,7 +26,7 @@ from engine import distributed
 from engine.batching import Batches, collate
 from engine.control import RunControl, RunStopped
 from engine.errors import DataError
-from engine.events import BatchProgress, Emit, EpochSummary, Notice
+from engine.events import BatchProgress, Emit, EpochSummary, Notice, cpu_seconds
 from engine.prefetch import Prefetcher, pinned
 from engine.stages import StageResult
 from engine.train.checkpoints import RunCheckpoints
@@ -297,7 +297,7 @@ class TrainLoop:
             epoch=epoch, epochs=self.epochs_planned(), step=self.state.step,
             train_loss=p.train_loss, train_ppl=ppl(p.train_loss), val_loss=val_loss,
             val_ppl=ppl(val_loss), bleu=p.bleu, epoch_seconds=round(epoch_clock.seconds(), 3),
-            total_seconds=round(self.total_seconds(), 3)))
+            total_seconds=round(self.total_seconds(), 3), cpu_seconds=cpu_seconds()))
         self.validation.emit_samples()
         if training.patience and p.since_best >= training.patience and complete:
             self.ended = "patience"

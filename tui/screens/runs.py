@@ -4,7 +4,9 @@ One row per run directory (engine.runs.list_runs): name, preset, state (running,
 finished, stopped, failed, dead), epoch and step, the last validation loss and BLEU, when the
 run last said something, and the last alert it raised (engine/alerts.py). Read off the UI thread
 every few seconds, so that a run that dies shows as dead while the list is open. Enter attaches
-to the selected run; n goes to the preset picker to start a new one; q quits.
+to the selected run (pause, resume, stop from there); space marks it (a ✓ in the "marked"
+column) and c compares the marked runs (tui/screens/compare.py, routed by the app); n goes to
+the preset picker to start a new one; q quits.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from textual.worker import get_current_worker
 from engine import runs
 from engine.errors import EngineError
 from tui.format import duration, number
-from tui.messages import RunsListed
+from tui.messages import CompareRuns, RunsListed
 from tui.workers import wait_unless_cancelled
 
 COLUMNS = ("run", "preset", "state", "epoch", "step", "val loss", "BLEU", "last event",
            "last alert")
 ALERT_WIDTH = 48  # the last alert's text is cut to this in its column
 LIST_SECONDS = 3.0
+MARK, MARK_COLUMN = "✓", "marked"  # a run marked for comparison (space), in its own column
 STATE_STYLES = {"running": "bold green", "paused": "bold yellow", "stalled": "bold red",
                 "dead": "bold red", "failed": "bold red", "finished": "green"}
 
@@ -40,6 +43,8 @@ class RunsScreen(Screen[Path | str | None]):
 
     BINDINGS = [
         Binding("enter", "attach", "Attach", priority=True),
+        Binding("space", "mark", "Mark"),
+        Binding("c", "compare", "Compare marked"),
         Binding("n", "new", "New run"),
         Binding("escape", "back", "Back"),
     ]  # q (quit) is the app's
@@ -49,6 +54,7 @@ class RunsScreen(Screen[Path | str | None]):
         self.root = root
         self.followed = followed
         self.summaries: dict[str, runs.RunSummary] = {}
+        self.marked: list[str] = []  # run directories marked for comparison, in marking order
 
     def compose(self) -> ComposeResult:
         with Vertical(id="runs"):
@@ -56,6 +62,7 @@ class RunsScreen(Screen[Path | str | None]):
             table = DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
             for column in COLUMNS:
                 table.add_column(column, key=column)
+            table.add_column(MARK_COLUMN, key=MARK_COLUMN)
             yield table
             yield Static("reading…", id="runs-hint")
         yield Footer()
@@ -94,8 +101,10 @@ class RunsScreen(Screen[Path | str | None]):
                 for column, value in zip(COLUMNS, _row(summary)):
                     table.update_cell(str(summary.run_dir), column, value)
         self.summaries = {str(s.run_dir): s for s in summaries}
-        hint = (f"{len(summaries)} run(s). Enter: attach (pause, resume, stop from there)   "
-                "n: start a new run   q: quit") if summaries else \
+        self.marked = [key for key in self.marked if key in self.summaries]
+        self.show_marks()
+        hint = (f"{len(summaries)} run(s). Enter: attach   space: mark   c: compare marked   "
+                "n: new run   q: quit") if summaries else \
             f"No runs in {self.root}/ yet. n: choose a preset and start one   q: quit"
         self.query_one("#runs-hint", Static).update(hint)
 
@@ -110,6 +119,35 @@ class RunsScreen(Screen[Path | str | None]):
         run_dir = self.selected()
         if run_dir is not None:
             self.dismiss(run_dir)
+
+    def show_marks(self) -> None:
+        """A mark in the last column of each run marked for comparison (a shape, not a colour:
+        NO_COLOR reads it)."""
+        table = self.query_one(DataTable)
+        for key in self.summaries:
+            mark = MARK if key in self.marked else ""
+            if table.get_cell(key, MARK_COLUMN) != mark:
+                table.update_cell(key, MARK_COLUMN, mark)
+
+    def action_mark(self) -> None:
+        """space: mark or unmark the selected run for comparison."""
+        run_dir = self.selected()
+        if run_dir is None:
+            return
+        key = str(run_dir)
+        if key in self.marked:
+            self.marked.remove(key)
+        else:
+            self.marked.append(key)
+        self.show_marks()
+
+    def action_compare(self) -> None:
+        """c: compare the marked runs (two or more)."""
+        if len(self.marked) < 2:
+            self.notify(f"{len(self.marked)} run marked: mark two or more with space, then c "
+                        "to compare them", title="Compare", severity="warning")
+            return
+        self.post_message(CompareRuns([Path(key) for key in self.marked]))
 
     def action_new(self) -> None:
         self.dismiss("new")
