@@ -420,7 +420,7 @@ def test_the_run_list_shows_each_runs_last_alert(tmp_path, monkeypatch):
 
     from tests.tui_runs import jsonl_line, write_finished_run
     from tui.app import TransformerApp
-    from tui.screens.runs import COLUMNS, RunsScreen
+    from tui.screens.runs import RunsScreen
 
     monkeypatch.chdir(tmp_path)
     saved = tmp_path / "saved"
@@ -439,9 +439,9 @@ def test_the_run_list_shows_each_runs_last_alert(tmp_path, monkeypatch):
                 assert time.monotonic() < deadline
                 await pilot.pause(0.05)
             table = app.screen.query_one(DataTable)
-            column = COLUMNS.index("last alert")
-            rows = {str(table.get_row_at(i)[0]): str(table.get_row_at(i)[column])
-                    for i in range(2)}
+            keys = [table.coordinate_to_cell_key((i, 0)).row_key for i in range(2)]
+            rows = {str(table.get_cell(key, "run")): str(table.get_cell(key, "last alert"))
+                    for key in keys}
             assert rows == {"told": "run told finished: test BLEU 28.0", "quiet": "—"}
 
     asyncio.run(story())

@@ -4,7 +4,7 @@ One row per run directory (engine.runs.list_runs): name, preset, state (running,
 finished, stopped, failed, dead), epoch and step, the last validation loss and BLEU, when the
 run last said something, and the last alert it raised (engine/alerts.py). Read off the UI thread
 every few seconds, so that a run that dies shows as dead while the list is open. Enter attaches
-to the selected run (pause, resume, stop from there); space marks it (a ✓ in the "marked"
+to the selected run (pause, resume, stop from there); space marks it (a ✓ in the first
 column) and c compares the marked runs (tui/screens/compare.py, routed by the app); n goes to
 the preset picker to start a new one; q quits.
 """
@@ -60,9 +60,10 @@ class RunsScreen(Screen[Path | str | None]):
         with Vertical(id="runs"):
             yield Static(f" Runs in {self.root}/", id="runs-title")
             table = DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+            # the mark first: the last-alert column pushed a mark at the end off a 120-column screen
+            table.add_column(MARK, key=MARK_COLUMN)
             for column in COLUMNS:
                 table.add_column(column, key=column)
-            table.add_column(MARK_COLUMN, key=MARK_COLUMN)
             yield table
             yield Static("reading…", id="runs-hint")
         yield Footer()
@@ -92,7 +93,7 @@ class RunsScreen(Screen[Path | str | None]):
             selected = self.selected()
             table.clear()
             for summary in summaries:
-                table.add_row(*_row(summary), key=str(summary.run_dir))
+                table.add_row("", *_row(summary), key=str(summary.run_dir))  # mark: show_marks
             wanted = selected or self.followed
             if wanted is not None and str(wanted) in keys:
                 table.move_cursor(row=keys.index(str(wanted)), animate=False)
@@ -103,9 +104,9 @@ class RunsScreen(Screen[Path | str | None]):
         self.summaries = {str(s.run_dir): s for s in summaries}
         self.marked = [key for key in self.marked if key in self.summaries]
         self.show_marks()
-        hint = (f"{len(summaries)} run(s). Enter: attach   space: mark   c: compare marked   "
-                "n: new run   q: quit") if summaries else \
-            f"No runs in {self.root}/ yet. n: choose a preset and start one   q: quit"
+        # short enough for 80 columns (the footer names the keys too)
+        hint = (f"{len(summaries)} run(s): Enter attach · space mark · c compare marked · n new"
+                ) if summaries else f"No runs in {self.root}/ yet. n: choose a preset, start one"
         self.query_one("#runs-hint", Static).update(hint)
 
     def selected(self) -> Path | None:
@@ -121,7 +122,7 @@ class RunsScreen(Screen[Path | str | None]):
             self.dismiss(run_dir)
 
     def show_marks(self) -> None:
-        """A mark in the last column of each run marked for comparison (a shape, not a colour:
+        """A mark in the first column of each run marked for comparison (a shape, not a colour:
         NO_COLOR reads it)."""
         table = self.query_one(DataTable)
         for key in self.summaries:
