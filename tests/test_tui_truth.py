@@ -330,3 +330,19 @@ async def test_an_svg_screenshot_keeps_the_space_after_a_glyph():
         assert "✓&#160;</text>" in svg  # the Stages marks: "✓ " then "data"
         assert "⣿&#160;</text>" in svg  # the loss legend's glyph
         assert "tokens/batch" not in svg
+
+
+@scenario
+async def test_what_the_run_ran_with_shows_in_the_header_and_the_log():
+    clock = Clock()
+    app = TransformerApp(attach=None, clock=clock)
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.state.apply(RunStarted(run_dir="saved/demo", preset="sample", stages=["train"],
+                                   versions={"torch": "2.13.0", "cuda": "12.8",
+                                             "device": "NVIDIA H100 80GB HBM3"}), clock.now)
+        app.dashboard.refresh_panels(force=True)
+        await pilot.pause()
+        header = str(app.dashboard.query_one("#status").render())
+        assert "sample → saved/demo" in header and "torch 2.13.0, CUDA 12.8" in header
+        assert any("ran with torch 2.13.0, CUDA 12.8, NVIDIA H100" in line
+                   for line in app.state.log)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine import events as ev
+from engine.versions import versions_text
 from tui.format import duration
 
 
@@ -58,7 +59,8 @@ def _download(e: ev.DownloadProgress) -> list[str]:
 
 
 _LINES: dict[type, Any] = {
-    ev.RunStarted: lambda e: [f"run started: preset {e.preset}, run dir {e.run_dir}"],
+    ev.RunStarted: lambda e: [f"run started: preset {e.preset}, run dir {e.run_dir}"]
+    + ([f"ran with {versions_text(e.versions)}"] if e.versions else []),
     ev.Preflight: _preflight,
     ev.StageStarted: lambda e: [f"stage {e.index}/{e.total} {e.stage} started"],
     ev.StageFinished: _stage_finished,

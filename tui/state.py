@@ -49,6 +49,7 @@ from engine.events import (
 from engine.history import MAX_CURVE_POINTS, Curve, RunHistory
 from engine.memory import MemoryReading
 from engine.stages import STAGES
+from engine.versions import versions_text
 from tui.format import duration
 from tui.log_lines import log_lines
 from tui.memory_chart import MemoryHistory
@@ -111,6 +112,7 @@ class DashboardState:
         self.reason = ""  # why it failed
         self.preset = ""
         self.run_dir = ""
+        self.ran_with = ""  # what the run ran with (RunStarted.versions), one line
         self.ended_seconds: float | None = None  # of an ended (or dead) run
         self.stages: dict[str, StageView] = {name: StageView(name) for name in STAGE_ORDER}
         self.current_stage = ""
@@ -206,6 +208,7 @@ class DashboardState:
                       "select one to resume from it")
 
     def _forget_run(self) -> None:
+        self.ran_with = ""
         self.run, self._rewinds = RunHistory(), 0
         self.words = self.merges = self.memory = self.prep = None
         self.peak_history.clear()
@@ -322,6 +325,7 @@ class DashboardState:
 
     def _on_RunStarted(self, e: RunStarted, at: float) -> None:
         self.preset, self.run_dir = e.preset, e.run_dir
+        self.ran_with = versions_text(e.versions)  # torch, CUDA, cuDNN, NCCL, driver, device
         self.ended_seconds = None
         self.stages = {name: StageView(name) for name in e.stages}
         self.current_stage = ""

@@ -56,6 +56,8 @@ class StatusBar(StateView, Static):
                             style="bold")
         if state.preset:
             text.append(f"  {state.preset} → {state.run_dir}")
+            if state.ran_with:  # last: on a narrow terminal the ellipsis takes it first
+                text.append(f"  {state.ran_with}", style="dim")
         elif state.run_dir:
             text.append(f"  {state.run_dir}")
         else:
