@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pilot import until
 from textual.widgets import DataTable, Static
 from tui_runs import finished_run_events, jsonl_line, write_finished_run
 
@@ -222,14 +223,6 @@ def scenario(test):
 
     return run
 
-
-async def until(pilot, condition, seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await pilot.pause(0.05)
-    await pilot.pause()
 
 
 def row_keys(table: DataTable) -> list[str]:

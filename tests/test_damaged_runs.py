@@ -13,11 +13,10 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from pilot import scenario
+from pilot import scenario, until
 from tiny_runs import tiny_config, train_run
 from tui_runs import EPOCHS, write_finished_run
 
@@ -34,14 +33,6 @@ pytestmark = pytest.mark.usefixtures("in_a_fresh_directory")
 
 
 
-
-async def until(pilot, condition, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await pilot.pause(0.05)
-    await pilot.pause()
 
 
 def damage(run_dir: Path, change) -> Path:

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from pilot import scenario
+from pilot import scenario, until
 from textual.widgets import Button, DataTable, Static
 from textual_plotext import PlotextPlot
 from tui_runs import EPOCHS, finished_run_events, jsonl_line, write_finished_run
@@ -56,14 +56,6 @@ def text_of(app, selector: str) -> str:
     widget = app.query_one(selector)
     return str(widget.render())
 
-
-async def until(pilot, condition, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await pilot.pause(0.05)
-    await pilot.pause()
 
 
 @scenario
