@@ -56,7 +56,8 @@ class StatusBar(StateView, Static):
                             style="bold")
         if state.preset:
             text.append(f"  {state.preset} → {state.run_dir}")
-            if state.ran_with:  # last: on a narrow terminal the ellipsis takes it first
+            # what the run ran with, where the line has room for all of it (never cut)
+            if state.ran_with and text.cell_len + 2 + len(state.ran_with) <= self.size.width:
                 text.append(f"  {state.ran_with}", style="dim")
         elif state.run_dir:
             text.append(f"  {state.run_dir}")
