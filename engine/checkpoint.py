@@ -238,13 +238,16 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu",
     path = Path(path)
     if not path.is_file():
         raise EngineError(f"{path}: checkpoint not found")
+    # random bytes, a cut download, another format: refused before torch reads them (its
+    # legacy unpickler would warn about whatever "protocol" the first bytes happen to say)
+    if not zipfile.is_zipfile(path):
+        raise EngineError(f"{path}: not a transformer-tui checkpoint or damaged (not a PyTorch "
+                          "zip file)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except Exception as exc:  # truncated, not a torch file, or holds objects we do not load
+    except Exception as exc:  # truncated, damaged, or holds objects we do not load
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if not zipfile.is_zipfile(path):
-            reason = "not a PyTorch zip file"  # random bytes, a cut download, another format
-        elif "weights_only" in first or "Weights only" in first:
+        if "weights_only" in first or "Weights only" in first:
             reason = "it holds Python objects, which are not loaded"  # pickled code: refused
         else:
             reason = first.rstrip(".")[:120]
