@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from textual.widgets import DataTable
-from tui_runs import write_finished_run
+from tui_runs import SMALL, write_finished_run
 
 from engine import runs
 from tui.app import TransformerApp
@@ -31,13 +31,6 @@ from tui.screens.dialogs import ChoiceScreen, ConfirmScreen
 from tui.screens.runs import RunsScreen
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = [
-    "data.train_size=1200", "data.valid_size=60", "data.test_size=60",
-    "tokenizer.vocab_size=500",
-    "model.d_model=32", "model.ffn_hidden=64", "model.n_head=2", "model.n_layers=1",
-    "training.epochs=3", "training.max_tokens=512", "training.warmup=50",
-    "training.checkpoint_every=1", "eval.beam=1", "eval.bleu_every=1", "eval.bleu_samples=20",
-]
 LONGER = [item for item in SMALL if not item.startswith("training.epochs")] + [
     "training.epochs=1000"]  # never reached: the test stops it
 

@@ -14,15 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+from tui_runs import SMALL
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = [
-    "data.train_size=1200", "data.valid_size=60", "data.test_size=60",
-    "tokenizer.vocab_size=500",
-    "model.d_model=32", "model.ffn_hidden=64", "model.n_head=2", "model.n_layers=1",
-    "training.epochs=1000", "training.max_tokens=512", "training.warmup=50",
-    "training.checkpoint_every=1", "eval.beam=1", "eval.bleu_every=1", "eval.bleu_samples=20",
-]
+# long enough to pause, resume and stop before it ends
+LONG = [item for item in SMALL if not item.startswith("training.epochs")] + ["training.epochs=1000"]
 ENV = f"PYTHONPATH={ROOT} HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1"
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
@@ -73,7 +69,7 @@ def stages_train_row(screen: str) -> str:
 
 def test_start_close_attach_pause_resume_elsewhere_and_stop(tmp_path):
     app = f"{sys.executable} -m tui.cli"
-    sets = " ".join(f"--set {item}" for item in SMALL)
+    sets = " ".join(f"--set {item}" for item in LONG)
     first = Terminal("story-first", tmp_path, (80, 24), f"{app} --preset sample {sets}")
     second = None
     try:

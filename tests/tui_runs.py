@@ -132,3 +132,13 @@ def write_paused_run(run_dir: Path, steps: int = 75, recorded_dir: str = "saved/
     for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
         (run_dir / name).write_bytes(b"\0" * 1024)
     return last + 0.2
+
+
+# the sample preset shrunk to seconds, as --set items: the app's terminal stories start it
+SMALL = [
+    "data.train_size=1200", "data.valid_size=60", "data.test_size=60",
+    "tokenizer.vocab_size=500",
+    "model.d_model=32", "model.ffn_hidden=64", "model.n_head=2", "model.n_layers=1",
+    "training.epochs=3", "training.max_tokens=512", "training.warmup=50",
+    "training.checkpoint_every=1", "eval.beam=1", "eval.bleu_every=1", "eval.bleu_samples=20",
+]
