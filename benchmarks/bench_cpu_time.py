@@ -8,6 +8,8 @@ resident memory. Variants are environment settings, compared in the same run:
 
     engine        the engine as it runs (its malloc and oneDNN settings, engine/__init__.py)
     glibc         TRANSFORMER_TUI_MALLOC=glibc: glibc's malloc defaults
+    passive       OMP_WAIT_POLICY=PASSIVE: OpenMP threads sleep as soon as they wait (the
+                  engine's setting before issue 26; it now spins briefly, GOMP_SPINCOUNT)
     onednn-cache  ONEDNN_PRIMITIVE_CACHE_CAPACITY=1024: oneDNN's default kernel cache
     (more with --variant NAME=VAR=VALUE,VAR=VALUE)
 
@@ -27,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {"engine": {}, "glibc": {"TRANSFORMER_TUI_MALLOC": "glibc"},
+            "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
             "onednn-cache": {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"}}
 
 

@@ -1,6 +1,7 @@
 """Tokenizer stage vs bare `tokenizers` vs a full-scan Python trainer, on one corpus, in one run.
 
     python benchmarks/bench_tokenizer.py [--sentences 1000000] [--vocab-size 37000]
+    python benchmarks/bench_tokenizer.py --recipe-cost     (the pre-tokenization's own cost)
 
 The corpus: N English and N German sentences whose words are drawn from the word-frequency lists
 that `wordfreq` ships (a benchmark dependency only). BPE training sees nothing but the word
@@ -34,6 +35,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+# glibc's malloc as the tokenizer child process has it (engine/tokenizer/supervisor.py), set
+# before anything here imports the engine
+os.environ["TRANSFORMER_TUI_MALLOC"] = "glibc"
 
 
 # --- corpus --------------------------------------------------------------------------------
@@ -181,6 +185,58 @@ def measure_bare(pairs: list[tuple[str, str]], vocab_size: int, out: Path) -> di
             "sha256": hashlib.sha256((out / "tokenizer.json").read_bytes()).hexdigest()}
 
 
+# The recipe's own cost: bare `tokenizers` training from the corpus files (as the child process
+# trains), with the recipe's pre-tokenization against peers, each in a fresh process.
+PRE_TOKENIZERS = {
+    "metaspace": "Metaspace alone: words only, punctuation stays on them",
+    "recipe": "the recipe (engine/tokenizer/recipes.py)",
+    "metaspace+punctuation": "Metaspace then Punctuation, two pre-tokenizers (recipe 1)",
+}
+
+
+def pre_tokenizer_peer(name: str):
+    from tokenizers import pre_tokenizers
+
+    from engine.tokenizer.recipes import new_tokenizer
+
+    tokenizer = new_tokenizer("bpe")
+    if name == "metaspace":
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    elif name == "metaspace+punctuation":
+        tokenizer.normalizer = None
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation()])
+    return tokenizer
+
+
+def measure_recipe(name: str, files: tuple[Path, Path], vocab_size: int) -> dict:
+    import engine.tokenizer.recipes as recipes
+
+    peer = pre_tokenizer_peer(name)
+    recipes.new_tokenizer = lambda kind: peer  # this process only
+    started, cpu = time.monotonic(), cpu_seconds()
+    tokenizer = recipes.train_from_files(list(files), "bpe", vocab_size, min_frequency=2)
+    return {"seconds": time.monotonic() - started, "cpu": cpu_seconds() - cpu,
+            "vocab": tokenizer.get_vocab_size()}
+
+
+def recipe_cost(args: argparse.Namespace, files: tuple[Path, Path]) -> None:
+    runs: dict[str, list[dict]] = {name: [] for name in PRE_TOKENIZERS}
+    for repeat in range(args.repeats):
+        for name in PRE_TOKENIZERS:  # interleaved: a noisy spell slows all of them alike
+            runs[name].append(run_measurement(f"recipe:{name}", args, files, args.work))
+            print(f"  {name:22} run {repeat + 1}: {runs[name][-1]['seconds']:.1f}s, CPU "
+                  f"{runs[name][-1]['cpu']:.1f}s", flush=True)
+    base_wall = min(r["seconds"] for r in runs["metaspace"])
+    base_cpu = min(r["cpu"] for r in runs["metaspace"])
+    print(f"\nrecipe cost (bare tokenizers from files, vocab {args.vocab_size:,}; fastest of "
+          f"{args.repeats}), against Metaspace alone:")
+    for name, label in PRE_TOKENIZERS.items():
+        wall, cpu = min(r["seconds"] for r in runs[name]), min(r["cpu"] for r in runs[name])
+        print(f"  {name:22} {wall:6.1f}s wall {wall / base_wall:.2f}x | {cpu:6.1f}s CPU "
+              f"{cpu / base_cpu:.2f}x | {label}")
+
+
 def measure_python(pairs: list[tuple[str, str]], max_merges: int, max_seconds: float) -> dict:
     """The seed's trainer: word counts, then per merge a full scan for the best pair."""
     started = time.monotonic()
@@ -242,13 +298,19 @@ def main() -> None:
     parser.add_argument("--python-merges", type=int, default=300)
     parser.add_argument("--python-seconds", type=float, default=120.0)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench_tokenizer")
-    parser.add_argument("--measure", choices=("engine", "bare", "python"), help=argparse.SUPPRESS)
+    parser.add_argument("--recipe-cost", action="store_true",
+                        help="only the recipe's pre-tokenization against Metaspace alone")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
     if args.measure:  # inside a measuring process
         files = corpus_files(args.work, args.sentences)
+        if args.measure.startswith("recipe:"):  # from the files, as the child process trains
+            print(json.dumps(measure_recipe(args.measure.split(":", 1)[1], files,
+                                            args.vocab_size)))
+            return
         pairs = load_pairs(files)
         base = PeakMemory().rss()[0]  # the corpus in memory, before any training
         if args.measure == "engine":
@@ -267,6 +329,9 @@ def main() -> None:
           f"{sum(p.stat().st_size for p in files) / 1e6:.0f} MB, ready in "
           f"{time.monotonic() - started:.1f}s | vocab_size {args.vocab_size:,} | "
           f"{os.cpu_count()} CPUs", flush=True)
+    if args.recipe_cost:
+        recipe_cost(args, files)
+        return
     engine_runs, bare_runs = [], []
     for repeat in range(args.repeats):
         engine_runs.append(run_measurement("engine", args, files, args.work / f"engine{repeat}"))

@@ -2,7 +2,7 @@
 
     transformer-train translate --checkpoint PATH [TEXT ...]      (no TEXT: stdin, line by line)
     transformer-train evaluate --checkpoint PATH --src FILE --ref FILE [--beam N] [--out FILE]
-                               [--paper-bleu]
+                               [--lowercase] [--paper-bleu]
     transformer-train average --out PATH CKPT [CKPT ...]  |  average --out PATH --last N RUN_DIR
 """
 
@@ -100,6 +100,9 @@ def evaluate_main(argv: list[str]) -> int:
     parser.add_argument("--src", required=True, type=Path, help="source sentences, one a line")
     parser.add_argument("--ref", required=True, type=Path, help="reference translations, aligned")
     parser.add_argument("--out", type=Path, help="write the hypotheses here, one a line")
+    parser.add_argument("--lowercase", action="store_true",
+                        help="also lowercased sacreBLEU (13a, case:lc), as the Multi30k "
+                             "literature reports; reads higher than cased")
     parser.add_argument("--paper-bleu", action="store_true",
                         help="also the paper's BLEU: tokenized (13a), hyphenated compounds "
                              "split, as tensor2tensor's get_ende_bleu.sh; reads higher than "
@@ -117,6 +120,9 @@ def evaluate_main(argv: list[str]) -> int:
         args.out.write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
     score, signature = corpus_bleu(hypotheses, references)
     print(f"BLEU = {score:.2f} | {len(sources):,} sentences | {signature}")
+    if args.lowercase:
+        score, signature = corpus_bleu(hypotheses, references, lowercase=True)
+        print(f"lowercased BLEU = {score:.2f} | {len(sources):,} sentences | {signature}")
     if args.paper_bleu:
         score, signature = paper_bleu(hypotheses, references)
         print(f"paper BLEU = {score:.2f} | {len(sources):,} sentences | {signature}")

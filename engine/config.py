@@ -30,7 +30,7 @@ def _presets_dir() -> Path:
 
 
 PRESETS_DIR = _presets_dir()
-PRESET_NAMES = ("sample", "small", "quick", "medium", "full", "big")
+PRESET_NAMES = ("sample", "tiny", "small", "quick", "medium", "full", "big")
 
 
 def _key(default: Any, *, doc: str, min: float | None = None, max: float | None = None,

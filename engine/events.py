@@ -233,9 +233,10 @@ class SampleTranslations(Event):
 
 @dataclass(frozen=True)
 class TestBleu(Event):
-    """The test split decoded once training has ended (finished or stopped), scored two ways:
-    sacreBLEU (detokenized, what to quote) and the paper's tokenized, compound-split BLEU
-    (what to compare with the paper's 27.3; reads higher)."""
+    """The test split decoded once training has ended (finished or stopped), scored three ways:
+    sacreBLEU (detokenized, cased, what to quote), sacreBLEU lowercased (what the Multi30k
+    literature reports) and the paper's tokenized, compound-split BLEU (what to compare with
+    the paper's 27.3 on WMT14; reads higher)."""
 
     checkpoint: str  # the weights decoded: averaged.pt, else checkpoint_last.pt
     sentences: int
@@ -250,6 +251,9 @@ class TestBleu(Event):
     # which weights: "averaged" (the final stretch of a finished run), "last" (the weights at
     # the end), "best" (checkpoint_best.pt: a stopped run reports it beside its last); "" before
     role: str = ""
+    # lowercased sacreBLEU (case:lc); None in runs from before it was reported
+    lowercase_bleu: float | None = None
+    lowercase_signature: str = ""
 
 
 @dataclass(frozen=True)

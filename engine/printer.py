@@ -219,6 +219,9 @@ class HeadlessPrinter:
         if e.averaged_from:
             self._line(f"    averaged from: {', '.join(e.averaged_from)}")
         self._line(f"    sacreBLEU:  {e.sacrebleu:.2f}  ({e.sacrebleu_signature})")
+        if e.lowercase_bleu is not None:
+            self._line(f"    lowercased: {e.lowercase_bleu:.2f}  ({e.lowercase_signature}; as the "
+                       "Multi30k literature reports)")
         self._line(f"    paper BLEU: {e.paper_bleu:.2f}  ({e.paper_signature}; tokenized, "
                    "compound-split, as the paper's 27.3)")
 

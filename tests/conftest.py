@@ -11,7 +11,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-import engine  # noqa: E402,F401  (sets OMP_WAIT_POLICY before any test module imports torch)
+import engine  # noqa: E402,F401  (sets its OpenMP and malloc defaults before any test module imports torch)
 
 MULTI30K = Path(__file__).parents[1] / ".." / "shared" / "data" / "multi30k"
 

@@ -71,6 +71,15 @@ def test_evaluate_prints_sacrebleu_with_its_signature_and_writes_hypotheses(trai
     assert sacre.startswith("BLEU = ") and "tok:13a|" in sacre
     assert paper.startswith("paper BLEU = ") and "tok:13a+compound-split" in paper
 
+    # --lowercase: lowercased sacreBLEU, as the Multi30k literature reports, after the cased
+    result = command("evaluate", "--checkpoint", str(trained_run / "checkpoint_best.pt"),
+                     "--src", str(src), "--ref", str(ref), "--beam", "2", "--lowercase")
+    assert result.returncode == 0, result.stderr
+    cased, lower = result.stdout.splitlines()
+    assert cased == sacre and "case:mixed" in cased
+    assert lower.startswith("lowercased BLEU = ") and "case:lc" in lower
+    assert float(lower.split()[3]) >= float(cased.split()[2])
+
 
 def test_evaluate_refuses_misaligned_files(trained_run, tmp_path):
     src, ref = tmp_path / "a.en", tmp_path / "a.de"

@@ -28,7 +28,7 @@ def local_files(write_text) -> list[str]:
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
 def test_every_preset_loads(name, write_text):
-    config = load_config(name, local_files(write_text) if name == "small" else ())
+    config = load_config(name, local_files(write_text) if name in ("tiny", "small") else ())
     assert config.name == name
     assert config.model.d_model % config.model.n_head == 0
 
@@ -78,6 +78,17 @@ def test_small_is_the_multi30k_recipe_and_needs_the_users_files(write_text):
     assert c.model.dropout == 0.2 and c.tokenizer.vocab_size == 8000 and c.tokenizer.shared
     assert (c.training.max_tokens, c.training.warmup) == (2048, 1000)
     assert c.training.max_updates > 0 and c.training.average_last == 5
+
+
+def test_tiny_is_the_multi30k_recipe_for_a_45_cpu_minute_budget(write_text):
+    with pytest.raises(ConfigError, match=r"\[data\] train_src is required when source = \"local\""):
+        load_config("tiny")
+    c = load_config("tiny", local_files(write_text))
+    assert (c.model.d_model, c.model.ffn_hidden, c.model.n_head, c.model.n_layers) == (192, 768, 4, 3)
+    assert c.tokenizer.vocab_size == 8000 and c.tokenizer.shared
+    assert (c.training.max_tokens, c.training.max_updates) == (2048, 2600)
+    assert (c.training.checkpoint_every_updates, c.training.average_last) == (130, 8)
+    assert (c.eval.beam, c.eval.bleu_every) == (5, 0)
 
 
 def test_quick_and_medium_sizes():

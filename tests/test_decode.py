@@ -252,3 +252,15 @@ def test_paper_bleu_splits_hyphenated_compounds_as_get_ende_bleu_sh():
           "Zwei Hunde spielen im Schnee ."]])
     assert paper == pytest.approx(by_hand.score)
     assert paper_bleu(references, references)[0] == pytest.approx(100.0)
+
+
+def test_lowercased_bleu_forgives_case_and_says_so_in_its_signature():
+    from engine.decode import corpus_bleu
+
+    references = ["Ein Mann sitzt an einem Tisch.", "Zwei Hunde spielen im Schnee."]
+    hypotheses = ["ein mann sitzt an einem tisch.", "Zwei Hunde spielen im Schnee."]
+    cased, cased_signature = corpus_bleu(hypotheses, references)
+    lower, lower_signature = corpus_bleu(hypotheses, references, lowercase=True)
+    assert lower == pytest.approx(100.0) and cased < 70
+    assert "case:lc" in lower_signature and "tok:13a" in lower_signature
+    assert "case:mixed" in cased_signature

@@ -253,12 +253,16 @@ def test_a_run_by_updates_averages_its_last_5_update_checkpoints_and_reports_tes
     assert test[0].averaged_from == last_five and test[0].sentences == 20
     assert "tok:13a|" in test[0].sacrebleu_signature
     assert "tok:13a+compound-split" in test[0].paper_signature
-    assert (info["test_bleu"], info["test_paper_bleu"]) == (test[0].sacrebleu, test[0].paper_bleu)
+    assert "case:lc" in test[0].lowercase_signature
+    assert test[0].lowercase_bleu >= test[0].sacrebleu
+    assert (info["test_bleu"], info["test_bleu_lowercase"], info["test_paper_bleu"]) == (
+        test[0].sacrebleu, test[0].lowercase_bleu, test[0].paper_bleu)
     assert of(list(read_events(tmp_path / "events.jsonl")), TestBleu) == test  # on disk too
     printed = out.getvalue()
     assert "Test BLEU of the averaged model (20 sentences" in printed
     assert "averaged from: checkpoint_update_15.pt, " in printed
     assert f"sacreBLEU:  {test[0].sacrebleu:.2f}" in printed
+    assert f"lowercased: {test[0].lowercase_bleu:.2f}" in printed
     assert f"paper BLEU: {test[0].paper_bleu:.2f}" in printed
     assert "Update 34/34 | Epoch 2/2" in printed
 

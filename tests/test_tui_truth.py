@@ -301,14 +301,16 @@ async def test_the_validation_samples_and_test_bleu_are_in_the_log():
                                  paper_bleu=39.2, paper_signature="tok:13a+compound-split",
                                  beam=4, length_penalty=0.6, seconds=30.0, role="averaged",
                                  averaged_from=["checkpoint_update_3500.pt",
-                                                "checkpoint_update_3600.pt"]), clock.now)
+                                                "checkpoint_update_3600.pt"],
+                                 lowercase_bleu=38.94, lowercase_signature="case:lc"), clock.now)
         await pilot.pause()
         log = "\n".join(app.state.log)
         assert "samples after epoch 3 (step 120):" in log
         assert "src: A dog runs." in log and "ref: Ein Hund rennt." in log
         assert "hyp: Ein Hund läuft." in log
         assert ("test BLEU of the averaged model (the mean of checkpoint_update_3500.pt, "
-                "checkpoint_update_3600.pt): 38.61 sacreBLEU") in log
+                "checkpoint_update_3600.pt): 38.61 sacreBLEU, 38.94 lowercased, 39.20 the "
+                "paper's way") in log
 
 
 @scenario

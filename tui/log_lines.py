@@ -50,7 +50,9 @@ def _test_bleu(e: ev.TestBleu) -> list[str]:
     which = {"averaged": "the averaged model", "best": "the best-validated checkpoint",
              "last": "the last weights"}.get(e.role, e.checkpoint.rsplit("/", 1)[-1])
     made_of = f" (the mean of {', '.join(e.averaged_from)})" if e.averaged_from else ""
-    return [f"test BLEU of {which}{made_of}: {e.sacrebleu:.2f} sacreBLEU, "
+    lowercased = (f", {e.lowercase_bleu:.2f} lowercased" if e.lowercase_bleu is not None
+                  else "")
+    return [f"test BLEU of {which}{made_of}: {e.sacrebleu:.2f} sacreBLEU{lowercased}, "
             f"{e.paper_bleu:.2f} the paper's way, {e.sentences:,} sentences"]
 
 

@@ -101,10 +101,13 @@ class ChildTraining:
                    "--files", *map(str, self.files)]
         with self.signal_lock:
             # A new session: Ctrl-C and a dropped SSH session reach the parent only, which
-            # then stops the child itself.
+            # then stops the child itself. glibc's own malloc settings: the trainer's threads
+            # allocate side by side, and the one-arena tuning (engine/__init__.py) is for
+            # training, where one thread allocates nearly everything.
             self.child = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                          start_new_session=True)
+                                          start_new_session=True,
+                                          env=dict(os.environ, TRANSFORMER_TUI_MALLOC="glibc"))
             if self.control.paused:
                 self.child.send_signal(signal.SIGSTOP)
         self.threads = [threading.Thread(target=self.read_progress, daemon=True)]

@@ -135,7 +135,7 @@ class Validation:
 
     def test_bleu(self, run_dir: Path, role: str, averaged_from: list[Path] = ()
                   ) -> dict[str, Any]:
-        """Decode the test split with one set of weights and emit TestBleu; its two scores for
+        """Decode the test split with one set of weights and emit TestBleu; its scores for
         the stage's info. ``role``: "averaged" (averaged.pt, the mean of ``averaged_from``),
         "best" (checkpoint_best.pt) or "last" (the current weights, which checkpoint_last.pt
         holds)."""
@@ -168,13 +168,15 @@ class Validation:
             return {}
         references = [tgt for _, tgt in test]
         sacre, sacre_signature = corpus_bleu(hypotheses, references)
+        lower, lower_signature = corpus_bleu(hypotheses, references, lowercase=True)
         paper, paper_signature = paper_bleu(hypotheses, references)
         self.emit(TestBleu(
             checkpoint=str(run_dir / name), sentences=len(test), sacrebleu=round(sacre, 2),
             sacrebleu_signature=sacre_signature, paper_bleu=round(paper, 2),
             paper_signature=paper_signature, beam=ev.beam, length_penalty=ev.length_penalty,
             seconds=round(time.monotonic() - started, 3),
-            averaged_from=[p.name for p in averaged_from], role=role))
-        if role == "best":
-            return {"test_bleu_best": round(sacre, 2), "test_paper_bleu_best": round(paper, 2)}
-        return {"test_bleu": round(sacre, 2), "test_paper_bleu": round(paper, 2)}
+            averaged_from=[p.name for p in averaged_from], role=role,
+            lowercase_bleu=round(lower, 2), lowercase_signature=lower_signature))
+        scores = {"test_bleu": round(sacre, 2), "test_bleu_lowercase": round(lower, 2),
+                  "test_paper_bleu": round(paper, 2)}
+        return {f"{key}_best" if role == "best" else key: value for key, value in scores.items()}
