@@ -19,6 +19,7 @@ The last line is the result as JSON, for collecting several runs.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -51,9 +52,10 @@ def machine(threads: int) -> str:
     except OSError:
         pass
     native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags] or ["no native bf16"]
-    import torch
-
-    return (f"{model}, {os.cpu_count()} cores ({', '.join(native)}), torch {torch.__version__}, "
+    # not imported: the run's peak memory would start from this process's (Linux hands a
+    # process's high-water mark on to what it executes)
+    torch = importlib.metadata.version("torch")
+    return (f"{model}, {os.cpu_count()} cores ({', '.join(native)}), torch {torch}, "
             f"the run on {threads or os.cpu_count()} threads")
 
 
