@@ -157,7 +157,7 @@ def test_real_sentences_round_trip(tmp_path):
 
 def test_the_one_regex_split_makes_the_pieces_of_metaspace_then_punctuation(multi30k_dir):
     """Recipe 2 splits punctuation off in the same pass that cuts words (issue 26: Punctuation
-    after Metaspace cost 1.22x the time of Metaspace alone). The pieces and their offsets are
+    after Metaspace cost 1.47x the time of Metaspace alone). The pieces and their offsets are
     recipe 1's, so the trained tokenizer is too: on every Multi30k line, and on what a corpus
     may hold that Multi30k does not (spaces doubled or leading, ASCII symbols, Unicode
     quotes and dashes, a literal "▁")."""
